@@ -1,0 +1,84 @@
+//! Per-user account data (global and per room), each write ordered on the sync stream.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use ruma::{OwnedRoomId, RoomId, UserId};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{
+    error::Result,
+    storage::{Store, Table, keys},
+    sync::stream::{Notifier, StreamPositions},
+};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Entry {
+    pub pos: u64,
+    pub content: Value,
+}
+
+const ACCOUNT_DATA: Table<Entry> = Table::new("account_data");
+
+/// Account data changed after a stream position, split as /sync shows it.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub global: Vec<(String, Value)>,
+    pub rooms: BTreeMap<OwnedRoomId, Vec<(String, Value)>>,
+}
+
+#[derive(Clone)]
+pub struct AccountData {
+    store: Store,
+    stream: Arc<StreamPositions>,
+    notifier: Arc<Notifier>,
+}
+
+fn key(user: &UserId, room: Option<&RoomId>, kind: &str) -> Vec<u8> {
+    keys::strs(&[user.as_str(), room.map(|r| r.as_str()).unwrap_or(""), kind])
+}
+
+impl AccountData {
+    pub fn new(store: Store, stream: Arc<StreamPositions>, notifier: Arc<Notifier>) -> Self {
+        AccountData { store, stream, notifier }
+    }
+
+    pub fn get(&self, user: &UserId, room: Option<&RoomId>, kind: &str) -> Result<Option<Value>> {
+        Ok(self.store.get(ACCOUNT_DATA, &key(user, room, kind))?.map(|e| e.content))
+    }
+
+    pub async fn set(&self, user: &UserId, room: Option<&RoomId>, kind: &str, content: Value) -> Result<()> {
+        let _writer = self.stream.writer.lock().await;
+        self.set_locked(user, room, kind, content)
+    }
+
+    /// For callers that already hold the stream writer lock.
+    pub fn set_locked(&self, user: &UserId, room: Option<&RoomId>, kind: &str, content: Value) -> Result<()> {
+        let pos = self.stream.next();
+        let mut batch = self.store.batch();
+        batch.put(ACCOUNT_DATA, &key(user, room, kind), &Entry { pos, content });
+        self.stream.record(&mut batch, pos);
+        batch.commit()?;
+        self.stream.publish(pos);
+        self.notifier.wake([user]);
+        Ok(())
+    }
+
+    /// Everything of `user`'s that changed in `(since, upto]` (all of it for 0).
+    pub fn changed_since(&self, user: &UserId, since: u64, upto: u64) -> Result<Changes> {
+        let mut out = Changes::default();
+        for (k, entry) in self.store.scan_prefix(ACCOUNT_DATA, &keys::strs(&[user.as_str()]))? {
+            if entry.pos <= since || entry.pos > upto {
+                continue;
+            }
+            let Some(parts) = keys::split_strs(&k) else { continue };
+            let (Some(room), Some(kind)) = (parts.get(1), parts.get(2)) else { continue };
+            if room.is_empty() {
+                out.global.push((kind.to_string(), entry.content));
+            } else if let Ok(room) = OwnedRoomId::try_from(*room) {
+                out.rooms.entry(room).or_default().push((kind.to_string(), entry.content));
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,285 @@
+//! Accounts, devices and access tokens: registration, password checks, login sessions.
+
+pub mod uia;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use argon2::{
+    Argon2, PasswordHash, PasswordHasher, PasswordVerifier,
+    password_hash::{SaltString, rand_core::OsRng},
+};
+use rand::{Rng, distributions::Alphanumeric};
+use ruma::{OwnedDeviceId, OwnedUserId, ServerName, UserId};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    error::{Error, Result},
+    storage::{Store, Table, keys},
+};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub password_hash: Option<String>,
+    pub created_ts: u64,
+    #[serde(default)]
+    pub deactivated: bool,
+    #[serde(default)]
+    pub displayname: Option<String>,
+    #[serde(default)]
+    pub avatar_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    pub display_name: Option<String>,
+    pub access_token: String,
+    pub last_seen_ts: Option<u64>,
+    pub last_seen_ip: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub user_id: OwnedUserId,
+    pub device_id: OwnedDeviceId,
+}
+
+pub(crate) const USERS: Table<UserRecord> = Table::new("users");
+const DEVICES: Table<DeviceRecord> = Table::new("devices");
+const TOKENS: Table<TokenRecord> = Table::new("tokens");
+
+/// Who made a request: the owner of a valid access token.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub user_id: OwnedUserId,
+    pub device_id: OwnedDeviceId,
+    pub access_token: String,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+pub fn random_string(len: usize) -> String {
+    rand::thread_rng().sample_iter(&Alphanumeric).take(len).map(char::from).collect()
+}
+
+#[derive(Clone)]
+pub struct Accounts {
+    store: Store,
+    server_name: ruma::OwnedServerName,
+}
+
+impl Accounts {
+    pub fn new(store: Store, server_name: &ServerName) -> Self {
+        Accounts { store, server_name: server_name.to_owned() }
+    }
+
+    /// Validates a requested localpart (the spec's historical-safe subset).
+    pub fn user_id_for_localpart(&self, localpart: &str) -> Result<OwnedUserId> {
+        let localpart = localpart.to_lowercase();
+        if localpart.is_empty()
+            || !localpart.chars().all(|c| matches!(c, 'a'..='z' | '0'..='9' | '.' | '_' | '=' | '-' | '/' | '+'))
+        {
+            return Err(Error::InvalidUsername(
+                "user names may contain only a-z, 0-9, and . _ = - / +".into(),
+            ));
+        }
+        let id = format!("@{localpart}:{}", self.server_name);
+        if id.len() > 255 {
+            return Err(Error::InvalidUsername("user ID longer than 255 bytes".into()));
+        }
+        UserId::parse(&id).map_err(|e| Error::InvalidUsername(e.to_string()))
+    }
+
+    /// Accepts `@user:server` or a bare localpart, for login.
+    pub fn resolve_login_user(&self, user: &str) -> Result<OwnedUserId> {
+        if user.starts_with('@') {
+            let id = UserId::parse(user).map_err(|_| Error::forbidden("invalid username or password"))?;
+            if id.server_name() != self.server_name {
+                return Err(Error::forbidden("invalid username or password"));
+            }
+            Ok(id)
+        } else {
+            self.user_id_for_localpart(user).map_err(|_| Error::forbidden("invalid username or password"))
+        }
+    }
+
+    pub fn exists(&self, user_id: &UserId) -> Result<bool> {
+        Ok(self.store.contains(USERS, user_id.as_bytes())?)
+    }
+
+    pub fn get(&self, user_id: &UserId) -> Result<Option<UserRecord>> {
+        Ok(self.store.get(USERS, user_id.as_bytes())?)
+    }
+
+    pub fn create(&self, user_id: &UserId, password: Option<&str>) -> Result<()> {
+        if self.exists(user_id)? {
+            return Err(Error::UserInUse);
+        }
+        let password_hash = password.map(hash_password).transpose()?;
+        let record = UserRecord {
+            password_hash,
+            created_ts: now_ms(),
+            deactivated: false,
+            displayname: Some(user_id.localpart().to_owned()),
+            avatar_url: None,
+        };
+        self.store.put(USERS, user_id.as_bytes(), &record)?;
+        Ok(())
+    }
+
+    /// Checks a password; returns `false` for unknown users too, so callers
+    /// cannot tell the two apart.
+    pub fn check_password(&self, user_id: &UserId, password: &str) -> Result<bool> {
+        let Some(user) = self.get(user_id)? else {
+            return Ok(false);
+        };
+        if user.deactivated {
+            return Ok(false);
+        }
+        let Some(hash) = user.password_hash else { return Ok(false) };
+        Ok(PasswordHash::new(&hash)
+            .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+            .unwrap_or(false))
+    }
+
+    pub fn set_password(&self, user_id: &UserId, password: &str) -> Result<()> {
+        let mut user = self.get(user_id)?.ok_or_else(|| Error::not_found("no such user"))?;
+        user.password_hash = Some(hash_password(password)?);
+        self.store.put(USERS, user_id.as_bytes(), &user)?;
+        Ok(())
+    }
+
+    /// Creates (or re-uses) a device and gives it a fresh access token; an
+    /// existing device's old token stops working.
+    pub fn open_session(
+        &self,
+        user_id: &UserId,
+        device_id: Option<&str>,
+        display_name: Option<String>,
+    ) -> Result<Session> {
+        let device_id: OwnedDeviceId = match device_id {
+            Some(d) if !d.is_empty() && d.len() <= 255 => d.into(),
+            Some(_) => return Err(Error::invalid_param("device_id must be 1-255 bytes")),
+            None => random_string(10).to_uppercase().into(),
+        };
+        let dkey = keys::strs(&[user_id.as_str(), device_id.as_str()]);
+        let token = format!("bw_{}", random_string(40));
+        let mut batch = self.store.batch();
+        let record = match self.store.get(DEVICES, &dkey)? {
+            Some(mut old) => {
+                batch.delete(TOKENS, old.access_token.as_bytes());
+                old.access_token = token.clone();
+                if display_name.is_some() {
+                    old.display_name = display_name;
+                }
+                old
+            }
+            None => DeviceRecord {
+                display_name,
+                access_token: token.clone(),
+                last_seen_ts: Some(now_ms()),
+                last_seen_ip: None,
+            },
+        };
+        batch.put(DEVICES, &dkey, &record);
+        batch.put(
+            TOKENS,
+            token.as_bytes(),
+            &TokenRecord { user_id: user_id.to_owned(), device_id: device_id.clone() },
+        );
+        batch.commit()?;
+        Ok(Session { user_id: user_id.to_owned(), device_id, access_token: token })
+    }
+
+    pub fn authenticate(&self, token: &str) -> Result<Session> {
+        let record = self.store.get(TOKENS, token.as_bytes())?.ok_or(Error::UnknownToken { soft_logout: false })?;
+        Ok(Session { user_id: record.user_id, device_id: record.device_id, access_token: token.to_owned() })
+    }
+
+    pub fn devices(&self, user_id: &UserId) -> Result<Vec<(OwnedDeviceId, DeviceRecord)>> {
+        let prefix = keys::strs(&[user_id.as_str()]);
+        let rows = self.store.scan_prefix(DEVICES, &prefix)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let parts = keys::split_strs(&k)?;
+                Some((OwnedDeviceId::from(*parts.get(1)?), v))
+            })
+            .collect())
+    }
+
+    pub fn device(&self, user_id: &UserId, device_id: &str) -> Result<Option<DeviceRecord>> {
+        Ok(self.store.get(DEVICES, &keys::strs(&[user_id.as_str(), device_id]))?)
+    }
+
+    pub fn rename_device(&self, user_id: &UserId, device_id: &str, name: Option<String>) -> Result<()> {
+        let key = keys::strs(&[user_id.as_str(), device_id]);
+        let mut dev = self.store.get(DEVICES, &key)?.ok_or_else(|| Error::not_found("unknown device"))?;
+        dev.display_name = name;
+        self.store.put(DEVICES, &key, &dev)?;
+        Ok(())
+    }
+
+    /// Removes devices and their tokens in one batch.
+    pub fn delete_devices(&self, user_id: &UserId, device_ids: &[&str]) -> Result<()> {
+        let mut batch = self.store.batch();
+        for d in device_ids {
+            let key = keys::strs(&[user_id.as_str(), d]);
+            if let Some(dev) = self.store.get(DEVICES, &key)? {
+                batch.delete(TOKENS, dev.access_token.as_bytes());
+                batch.delete(DEVICES, &key);
+            }
+        }
+        batch.commit()?;
+        Ok(())
+    }
+}
+
+fn hash_password(password: &str) -> Result<String> {
+    if password.len() > 512 {
+        return Err(Error::invalid_param("password longer than 512 bytes"));
+    }
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| Error::Unknown(format!("password hashing failed: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accounts() -> (tempfile::TempDir, Accounts) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), false).unwrap();
+        let name = ruma::server_name!("example.org");
+        (dir, Accounts::new(store, name))
+    }
+
+    #[test]
+    fn register_login_and_token_rotation() {
+        let (_d, acc) = accounts();
+        let alice = acc.user_id_for_localpart("Alice").unwrap();
+        assert_eq!(alice.as_str(), "@alice:example.org");
+        acc.create(&alice, Some("pw")).unwrap();
+        assert!(matches!(acc.create(&alice, Some("pw")), Err(Error::UserInUse)));
+        assert!(acc.check_password(&alice, "pw").unwrap());
+        assert!(!acc.check_password(&alice, "nope").unwrap());
+        let s1 = acc.open_session(&alice, Some("DEV"), None).unwrap();
+        let s2 = acc.open_session(&alice, Some("DEV"), None).unwrap();
+        assert!(acc.authenticate(&s1.access_token).is_err(), "old token of a re-used device must die");
+        assert_eq!(acc.authenticate(&s2.access_token).unwrap().device_id.as_str(), "DEV");
+        acc.delete_devices(&alice, &["DEV"]).unwrap();
+        assert!(acc.authenticate(&s2.access_token).is_err());
+    }
+
+    #[test]
+    fn bad_localparts_rejected() {
+        let (_d, acc) = accounts();
+        for bad in ["", "al ice", "ali:ce", "émile"] {
+            assert!(matches!(acc.user_id_for_localpart(bad), Err(Error::InvalidUsername(_))), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! Typed server configuration: a TOML file overlaid with `BELLWIRE_*` environment variables, validated at start.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use ruma::{OwnedServerName, RoomVersionId};
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file is not valid TOML: {0}")]
+    Toml(String),
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistrationMode {
+    /// Anyone may register with `m.login.dummy` (local use and tests).
+    Open,
+    /// Registration needs `m.login.registration_token`.
+    Token,
+    /// Nobody may register over the API.
+    Closed,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server_name: Option<String>,
+    listen: Option<String>,
+    default_room_version: Option<String>,
+    max_request_bytes: Option<u64>,
+    #[serde(default)]
+    database: RawDatabase,
+    #[serde(default)]
+    registration: RawRegistration,
+    #[serde(default)]
+    sync: RawSync,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    path: Option<String>,
+    sync_writes: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegistration {
+    mode: Option<RegistrationMode>,
+    token: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSync {
+    max_timeout_ms: Option<u64>,
+    default_timeline_limit: Option<u64>,
+}
+
+/// The validated configuration the server runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server_name: OwnedServerName,
+    pub listen: SocketAddr,
+    pub default_room_version: RoomVersionId,
+    pub max_request_bytes: usize,
+    pub database_path: PathBuf,
+    /// fsync the write-ahead log on every write (power-loss durability); a
+    /// process crash (`kill -9`) loses nothing acknowledged either way.
+    pub sync_writes: bool,
+    pub registration_mode: RegistrationMode,
+    pub registration_token: Option<String>,
+    pub sync_max_timeout_ms: u64,
+    pub sync_default_timeline_limit: usize,
+}
+
+pub const SUPPORTED_ROOM_VERSIONS: [&str; 3] = ["10", "11", "12"];
+
+impl Config {
+    /// Loads `path` (if any), then applies `BELLWIRE_*` overrides from `env`.
+    pub fn load(
+        path: Option<&std::path::Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut table: toml::Table = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|source| ConfigError::Read { path: p.to_owned(), source })?;
+                text.parse::<toml::Table>().map_err(|e| ConfigError::Toml(e.to_string()))?
+            }
+            None => toml::Table::new(),
+        };
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("BELLWIRE_") else { continue };
+            if rest.is_empty() {
+                continue;
+            }
+            let keys: Vec<String> = rest.split("__").map(|k| k.to_ascii_lowercase()).collect();
+            set_path(&mut table, &keys, env_value(&value))
+                .map_err(|message| ConfigError::Invalid { key: keys.join("."), message })?;
+        }
+        let raw: RawConfig = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Toml(e.to_string()))?;
+        Self::validate(raw)
+    }
+
+    fn validate(raw: RawConfig) -> Result<Self, ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid { key: key.into(), message };
+        let server_name = raw.server_name.unwrap_or_else(|| "localhost".into());
+        let server_name = OwnedServerName::try_from(server_name.as_str())
+            .map_err(|e| invalid("server_name", format!("not a valid server name: {e}")))?;
+        let listen = raw.listen.unwrap_or_else(|| "127.0.0.1:8008".into());
+        let listen: SocketAddr = listen
+            .parse()
+            .map_err(|e| invalid("listen", format!("expected ADDRESS:PORT: {e}")))?;
+        let version = raw.default_room_version.unwrap_or_else(|| "12".into());
+        if !SUPPORTED_ROOM_VERSIONS.contains(&version.as_str()) {
+            return Err(invalid(
+                "default_room_version",
+                format!("{version} is not one of {SUPPORTED_ROOM_VERSIONS:?}"),
+            ));
+        }
+        let default_room_version = RoomVersionId::try_from(version.as_str())
+            .map_err(|e| invalid("default_room_version", e.to_string()))?;
+        let max_request_bytes = raw.max_request_bytes.unwrap_or(1024 * 1024);
+        if max_request_bytes < 4096 {
+            return Err(invalid("max_request_bytes", "must be at least 4096".into()));
+        }
+        let mode = raw.registration.mode.unwrap_or(RegistrationMode::Token);
+        let token = raw.registration.token.filter(|t| !t.is_empty());
+        if let Some(t) = &token {
+            if t.len() > 64 || !t.chars().all(|c| c.is_ascii_alphanumeric() || "._~-".contains(c)) {
+                return Err(invalid(
+                    "registration.token",
+                    "1-64 characters of [A-Za-z0-9._~-] (the spec's token alphabet)".into(),
+                ));
+            }
+        }
+        let timeline_limit = raw.sync.default_timeline_limit.unwrap_or(20);
+        if timeline_limit == 0 || timeline_limit > 1000 {
+            return Err(invalid("sync.default_timeline_limit", "must be 1..=1000".into()));
+        }
+        Ok(Config {
+            server_name,
+            listen,
+            default_room_version,
+            max_request_bytes: usize::try_from(max_request_bytes)
+                .map_err(|_| invalid("max_request_bytes", "too large".into()))?,
+            database_path: PathBuf::from(raw.database.path.unwrap_or_else(|| "./data/bellwire.db".into())),
+            sync_writes: raw.database.sync_writes.unwrap_or(false),
+            registration_mode: mode,
+            registration_token: token,
+            sync_max_timeout_ms: raw.sync.max_timeout_ms.unwrap_or(60_000),
+            sync_default_timeline_limit: timeline_limit as usize,
+        })
+    }
+}
+
+/// Environment values are strings; numbers and booleans are recognised so
+/// that `BELLWIRE_MAX_REQUEST_BYTES=65536` means the integer.
+fn env_value(value: &str) -> toml::Value {
+    if let Ok(i) = value.parse::<i64>() {
+        return toml::Value::Integer(i);
+    }
+    match value {
+        "true" => toml::Value::Boolean(true),
+        "false" => toml::Value::Boolean(false),
+        _ => toml::Value::String(value.to_owned()),
+    }
+}
+
+fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) -> Result<(), String> {
+    let (last, parents) = keys.split_last().ok_or("empty key")?;
+    let mut cur = table;
+    for k in parents {
+        let entry = cur.entry(k.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry.as_table_mut().ok_or_else(|| format!("`{k}` is not a table"))?;
+    }
+    // A numeric-looking value for a string key (e.g. a token) stays a string.
+    let value = match (&value, last.as_str()) {
+        (toml::Value::Integer(i), "server_name" | "token" | "default_room_version" | "path" | "listen") => {
+            toml::Value::String(i.to_string())
+        }
+        _ => value,
+    };
+    cur.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_nested_keys() {
+        let env = vec![
+            ("BELLWIRE_SERVER_NAME".to_owned(), "example.org".to_owned()),
+            ("BELLWIRE_DATABASE__PATH".to_owned(), "/tmp/x".to_owned()),
+            ("BELLWIRE_MAX_REQUEST_BYTES".to_owned(), "65536".to_owned()),
+            ("BELLWIRE_DEFAULT_ROOM_VERSION".to_owned(), "11".to_owned()),
+        ];
+        let c = Config::load(None, env).unwrap();
+        assert_eq!(c.server_name.as_str(), "example.org");
+        assert_eq!(c.database_path, PathBuf::from("/tmp/x"));
+        assert_eq!(c.max_request_bytes, 65536);
+        assert_eq!(c.default_room_version, RoomVersionId::V11);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let env = vec![("BELLWIRE_DEFAULT_ROOM_VERSION".to_owned(), "3".to_owned())];
+        let err = Config::load(None, env).unwrap_err().to_string();
+        assert!(err.contains("default_room_version"), "{err}");
+        let env = vec![("BELLWIRE_LISTEN".to_owned(), "nowhere".to_owned())];
+        assert!(Config::load(None, env).unwrap_err().to_string().contains("listen"));
+    }
+}

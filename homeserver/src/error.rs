@@ -1,0 +1,120 @@
+//! The server's one error type and its single mapping to Matrix JSON errors.
+
+use axum::{
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use serde_json::json;
+
+use crate::storage::StorageError;
+
+/// Every failure a request can meet. Handlers and services return it; only
+/// `into_response` below decides the HTTP status and `errcode`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    NotJson(String),
+    #[error("{0}")]
+    BadJson(String),
+    #[error("missing access token")]
+    MissingToken,
+    #[error("unknown access token")]
+    UnknownToken { soft_logout: bool },
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("unrecognized request")]
+    Unrecognized { method_not_allowed: bool },
+    #[error("request body over {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("user ID already taken")]
+    UserInUse,
+    #[error("{0}")]
+    InvalidUsername(String),
+    #[error("{0}")]
+    InvalidParam(String),
+    #[error("{0}")]
+    MissingParam(String),
+    #[error("{0}")]
+    RoomInUse(String),
+    #[error("guest access is not allowed")]
+    GuestAccessForbidden,
+    #[error("room alias already exists")]
+    AliasExists,
+    #[error("room version not supported")]
+    UnsupportedRoomVersion,
+    #[error("{0}")]
+    InvalidRoomState(String),
+    #[error("{0}")]
+    Unknown(String),
+    /// User-interactive auth is needed: the body is the UIA state, status 401.
+    #[error("user-interactive authentication required")]
+    Uia(serde_json::Value),
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn forbidden(msg: impl Into<String>) -> Self {
+        Error::Forbidden(msg.into())
+    }
+    pub fn not_found(msg: impl Into<String>) -> Self {
+        Error::NotFound(msg.into())
+    }
+    pub fn bad_json(msg: impl Into<String>) -> Self {
+        Error::BadJson(msg.into())
+    }
+    pub fn invalid_param(msg: impl Into<String>) -> Self {
+        Error::InvalidParam(msg.into())
+    }
+
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        use Error::*;
+        match self {
+            NotJson(_) => (StatusCode::BAD_REQUEST, "M_NOT_JSON"),
+            BadJson(_) => (StatusCode::BAD_REQUEST, "M_BAD_JSON"),
+            MissingToken => (StatusCode::UNAUTHORIZED, "M_MISSING_TOKEN"),
+            UnknownToken { .. } => (StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN"),
+            Forbidden(_) => (StatusCode::FORBIDDEN, "M_FORBIDDEN"),
+            NotFound(_) => (StatusCode::NOT_FOUND, "M_NOT_FOUND"),
+            Unrecognized { method_not_allowed: false } => (StatusCode::NOT_FOUND, "M_UNRECOGNIZED"),
+            Unrecognized { method_not_allowed: true } => {
+                (StatusCode::METHOD_NOT_ALLOWED, "M_UNRECOGNIZED")
+            }
+            TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE"),
+            UserInUse => (StatusCode::BAD_REQUEST, "M_USER_IN_USE"),
+            InvalidUsername(_) => (StatusCode::BAD_REQUEST, "M_INVALID_USERNAME"),
+            InvalidParam(_) => (StatusCode::BAD_REQUEST, "M_INVALID_PARAM"),
+            MissingParam(_) => (StatusCode::BAD_REQUEST, "M_MISSING_PARAM"),
+            RoomInUse(_) => (StatusCode::BAD_REQUEST, "M_ROOM_IN_USE"),
+            GuestAccessForbidden => (StatusCode::FORBIDDEN, "M_GUEST_ACCESS_FORBIDDEN"),
+            AliasExists => (StatusCode::CONFLICT, "M_UNKNOWN"),
+            UnsupportedRoomVersion => (StatusCode::BAD_REQUEST, "M_UNSUPPORTED_ROOM_VERSION"),
+            InvalidRoomState(_) => (StatusCode::BAD_REQUEST, "M_INVALID_ROOM_STATE"),
+            Unknown(_) => (StatusCode::BAD_REQUEST, "M_UNKNOWN"),
+            Uia(_) => (StatusCode::UNAUTHORIZED, "M_FORBIDDEN"),
+            Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN"),
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let (status, errcode) = self.status_and_code();
+        let body = match &self {
+            Error::Uia(state) => state.clone(),
+            Error::Storage(e) => {
+                tracing::error!("storage failure: {e}");
+                json!({"errcode": errcode, "error": "internal storage error"})
+            }
+            Error::UnknownToken { soft_logout } => {
+                json!({"errcode": errcode, "error": self.to_string(), "soft_logout": soft_logout})
+            }
+            _ => json!({"errcode": errcode, "error": self.to_string()}),
+        };
+        (status, axum::Json(body)).into_response()
+    }
+}

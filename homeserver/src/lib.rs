@@ -1,0 +1,62 @@
+//! Bellwire, a Matrix homeserver: library of the `bellwire` binary (config, storage, services, HTTP API).
+
+pub mod account_data;
+pub mod accounts;
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod rooms;
+pub mod services;
+pub mod storage;
+pub mod sync;
+
+use std::sync::Arc;
+
+use config::Config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open the database at {path}: {source}")]
+    Database { path: String, source: storage::StorageError },
+    #[error("cannot start services: {0}")]
+    Services(#[from] error::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Opens the store, builds the services and serves until SIGINT/SIGTERM.
+pub async fn run(config: Config) -> Result<(), StartError> {
+    if let Some(parent) = config.database_path.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    let store = storage::Store::open(&config.database_path, config.sync_writes)
+        .map_err(|source| StartError::Database { path: config.database_path.display().to_string(), source })?;
+    let addr = config.listen;
+    let services = Arc::new(services::Services::build(config, store)?);
+    let app = api::router(services);
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })?;
+    let bound = listener.local_addr().map_err(StartError::Serve)?;
+    // Tests and scripts read this exact line to learn the port.
+    println!("bellwire: listening on {bound}");
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.map_err(StartError::Serve)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

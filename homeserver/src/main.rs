@@ -1,0 +1,48 @@
+//! The `bellwire` binary: parse arguments, load config, run the server.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_env("BELLWIRE_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    let mut args = std::env::args().skip(1);
+    let mut config_path: Option<PathBuf> = None;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--config" | "-c" => config_path = args.next().map(PathBuf::from),
+            "--help" | "-h" => {
+                println!("usage: bellwire [--config FILE]\nEvery config key can be overridden with BELLWIRE_<KEY> (nested keys joined with __).");
+                return ExitCode::SUCCESS;
+            }
+            other => {
+                eprintln!("unknown argument {other}; try --help");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let config = match bellwire::config::Config::load(config_path.as_deref(), std::env::vars()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("bellwire: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("bellwire: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(bellwire::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bellwire: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

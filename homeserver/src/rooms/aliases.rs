@@ -1,0 +1,76 @@
+//! Room aliases (`#name:server`) and their directory entries.
+
+use ruma::{OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UserId};
+use serde::{Deserialize, Serialize};
+
+use super::Rooms;
+use crate::{
+    error::{Error, Result},
+    storage::Table,
+};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AliasRecord {
+    pub room_id: OwnedRoomId,
+    pub creator: OwnedUserId,
+}
+
+const ALIASES: Table<AliasRecord> = Table::new("aliases");
+
+impl Rooms {
+    pub fn resolve_alias(&self, alias: &RoomAliasId) -> Result<Option<OwnedRoomId>> {
+        Ok(self.store.get(ALIASES, alias.as_bytes())?.map(|a| a.room_id))
+    }
+
+    pub async fn set_alias(&self, alias: &RoomAliasId, room_id: &RoomId, creator: &UserId) -> Result<()> {
+        let _writer = self.stream.writer.lock().await;
+        self.set_alias_unlocked(alias, room_id, creator)
+    }
+
+    pub(crate) fn set_alias_unlocked(&self, alias: &RoomAliasId, room_id: &RoomId, creator: &UserId) -> Result<()> {
+        if alias.server_name() != self.server_name {
+            return Err(Error::invalid_param("alias must be on this server"));
+        }
+        if self.room(room_id)?.is_none() {
+            return Err(Error::not_found("no such room"));
+        }
+        if self.store.contains(ALIASES, alias.as_bytes())? {
+            return Err(Error::AliasExists);
+        }
+        self.store.put(ALIASES, alias.as_bytes(), &AliasRecord { room_id: room_id.to_owned(), creator: creator.to_owned() })?;
+        Ok(())
+    }
+
+    /// Who may delete: the alias's creator or a room member with power to
+    /// change the canonical alias.
+    pub async fn delete_alias(&self, alias: &RoomAliasId, user: &UserId) -> Result<()> {
+        let _writer = self.stream.writer.lock().await;
+        let record = self.store.get(ALIASES, alias.as_bytes())?.ok_or_else(|| Error::not_found("no such alias"))?;
+        let allowed = record.creator == user || {
+            let version = self.room(&record.room_id)?.map(|r| r.version);
+            match version.and_then(|v| v.rules()) {
+                Some(rules) => self.membership_of(&record.room_id, user)?.as_deref() == Some("join")
+                    && self.user_power(&record.room_id, user, &rules)? >= 50,
+                None => false,
+            }
+        };
+        if !allowed {
+            return Err(Error::forbidden("you may not delete this alias"));
+        }
+        let mut b = self.store.batch();
+        b.delete(ALIASES, alias.as_bytes());
+        b.commit()?;
+        Ok(())
+    }
+
+    pub fn aliases_of(&self, room_id: &RoomId) -> Result<Vec<String>> {
+        // Aliases are few; a scan keeps the table single-keyed.
+        Ok(self
+            .store
+            .scan_prefix(ALIASES, &[])?
+            .into_iter()
+            .filter(|(_, a)| a.room_id == room_id)
+            .filter_map(|(k, _)| String::from_utf8(k).ok())
+            .collect())
+    }
+}

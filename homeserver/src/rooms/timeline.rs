@@ -1,0 +1,52 @@
+//! Timeline reads: ranges by stream position, and which part of a room's history a user may see.
+
+use ruma::{RoomId, UserId};
+
+use super::{Rooms, TIMELINE, pdu::StoredEvent, timeline_key};
+use crate::{
+    error::{Error, Result},
+    storage::keys,
+};
+
+impl Rooms {
+    /// Events with `lo < pos <= hi`: oldest first, or newest first when
+    /// `backwards`; at most `limit`.
+    pub fn timeline_range(&self, room_id: &RoomId, lo: u64, hi: u64, backwards: bool, limit: usize) -> Result<Vec<StoredEvent>> {
+        if lo >= hi || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let prefix = keys::strs(&[room_id.as_str()]);
+        let rows = if backwards {
+            self.store.scan(TIMELINE, &prefix, &timeline_key(room_id, hi), Some(&timeline_key(room_id, lo)), true, limit)?
+        } else {
+            self.store.scan(TIMELINE, &prefix, &timeline_key(room_id, lo + 1), None, false, usize::MAX)?
+                .into_iter()
+                .take_while(|(k, _)| keys::trailing_u64(k).is_some_and(|p| p <= hi))
+                .take(limit)
+                .collect()
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for (_, id) in rows {
+            if let Some(e) = self.event(id.as_str())? {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether the room has any event after `pos`.
+    pub fn has_events_after(&self, room_id: &RoomId, pos: u64) -> Result<bool> {
+        let prefix = keys::strs(&[room_id.as_str()]);
+        Ok(!self.store.scan(TIMELINE, &prefix, &timeline_key(room_id, pos.saturating_add(1)), None, false, 1)?.is_empty())
+    }
+
+    /// The newest position `user` may read in this room: everything while
+    /// joined, up to their departure after leaving. Never-members see nothing.
+    pub fn visible_until(&self, user: &UserId, room_id: &RoomId) -> Result<u64> {
+        match self.user_room(user, room_id)? {
+            Some(ur) if ur.membership == "join" => Ok(u64::MAX),
+            Some(ur) if ur.membership == "leave" || ur.membership == "ban" => Ok(ur.pos),
+            _ => Err(Error::forbidden("you are not a member of this room")),
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! The services a request can reach, built once at start-up and shared by every handler.
+
+use std::sync::Arc;
+
+use bellwire_federation::ServerKey;
+
+use crate::{
+    account_data::AccountData,
+    accounts::{Accounts, random_string, uia::UiaSessions},
+    config::{Config, RegistrationMode},
+    error::Result,
+    rooms::Rooms,
+    storage::{Store, Table},
+    sync::{
+        SyncService,
+        filter::Filters,
+        stream::{Notifier, StreamPositions},
+    },
+};
+
+pub struct Services {
+    pub config: Config,
+    pub accounts: Accounts,
+    pub uia: UiaSessions,
+    pub rooms: Rooms,
+    pub sync: SyncService,
+    pub filters: Filters,
+    pub account_data: AccountData,
+    /// The token `m.login.registration_token` accepts in `token` mode.
+    pub registration_token: Option<String>,
+}
+
+const META_BYTES: Table<String> = Table::new("meta");
+
+impl Services {
+    pub fn build(config: Config, store: Store) -> Result<Self> {
+        let key = Arc::new(load_or_create_key(&store)?);
+        let stream = Arc::new(StreamPositions::load(&store)?);
+        let notifier = Arc::new(Notifier::default());
+        let account_data = AccountData::new(store.clone(), stream.clone(), notifier.clone());
+        let rooms = Rooms::new(
+            store.clone(),
+            config.server_name.clone(),
+            key,
+            stream.clone(),
+            notifier.clone(),
+            account_data.clone(),
+            config.default_room_version.clone(),
+        );
+        let sync = SyncService::new(
+            rooms.clone(),
+            account_data.clone(),
+            stream,
+            notifier,
+            config.sync_default_timeline_limit,
+            config.sync_max_timeout_ms,
+        );
+        let registration_token = match (config.registration_mode, &config.registration_token) {
+            (RegistrationMode::Token, Some(t)) => Some(t.clone()),
+            // No token configured: make one, keep it across restarts, and
+            // tell the operator, so the first account can be created safely.
+            (RegistrationMode::Token, None) => {
+                let t = match store.get(META_BYTES, b"registration_token")? {
+                    Some(t) => t,
+                    None => {
+                        let t = random_string(24);
+                        store.put(META_BYTES, b"registration_token", &t)?;
+                        t
+                    }
+                };
+                tracing::warn!("registration needs the token {t} (set registration.token to choose one)");
+                Some(t)
+            }
+            _ => None,
+        };
+        Ok(Services {
+            accounts: Accounts::new(store.clone(), &config.server_name),
+            uia: UiaSessions::default(),
+            filters: Filters::new(store),
+            rooms,
+            sync,
+            account_data,
+            registration_token,
+            config,
+        })
+    }
+}
+
+/// The server's signing key lives in the database so that event signatures
+/// stay valid across restarts.
+fn load_or_create_key(store: &Store) -> Result<ServerKey> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let bad = |e: String| crate::error::Error::Unknown(format!("server signing key: {e}"));
+    match store.get(META_BYTES, b"signing_key")? {
+        Some(s) => {
+            let (version, der) = s.split_once(':').ok_or_else(|| bad("malformed".into()))?;
+            let der = b64.decode(der).map_err(|e| bad(e.to_string()))?;
+            ServerKey::from_der(&der, version).map_err(|e| bad(e.to_string()))
+        }
+        None => {
+            let version = random_string(6);
+            let key = ServerKey::generate(&version).map_err(|e| bad(e.to_string()))?;
+            store.put(META_BYTES, b"signing_key", &format!("{version}:{}", b64.encode(key.to_der())))?;
+            Ok(key)
+        }
+    }
+}

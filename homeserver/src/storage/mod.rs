@@ -1,0 +1,231 @@
+//! The only code that touches RocksDB: typed tables over column families, atomic batches, schema migrations.
+
+pub mod keys;
+mod migrations;
+
+use std::{marker::PhantomData, path::Path, sync::Arc};
+
+use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions};
+use serde::{Serialize, de::DeserializeOwned};
+
+pub use migrations::SCHEMA_VERSION;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("rocksdb: {0}")]
+    Db(#[from] rocksdb::Error),
+    #[error("corrupt value in table {table}: {message}")]
+    Corrupt { table: &'static str, message: String },
+    #[error("unknown column family {0}")]
+    MissingTable(&'static str),
+    #[error("database schema version {found} is newer than this binary understands ({supported})")]
+    TooNew { found: u32, supported: u32 },
+}
+
+type Result<T> = std::result::Result<T, StorageError>;
+
+/// Every column family; each domain module owns the tables it declares.
+pub const COLUMN_FAMILIES: &[&str] = &[
+    "meta",
+    "users",
+    "devices",
+    "tokens",
+    "txns",
+    "events",
+    "timeline",
+    "room_state",
+    "rooms",
+    "user_rooms",
+    "account_data",
+    "aliases",
+    "filters",
+    "user_rooms_by_room",
+];
+
+/// A typed table: a column family whose values are JSON-encoded `V`.
+pub struct Table<V> {
+    cf: &'static str,
+    _v: PhantomData<fn() -> V>,
+}
+
+impl<V> Clone for Table<V> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<V> Copy for Table<V> {}
+
+impl<V: Serialize + DeserializeOwned> Table<V> {
+    pub const fn new(cf: &'static str) -> Self {
+        Table { cf, _v: PhantomData }
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<V> {
+        serde_json::from_slice(bytes)
+            .map_err(|e| StorageError::Corrupt { table: self.cf, message: e.to_string() })
+    }
+}
+
+/// The embedded database.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<DB>,
+    sync_writes: bool,
+}
+
+impl Store {
+    /// Opens (or creates) the database and brings its schema up to date.
+    pub fn open(path: &Path, sync_writes: bool) -> Result<Self> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let cfs = COLUMN_FAMILIES.iter().map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, path, cfs)?;
+        let store = Store { db: Arc::new(db), sync_writes };
+        migrations::run(&store)?;
+        Ok(store)
+    }
+
+    fn cf(&self, name: &'static str) -> Result<&rocksdb::ColumnFamily> {
+        self.db.cf_handle(name).ok_or(StorageError::MissingTable(name))
+    }
+
+    pub fn get<V: Serialize + DeserializeOwned>(&self, t: Table<V>, key: &[u8]) -> Result<Option<V>> {
+        match self.db.get_pinned_cf(self.cf(t.cf)?, key)? {
+            Some(bytes) => Ok(Some(t.decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn contains<V: Serialize + DeserializeOwned>(&self, t: Table<V>, key: &[u8]) -> Result<bool> {
+        Ok(self.db.get_pinned_cf(self.cf(t.cf)?, key)?.is_some())
+    }
+
+    /// All entries whose key starts with `prefix`, in key order.
+    pub fn scan_prefix<V: Serialize + DeserializeOwned>(
+        &self,
+        t: Table<V>,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, V)>> {
+        self.scan(t, prefix, prefix, None, false, usize::MAX)
+    }
+
+    /// Entries under `prefix` starting at `from` (inclusive), forwards or
+    /// backwards, at most `limit`, stopping at `until` (exclusive) if given.
+    pub fn scan<V: Serialize + DeserializeOwned>(
+        &self,
+        t: Table<V>,
+        prefix: &[u8],
+        from: &[u8],
+        until: Option<&[u8]>,
+        backwards: bool,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, V)>> {
+        let cf = self.cf(t.cf)?;
+        let dir = if backwards { Direction::Reverse } else { Direction::Forward };
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(cf, IteratorMode::From(from, dir)) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            if let Some(u) = until {
+                let past = if backwards { &*k <= u } else { &*k >= u };
+                if past {
+                    break;
+                }
+            }
+            out.push((k.to_vec(), t.decode(&v)?));
+        }
+        Ok(out)
+    }
+
+    pub fn batch(&self) -> Batch<'_> {
+        Batch { store: self, inner: WriteBatch::default(), error: None }
+    }
+
+    /// Convenience for a single write.
+    pub fn put<V: Serialize + DeserializeOwned>(&self, t: Table<V>, key: &[u8], value: &V) -> Result<()> {
+        let mut b = self.batch();
+        b.put(t, key, value);
+        b.commit()
+    }
+}
+
+/// A set of writes applied atomically: all of it survives a crash, or none.
+pub struct Batch<'a> {
+    store: &'a Store,
+    inner: WriteBatch,
+    error: Option<StorageError>,
+}
+
+impl Batch<'_> {
+    pub fn put<V: Serialize + DeserializeOwned>(&mut self, t: Table<V>, key: &[u8], value: &V) {
+        match (self.store.cf(t.cf), serde_json::to_vec(value)) {
+            (Ok(cf), Ok(bytes)) => self.inner.put_cf(cf, key, bytes),
+            (Err(e), _) => self.error = Some(e),
+            (_, Err(e)) => {
+                self.error = Some(StorageError::Corrupt { table: t.cf, message: e.to_string() })
+            }
+        }
+    }
+
+    pub fn delete<V: Serialize + DeserializeOwned>(&mut self, t: Table<V>, key: &[u8]) {
+        match self.store.cf(t.cf) {
+            Ok(cf) => self.inner.delete_cf(cf, key),
+            Err(e) => self.error = Some(e),
+        }
+    }
+
+    /// Writes everything through the WAL; returns only once RocksDB has it.
+    pub fn commit(self) -> Result<()> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        let mut opts = WriteOptions::default();
+        opts.set_sync(self.store.sync_writes);
+        self.store.db.write_opt(self.inner, &opts)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: Table<String> = Table::new("meta");
+
+    #[test]
+    fn batch_is_atomic_and_scans_are_ordered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), false).unwrap();
+        let mut b = store.batch();
+        for i in [3u64, 1, 2] {
+            let k = keys::KeyBuf::new().str("p").u64(i).into_vec();
+            b.put(T, &k, &format!("v{i}"));
+        }
+        b.commit().unwrap();
+        let prefix = keys::strs(&["p"]);
+        let all: Vec<String> = store.scan_prefix(T, &prefix).unwrap().into_iter().map(|(_, v)| v).collect();
+        assert_eq!(all, ["v1", "v2", "v3"]);
+        let end = keys::KeyBuf::new().str("p").u64(u64::MAX).into_vec();
+        let back = store.scan(T, &prefix, &end, None, true, 2).unwrap();
+        assert_eq!(back.into_iter().map(|(_, v)| v).collect::<Vec<_>>(), ["v3", "v2"]);
+    }
+
+    #[test]
+    fn reopen_keeps_data_and_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), true).unwrap();
+            store.put(T, b"k", &"v".to_owned()).unwrap();
+        }
+        let store = Store::open(dir.path(), false).unwrap();
+        assert_eq!(store.get(T, b"k").unwrap().as_deref(), Some("v"));
+        assert_eq!(migrations::current_version(&store).unwrap(), Some(SCHEMA_VERSION));
+    }
+}

@@ -1,0 +1,251 @@
+//! /sync assembly: what changed for a user between two stream positions, and the long-poll that waits for it.
+
+pub mod filter;
+pub mod stream;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use ruma::{RoomId, UserId};
+use serde_json::{Map, Value, json};
+
+use crate::{
+    account_data::AccountData,
+    accounts::{Session, now_ms},
+    error::{Error, Result},
+    rooms::{Rooms, UserRoom, pdu::{StoredEvent, client_event, stripped_state}},
+};
+use filter::Filter;
+use stream::{Notifier, StreamPositions};
+
+pub struct SyncRequest {
+    pub since: Option<String>,
+    pub timeout_ms: u64,
+    pub full_state: bool,
+    pub filter: Filter,
+}
+
+/// Parses a `since`/`from` token: `s<pos>` (sync) or `t<pos>` (pagination).
+pub fn parse_token(token: &str) -> Result<u64> {
+    let digits = token.strip_prefix('s').or_else(|| token.strip_prefix('t')).unwrap_or(token);
+    digits.parse().map_err(|_| Error::invalid_param("invalid stream token"))
+}
+
+#[derive(Clone)]
+pub struct SyncService {
+    rooms: Rooms,
+    account_data: AccountData,
+    stream: Arc<StreamPositions>,
+    notifier: Arc<Notifier>,
+    default_limit: usize,
+    max_timeout_ms: u64,
+}
+
+impl SyncService {
+    pub fn new(
+        rooms: Rooms,
+        account_data: AccountData,
+        stream: Arc<StreamPositions>,
+        notifier: Arc<Notifier>,
+        default_limit: usize,
+        max_timeout_ms: u64,
+    ) -> Self {
+        SyncService { rooms, account_data, stream, notifier, default_limit, max_timeout_ms }
+    }
+
+    /// Answers at once when there is news (or on an initial sync); otherwise
+    /// sleeps until the user's notifier fires or the timeout passes.
+    pub async fn sync(&self, session: &Session, req: SyncRequest) -> Result<Value> {
+        let since = req.since.as_deref().map(parse_token).transpose()?;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(req.timeout_ms.min(self.max_timeout_ms));
+        let notify = self.notifier.handle(&session.user_id);
+        loop {
+            // Register interest before looking, so a write between the look
+            // and the wait still wakes us.
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let upto = self.stream.current();
+            let (body, has_news) = self.build(session, since, upto, &req)?;
+            if has_news || since.is_none() || req.full_state || tokio::time::Instant::now() >= deadline {
+                return Ok(body);
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    let upto = self.stream.current();
+                    return Ok(self.build(session, since, upto, &req)?.0);
+                }
+            }
+        }
+    }
+
+    fn build(&self, session: &Session, since: Option<u64>, upto: u64, req: &SyncRequest) -> Result<(Value, bool)> {
+        let user = &session.user_id;
+        let since_pos = since.unwrap_or(0);
+        let filter = &req.filter;
+        let changes = self.account_data.changed_since(user, since_pos, upto)?;
+        let mut join = Map::new();
+        let mut invite = Map::new();
+        let mut leave = Map::new();
+        for (room_id, ur) in self.rooms.user_rooms(user)? {
+            if !filter.room.allows_room(room_id.as_str()) {
+                continue;
+            }
+            let room_data = changes.rooms.get(&room_id);
+            match ur.membership.as_str() {
+                "join" => {
+                    let full = since.is_none() || req.full_state || ur.pos > since_pos;
+                    if full || self.rooms.has_events_after(&room_id, since_pos)? || room_data.is_some() {
+                        let entry = self.room_entry(session, &room_id, since_pos, upto, full, filter, room_data)?;
+                        join.insert(room_id.to_string(), entry);
+                    }
+                }
+                "invite" if since.is_none() || ur.pos > since_pos => {
+                    invite.insert(room_id.to_string(), self.invite_entry(&room_id, &ur)?);
+                }
+                "leave" | "ban" => {
+                    let fresh = since.is_some() && ur.pos > since_pos && ur.pos <= upto;
+                    if fresh || (filter.room.include_leave && (since.is_none() || req.full_state)) {
+                        let entry = self.room_entry(session, &room_id, since_pos, ur.pos, since.is_none() || req.full_state, filter, room_data)?;
+                        leave.insert(room_id.to_string(), entry);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let global: Vec<Value> = changes
+            .global
+            .into_iter()
+            .filter(|(k, _)| filter.account_data.allows(k, user.as_str(), None))
+            .map(|(k, c)| json!({"type": k, "content": c}))
+            .collect();
+        let has_news = !join.is_empty() || !invite.is_empty() || !leave.is_empty() || !global.is_empty();
+        let body = json!({
+            "next_batch": format!("s{upto}"),
+            "rooms": {"join": join, "invite": invite, "leave": leave, "knock": {}},
+            "account_data": {"events": global},
+        });
+        Ok((body, has_news))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn room_entry(
+        &self,
+        session: &Session,
+        room_id: &RoomId,
+        since_pos: u64,
+        upto: u64,
+        full: bool,
+        filter: &Filter,
+        room_data: Option<&Vec<(String, Value)>>,
+    ) -> Result<Value> {
+        let now = now_ms();
+        let device = Some(session.device_id.as_str());
+        let limit = filter.room.timeline.limit.map(|l| l.clamp(1, 1000) as usize).unwrap_or(self.default_limit);
+        let lo = if full { 0 } else { since_pos };
+        let mut newest = self.rooms.timeline_range(room_id, lo, upto, true, limit + 1)?;
+        let limited = newest.len() > limit;
+        newest.truncate(limit);
+        newest.reverse();
+        let start_pos = newest.first().map(|e| e.pos).unwrap_or(upto.saturating_add(1));
+
+        let timeline: Vec<Value> = newest
+            .iter()
+            .map(|e| client_event(e, device, self.rooms.prev_content(e), now))
+            .filter(|e| filter.room.timeline.allows_event(e))
+            .collect();
+
+        // State at the start of the timeline: all of it when the client has
+        // none, otherwise only the entries that changed in the gap.
+        let at_start = self.rooms.state_before(room_id, start_pos)?;
+        let wanted: Box<dyn Fn(&(String, String)) -> bool> = if full {
+            Box::new(|_| true)
+        } else if limited {
+            let gap = self.rooms.timeline_range(room_id, since_pos, start_pos.saturating_sub(1), false, usize::MAX)?;
+            let changed: BTreeSet<(String, String)> = gap
+                .iter()
+                .filter_map(|e| {
+                    let v = e.pdu_value();
+                    Some((v["type"].as_str()?.to_owned(), v["state_key"].as_str()?.to_owned()))
+                })
+                .collect();
+            Box::new(move |k| changed.contains(k))
+        } else {
+            Box::new(|_| false)
+        };
+        let lazy = filter.room.state.lazy_load_members;
+        let senders: BTreeSet<String> = newest
+            .iter()
+            .filter_map(|e| e.pdu_value()["sender"].as_str().map(str::to_owned))
+            .chain(std::iter::once(session.user_id.to_string()))
+            .collect();
+        let mut state = Vec::new();
+        for (key, id) in &at_start {
+            let member_needed = key.0 == "m.room.member" && lazy && senders.contains(&key.1);
+            if !(wanted(key) || member_needed) {
+                continue;
+            }
+            if lazy && key.0 == "m.room.member" && !senders.contains(&key.1) {
+                continue;
+            }
+            if let Some(ev) = self.rooms.event(id.as_str())? {
+                let ce = client_event(&ev, device, self.rooms.prev_content(&ev), now);
+                if filter.room.state.allows_event(&ce) {
+                    state.push(ce);
+                }
+            }
+        }
+
+        let prev_batch = format!("t{}", start_pos.saturating_sub(1));
+        let account_data: Vec<Value> = room_data
+            .map(|d| d.iter().map(|(k, c)| json!({"type": k, "content": c})).collect())
+            .unwrap_or_default();
+        Ok(json!({
+            "timeline": {"events": timeline, "limited": limited, "prev_batch": prev_batch},
+            "state": {"events": state},
+            "account_data": {"events": account_data},
+            "ephemeral": {"events": []},
+            "summary": self.summary(room_id, &session.user_id)?,
+        }))
+    }
+
+    /// Heroes and member counts, which clients use to name unnamed rooms.
+    fn summary(&self, room_id: &RoomId, user: &UserId) -> Result<Value> {
+        let joined = self.rooms.members_with(room_id, &["join"])?;
+        let invited = self.rooms.members_with(room_id, &["invite"])?;
+        let heroes: Vec<String> = joined
+            .iter()
+            .chain(invited.iter())
+            .filter(|u| u.as_str() != user.as_str())
+            .take(5)
+            .map(|u| u.to_string())
+            .collect();
+        Ok(json!({
+            "m.heroes": heroes,
+            "m.joined_member_count": joined.len(),
+            "m.invited_member_count": invited.len(),
+        }))
+    }
+
+    fn invite_entry(&self, room_id: &RoomId, ur: &UserRoom) -> Result<Value> {
+        let mut events: BTreeMap<(String, String), Value> = BTreeMap::new();
+        for kind in ["m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar", "m.room.canonical_alias", "m.room.encryption", "m.room.topic"] {
+            if let Some(ev) = self.rooms.state_event(room_id, kind, "")? {
+                events.insert((kind.into(), String::new()), stripped_state(&ev));
+            }
+        }
+        let inviter = ur.sender.to_string();
+        if let Some(ev) = self.rooms.state_event(room_id, "m.room.member", &inviter)? {
+            events.insert(("m.room.member".into(), inviter), stripped_state(&ev));
+        }
+        if let Some(ev) = self.rooms.event(ur.event_id.as_str())? {
+            let v: &StoredEvent = &ev;
+            events.insert(("m.room.member".into(), "self".into()), stripped_state(v));
+        }
+        Ok(json!({"invite_state": {"events": events.into_values().collect::<Vec<_>>()}}))
+    }
+}

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The whole test suite: unit tests of every crate and the cross-crate
+# scenarios in tests/, which start real bellwire processes on loopback.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/prereqs.sh
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/bellwire/target}"
+cargo build -p bellwire --bin bellwire
+export BELLWIRE_BIN="$CARGO_TARGET_DIR/debug/bellwire"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast "$@"
+else
+  cargo test --workspace --no-fail-fast "$@"
+fi

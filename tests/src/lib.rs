@@ -1,0 +1,1019 @@
+//! Test harness for Bellwire: runs a real `bellwire` process and drives it
+//! over HTTP, either with a real Matrix client (`matrix-sdk`) or with raw
+//! `reqwest` requests when a test needs to see the exact wire behaviour.
+//!
+//! Every wait in here is bounded, so a broken server makes a test fail with a
+//! message instead of hanging.
+//!
+//! Environment:
+//! - `BELLWIRE_BIN`: path of the server binary. Default: `bellwire` next to
+//!   the test binary's parent directory (`target/debug/deps/..`).
+//! - `BELLWIRE_TEST_KEEP=1`: keep each test's data directory (printed on drop).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs::OpenOptions,
+    io::{BufRead, BufReader, Write},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use matrix_sdk::{
+    Client, Room,
+    config::{RequestConfig, SyncSettings},
+    deserialized_responses::TimelineEvent,
+    ruma::{
+        OwnedRoomId, OwnedUserId, RoomId, UserId,
+        api::client::{
+            account::register,
+            membership::get_member_events,
+            uiaa::{AuthData, AuthType, Dummy},
+        },
+        api::error::ErrorKind,
+    },
+    sync::SyncResponse,
+};
+use serde_json::{Value, json};
+
+/// How long any single "wait until X happens" may take.
+pub const WAIT: Duration = Duration::from_secs(20);
+/// How long the server may take to print its ready line.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the server may take to exit after SIGTERM.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The line prefix the server prints on stdout once it accepts connections.
+pub const READY_PREFIX: &str = "bellwire: listening on ";
+/// Every test server uses this server name.
+pub const SERVER_NAME: &str = "localhost";
+
+// ---------------------------------------------------------------------------
+// Server process
+// ---------------------------------------------------------------------------
+
+/// Settings written into the config file of a test server.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// `default_room_version`; `None` leaves the server's own default.
+    pub default_room_version: Option<String>,
+    /// `max_request_bytes`; `None` leaves the server's own default.
+    pub max_request_bytes: Option<u64>,
+    /// `[registration] mode`.
+    pub registration_mode: String,
+    /// `[registration] token`.
+    pub registration_token: Option<String>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            default_room_version: None,
+            max_request_bytes: None,
+            registration_mode: "open".to_owned(),
+            registration_token: None,
+        }
+    }
+}
+
+/// A running `bellwire` process with its own fresh data directory.
+pub struct TestServer {
+    dir: tempfile::TempDir,
+    options: ServerOptions,
+    child: Option<Child>,
+    addr: Option<SocketAddr>,
+    starts: u32,
+}
+
+/// Where the server binary is: `$BELLWIRE_BIN`, else `target/<profile>/bellwire`
+/// next to the `deps/` directory holding the current test executable.
+pub fn server_binary() -> Result<PathBuf> {
+    let path = match std::env::var_os("BELLWIRE_BIN") {
+        Some(bin) => PathBuf::from(bin),
+        None => {
+            let exe = std::env::current_exe().context("cannot find the current test executable")?;
+            let deps = exe.parent().context("test executable has no parent directory")?;
+            let profile_dir = deps.parent().context("test executable directory has no parent")?;
+            profile_dir.join(format!("bellwire{}", std::env::consts::EXE_SUFFIX))
+        }
+    };
+    ensure!(
+        path.is_file(),
+        "bellwire server binary not found at {}: build it first with `cargo build -p bellwire` \
+         (same CARGO_TARGET_DIR and profile as the tests), or point BELLWIRE_BIN at it",
+        path.display()
+    );
+    Ok(path)
+}
+
+fn toml_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+impl TestServer {
+    /// Starts a server with default options: open registration, server name
+    /// `localhost`, a free port on 127.0.0.1.
+    pub async fn start() -> Result<Self> {
+        Self::start_with(ServerOptions::default()).await
+    }
+
+    /// Starts a server with the given options on a fresh data directory.
+    pub async fn start_with(options: ServerOptions) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("bellwire-test-")
+            .tempdir()
+            .context("cannot create a temporary data directory")?;
+        let mut server = Self { dir, options, child: None, addr: None, starts: 0 };
+        server.write_config()?;
+        server.spawn().await?;
+        Ok(server)
+    }
+
+    /// Base URL, e.g. `http://127.0.0.1:41234`. Changes on every (re)start.
+    pub fn url(&self) -> String {
+        match self.addr {
+            Some(addr) => format!("http://{addr}"),
+            None => panic!("the test server is not running"),
+        }
+    }
+
+    /// The directory holding config, database and logs.
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The RocksDB directory.
+    pub fn database_dir(&self) -> PathBuf {
+        self.dir.path().join("db")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("bellwire.toml")
+    }
+
+    pub fn stderr_path(&self) -> PathBuf {
+        self.dir.path().join("stderr.log")
+    }
+
+    pub fn stdout_path(&self) -> PathBuf {
+        self.dir.path().join("stdout.log")
+    }
+
+    /// Everything the server wrote to stderr so far (all runs).
+    pub fn stderr_log(&self) -> String {
+        std::fs::read_to_string(self.stderr_path()).unwrap_or_default()
+    }
+
+    /// The OS process id of the running server.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the process is still running (has not exited).
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    fn write_config(&self) -> Result<()> {
+        let o = &self.options;
+        let mut cfg = String::new();
+        cfg.push_str(&format!("server_name = {}\n", toml_str(SERVER_NAME)));
+        cfg.push_str(&format!("listen = {}\n", toml_str("127.0.0.1:0")));
+        if let Some(v) = &o.default_room_version {
+            cfg.push_str(&format!("default_room_version = {}\n", toml_str(v)));
+        }
+        if let Some(n) = o.max_request_bytes {
+            cfg.push_str(&format!("max_request_bytes = {n}\n"));
+        }
+        let db = self.database_dir();
+        let db = db.to_str().context("data directory path is not UTF-8")?;
+        cfg.push_str(&format!("\n[database]\npath = {}\n", toml_str(db)));
+        cfg.push_str(&format!("\n[registration]\nmode = {}\n", toml_str(&o.registration_mode)));
+        if let Some(t) = &o.registration_token {
+            cfg.push_str(&format!("token = {}\n", toml_str(t)));
+        }
+        std::fs::write(self.config_path(), cfg).context("cannot write the server config file")
+    }
+
+    fn log_tail(&self, lines: usize) -> String {
+        let log = self.stderr_log();
+        let all: Vec<&str> = log.lines().collect();
+        let start = all.len().saturating_sub(lines);
+        all[start..].join("\n")
+    }
+
+    async fn spawn(&mut self) -> Result<()> {
+        ensure!(self.child.is_none(), "the server is already running");
+        let bin = server_binary()?;
+        self.starts += 1;
+
+        let mut stderr = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.stderr_path())
+            .context("cannot open the server stderr log")?;
+        writeln!(stderr, "===== bellwire start #{} =====", self.starts)?;
+        let mut stdout_log = OpenOptions::new().create(true).append(true).open(self.stdout_path())?;
+        writeln!(stdout_log, "===== bellwire start #{} =====", self.starts)?;
+
+        let mut cmd = Command::new(&bin);
+        cmd.arg("--config").arg(self.config_path());
+        // Our config file is the whole truth: drop stray BELLWIRE_* settings
+        // inherited from the environment of whoever runs the tests.
+        for (key, _) in std::env::vars_os() {
+            if let Some(k) = key.to_str()
+                && k.starts_with("BELLWIRE_")
+            {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::from(stderr));
+        let mut child = cmd.spawn().with_context(|| format!("cannot run {}", bin.display()))?;
+        let stdout = child.stdout.take().context("no stdout pipe")?;
+
+        // A thread reads stdout for the ready line and keeps draining it
+        // afterwards so the server can never block on a full pipe.
+        let (tx, rx) = tokio::sync::oneshot::channel::<String>();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = writeln!(stdout_log, "{line}");
+                if let Some(rest) = line.strip_prefix(READY_PREFIX)
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(rest.trim().to_owned());
+                }
+            }
+        });
+        self.child = Some(child);
+
+        let addr = match tokio::time::timeout(READY_TIMEOUT, rx).await {
+            Ok(Ok(addr)) => addr,
+            Ok(Err(_)) => {
+                // stdout closed without the ready line: the process ended.
+                let status = self.wait_exit(Duration::from_secs(5)).await;
+                bail!(
+                    "bellwire exited before printing {READY_PREFIX:?} (status {status:?}); stderr:\n{}",
+                    self.log_tail(200)
+                );
+            }
+            Err(_) => {
+                let _ = self.kill9().await;
+                bail!(
+                    "bellwire did not print {READY_PREFIX:?} within {READY_TIMEOUT:?}; stderr:\n{}",
+                    self.log_tail(200)
+                );
+            }
+        };
+        let addr: SocketAddr = addr
+            .parse()
+            .with_context(|| format!("ready line has no socket address: {READY_PREFIX}{addr}"))?;
+        self.addr = Some(addr);
+        Ok(())
+    }
+
+    /// Polls the child until it exits or `timeout` passes. Returns the exit
+    /// status and forgets the child; `None` if it is still running.
+    async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.child.as_mut()?;
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    self.child = None;
+                    self.addr = None;
+                    return Some(status);
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(25)).await
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the process to exit. Returns its
+    /// exit status. If it does not exit in time it is SIGKILLed and this fails.
+    pub async fn stop(&mut self) -> Result<ExitStatus> {
+        let pid = self.pid().context("the server is not running")?;
+        let pid = libc::pid_t::try_from(pid)?;
+        // SAFETY: plain syscall on the PID of a child we own and have not reaped.
+        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+        ensure!(rc == 0, "kill(SIGTERM) failed: {}", std::io::Error::last_os_error());
+        match self.wait_exit(SHUTDOWN_TIMEOUT).await {
+            Some(status) => Ok(status),
+            None => {
+                let _ = self.kill9().await;
+                bail!(
+                    "bellwire did not exit within {SHUTDOWN_TIMEOUT:?} after SIGTERM; stderr:\n{}",
+                    self.log_tail(100)
+                )
+            }
+        }
+    }
+
+    /// Graceful restart: SIGTERM, wait for exit, start again on the same data
+    /// directory. Returns the exit status of the old process. The URL changes.
+    pub async fn restart(&mut self) -> Result<ExitStatus> {
+        let status = self.stop().await?;
+        self.spawn().await?;
+        Ok(status)
+    }
+
+    /// SIGKILL the process (no chance to flush anything) and reap it.
+    pub async fn kill9(&mut self) -> Result<ExitStatus> {
+        let child = self.child.as_mut().context("the server is not running")?;
+        // Child::kill is SIGKILL on unix, sent to this child's own PID.
+        child.kill().context("cannot SIGKILL the server")?;
+        self.wait_exit(Duration::from_secs(10)).await.context("server did not die after SIGKILL")
+    }
+
+    /// Starts the server again on the same data directory after `stop` or
+    /// `kill9`.
+    pub async fn start_again(&mut self) -> Result<()> {
+        self.spawn().await
+    }
+
+    // ----- clients -----
+
+    /// A raw HTTP helper pointed at this server.
+    pub fn http(&self) -> Http {
+        Http::new(&self.url())
+    }
+
+    /// A matrix-sdk client for this server, not logged in, with an in-memory
+    /// store. Retries are off so tests see the server's first answer.
+    pub async fn sdk_client(&self) -> Result<Client> {
+        Client::builder()
+            .homeserver_url(self.url())
+            .request_config(RequestConfig::new().disable_retry().timeout(Duration::from_secs(30)))
+            .build()
+            .await
+            .context("cannot build a matrix-sdk client")
+    }
+
+    /// Registers `localpart` (password [`password_for`]) with the UIA
+    /// `m.login.dummy` flow, then logs in with the password on a fresh client.
+    pub async fn new_user(&self, localpart: &str) -> Result<User> {
+        let password = password_for(localpart);
+        self.register_account(localpart, &password).await?;
+        self.login(localpart, &password).await
+    }
+
+    /// Registers an account through the matrix-sdk client with the UIA
+    /// dance: a first request without auth must answer 401 with a session and
+    /// an `m.login.dummy` flow; the second completes it.
+    pub async fn register_account(&self, localpart: &str, password: &str) -> Result<OwnedUserId> {
+        let client = self.sdk_client().await?;
+        let request = |auth: Option<AuthData>| {
+            let mut r = register::v3::Request::new();
+            r.username = Some(localpart.to_owned());
+            r.password = Some(password.to_owned());
+            r.initial_device_display_name = Some("bellwire-tests registration".to_owned());
+            r.auth = auth;
+            r
+        };
+        let first = client.matrix_auth().register(request(None)).await;
+        let err = match first {
+            Ok(_) => bail!("registering {localpart} without auth succeeded; expected 401 UIA"),
+            Err(err) => err,
+        };
+        let info = err.as_uiaa_response().with_context(|| {
+            format!("registering {localpart}: expected a 401 UIA response, got {err:?}")
+        })?;
+        ensure!(
+            info.flows.iter().any(|f| f.stages.contains(&AuthType::Dummy)),
+            "registration UIA offers no m.login.dummy flow: {:?}",
+            info.flows
+        );
+        let mut dummy = Dummy::new();
+        dummy.session = info.session.clone();
+        let response = client
+            .matrix_auth()
+            .register(request(Some(AuthData::Dummy(dummy))))
+            .await
+            .with_context(|| format!("registering {localpart} with m.login.dummy"))?;
+        Ok(response.user_id)
+    }
+
+    /// Logs `user` (localpart or full user id) in with a password on a fresh
+    /// client.
+    pub async fn login(&self, user: &str, password: &str) -> Result<User> {
+        let client = self.sdk_client().await?;
+        client
+            .matrix_auth()
+            .login_username(user, password)
+            .initial_device_display_name("bellwire-tests")
+            .send()
+            .await
+            .with_context(|| format!("password login as {user}"))?;
+        let user_id = client.user_id().context("no user id after login")?.to_owned();
+        let localpart = user_id.localpart().to_owned();
+        Ok(User {
+            client,
+            user_id,
+            localpart,
+            password: password.to_owned(),
+            seen: Mutex::new(Seen::default()),
+        })
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SIGKILL our own child by PID, then reap it.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let keep = std::env::var_os("BELLWIRE_TEST_KEEP").is_some_and(|v| v == "1");
+        if std::thread::panicking() {
+            eprintln!(
+                "---- bellwire stderr ({}), last 120 lines ----\n{}\n---- end of bellwire stderr ----",
+                self.stderr_path().display(),
+                self.log_tail(120)
+            );
+        }
+        if keep {
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+            eprintln!("keeping bellwire test data in {}", dir.keep().display());
+        }
+    }
+}
+
+/// The password every test user gets.
+pub fn password_for(localpart: &str) -> String {
+    format!("{localpart}-correct-horse-battery")
+}
+
+/// `@localpart:localhost`
+pub fn mxid(localpart: &str) -> OwnedUserId {
+    UserId::parse(format!("@{localpart}:{SERVER_NAME}")).expect("valid user id")
+}
+
+// ---------------------------------------------------------------------------
+// Logged-in users and bounded sync
+// ---------------------------------------------------------------------------
+
+/// A timeline event a user received through /sync.
+#[derive(Clone, Debug)]
+pub struct SeenEvent {
+    pub room_id: OwnedRoomId,
+    pub event_id: Option<String>,
+    pub sender: String,
+    pub event_type: String,
+    pub state_key: Option<String>,
+    pub json: Value,
+}
+
+impl SeenEvent {
+    /// `content.body` of an `m.room.message`.
+    pub fn body(&self) -> Option<&str> {
+        if self.event_type != "m.room.message" {
+            return None;
+        }
+        self.json.pointer("/content/body").and_then(Value::as_str)
+    }
+}
+
+/// Everything a user has learned through /sync so far.
+#[derive(Clone, Debug, Default)]
+pub struct Seen {
+    /// Timeline events of joined and left rooms, in arrival order.
+    pub events: Vec<SeenEvent>,
+    /// Invites: room id -> stripped state events.
+    pub invites: BTreeMap<OwnedRoomId, Vec<Value>>,
+    /// Rooms that appeared in the `leave` section.
+    pub left: BTreeSet<OwnedRoomId>,
+    /// Rooms that appeared in the `join` section.
+    pub joined: BTreeSet<OwnedRoomId>,
+    /// Global account data: type -> latest content.
+    pub account_data: BTreeMap<String, Value>,
+    /// Number of completed sync requests.
+    pub syncs: u64,
+}
+
+impl Seen {
+    /// `(sender, body)` of every text message seen in `room`, in order.
+    pub fn texts(&self, room: &RoomId) -> Vec<(String, String)> {
+        self.events
+            .iter()
+            .filter(|e| e.room_id == room)
+            .filter_map(|e| e.body().map(|b| (e.sender.clone(), b.to_owned())))
+            .collect()
+    }
+
+    pub fn has_text(&self, room: &RoomId, sender: &UserId, body: &str) -> bool {
+        self.events
+            .iter()
+            .any(|e| e.room_id == room && e.sender == sender.as_str() && e.body() == Some(body))
+    }
+
+    /// The latest membership of `user` in `room` seen in a timeline.
+    pub fn membership(&self, room: &RoomId, user: &UserId) -> Option<String> {
+        self.events
+            .iter()
+            .rev()
+            .filter(|e| e.room_id == room && e.event_type == "m.room.member")
+            .find(|e| e.state_key.as_deref() == Some(user.as_str()))
+            .and_then(|e| e.json.pointer("/content/membership")?.as_str().map(str::to_owned))
+    }
+}
+
+fn timeline_json(ev: &TimelineEvent) -> Value {
+    serde_json::from_str(ev.raw().json().get()).unwrap_or(Value::Null)
+}
+
+fn seen_event(room_id: &RoomId, json: Value) -> SeenEvent {
+    let s = |k: &str| json.get(k).and_then(Value::as_str).map(str::to_owned);
+    SeenEvent {
+        room_id: room_id.to_owned(),
+        event_id: s("event_id"),
+        sender: s("sender").unwrap_or_default(),
+        event_type: s("type").unwrap_or_default(),
+        state_key: s("state_key"),
+        json,
+    }
+}
+
+/// A logged-in user: a matrix-sdk client plus what it has seen via /sync.
+pub struct User {
+    pub client: Client,
+    pub user_id: OwnedUserId,
+    pub localpart: String,
+    pub password: String,
+    seen: Mutex<Seen>,
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User").field("user_id", &self.user_id).finish_non_exhaustive()
+    }
+}
+
+impl User {
+    pub fn access_token(&self) -> String {
+        self.client.access_token().expect("logged in")
+    }
+
+    /// The client's view of `room_id` (known after createRoom/join or sync).
+    pub fn room(&self, room_id: &RoomId) -> Result<Room> {
+        self.client
+            .get_room(room_id)
+            .with_context(|| format!("{} does not know room {room_id}", self.user_id))
+    }
+
+    /// A snapshot of everything seen through sync so far.
+    pub fn seen(&self) -> Seen {
+        self.seen.lock().unwrap().clone()
+    }
+
+    fn record(&self, resp: &SyncResponse) {
+        let mut seen = self.seen.lock().unwrap();
+        seen.syncs += 1;
+        for (room_id, update) in &resp.rooms.joined {
+            seen.joined.insert(room_id.clone());
+            for ev in &update.timeline.events {
+                seen.events.push(seen_event(room_id, timeline_json(ev)));
+            }
+        }
+        for (room_id, update) in &resp.rooms.left {
+            seen.left.insert(room_id.clone());
+            for ev in &update.timeline.events {
+                seen.events.push(seen_event(room_id, timeline_json(ev)));
+            }
+        }
+        for (room_id, update) in &resp.rooms.invited {
+            let events = update
+                .invite_state
+                .events
+                .iter()
+                .map(|e| serde_json::from_str(e.json().get()).unwrap_or(Value::Null))
+                .collect();
+            seen.invites.insert(room_id.clone(), events);
+        }
+        for ev in &resp.account_data {
+            if let Ok(v) = serde_json::from_str::<Value>(ev.json().get())
+                && let Some(t) = v.get("type").and_then(Value::as_str)
+            {
+                let content = v.get("content").cloned().unwrap_or(Value::Null);
+                seen.account_data.insert(t.to_owned(), content);
+            }
+        }
+    }
+
+    /// One /sync round (long-poll of at most 500 ms), recorded. Bounded by
+    /// `WAIT`.
+    pub async fn sync_once(&self) -> Result<SyncResponse> {
+        let settings = SyncSettings::default().timeout(Duration::from_millis(500));
+        let resp = tokio::time::timeout(WAIT, self.client.sync_once(settings))
+            .await
+            .map_err(|_| anyhow!("{}: /sync did not answer within {WAIT:?}", self.user_id))?
+            .with_context(|| format!("{}: /sync failed", self.user_id))?;
+        self.record(&resp);
+        Ok(resp)
+    }
+
+    /// Syncs until `done` holds for what this user has seen, or fails after
+    /// `WAIT` with a message naming `what`.
+    pub async fn sync_until(&self, what: &str, mut done: impl FnMut(&Seen) -> bool) -> Result<()> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if done(&self.seen.lock().unwrap()) {
+                return Ok(());
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                let seen = self.seen();
+                bail!(
+                    "{}: gave up after {WAIT:?} waiting for {what}; {} syncs, joined {:?}, \
+                     invited {:?}, left {:?}, last events: {:#?}",
+                    self.user_id,
+                    seen.syncs,
+                    seen.joined,
+                    seen.invites.keys().collect::<Vec<_>>(),
+                    seen.left,
+                    seen.events.iter().rev().take(5).collect::<Vec<_>>()
+                );
+            }
+            let settings = SyncSettings::default().timeout(Duration::from_millis(500));
+            let resp = tokio::time::timeout(remaining, self.client.sync_once(settings))
+                .await
+                .map_err(|_| anyhow!("{}: /sync hung while waiting for {what}", self.user_id))?
+                .with_context(|| format!("{}: /sync failed while waiting for {what}", self.user_id))?;
+            self.record(&resp);
+        }
+    }
+
+    /// Waits until sync has delivered an invite to `room`; returns its
+    /// stripped state.
+    pub async fn wait_for_invite(&self, room: &RoomId) -> Result<Vec<Value>> {
+        self.sync_until(&format!("an invite to {room}"), |s| s.invites.contains_key(room)).await?;
+        Ok(self.seen().invites[room].clone())
+    }
+
+    /// Waits until sync has delivered the text `body` sent by `sender` in `room`.
+    pub async fn wait_for_text(&self, room: &RoomId, sender: &UserId, body: &str) -> Result<()> {
+        self.sync_until(&format!("message {body:?} from {sender} in {room}"), |s| {
+            s.has_text(room, sender, body)
+        })
+        .await
+    }
+
+    /// Joins `room` (by id) through the SDK; the room must be known, e.g. from
+    /// a synced invite.
+    pub async fn join(&self, room: &RoomId) -> Result<Room> {
+        self.client
+            .join_room_by_id(room)
+            .await
+            .with_context(|| format!("{} joining {room}", self.user_id))
+    }
+
+    /// Sends a plain text message; returns its event id.
+    pub async fn send_text(&self, room: &RoomId, body: &str) -> Result<String> {
+        use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
+        let r = self.room(room)?;
+        let res = r
+            .send(RoomMessageEventContent::text_plain(body))
+            .await
+            .with_context(|| format!("{} sending {body:?} to {room}", self.user_id))?;
+        Ok(res.response.event_id.to_string())
+    }
+
+    /// Server's membership list for `room` (GET /members, as this user):
+    /// user id -> membership.
+    pub async fn memberships(&self, room: &RoomId) -> Result<BTreeMap<String, String>> {
+        let resp = self
+            .client
+            .send(get_member_events::v3::Request::new(room.to_owned()))
+            .await
+            .with_context(|| format!("{} GET /members of {room}", self.user_id))?;
+        let mut out = BTreeMap::new();
+        for ev in resp.chunk {
+            let v: Value = serde_json::from_str(ev.json().get())?;
+            let user = v["state_key"].as_str().context("member event without state_key")?;
+            let membership =
+                v.pointer("/content/membership").and_then(Value::as_str).context("no membership")?;
+            out.insert(user.to_owned(), membership.to_owned());
+        }
+        Ok(out)
+    }
+
+    /// The users whose membership in `room` is `join`, per the server.
+    pub async fn joined_members(&self, room: &RoomId) -> Result<BTreeSet<String>> {
+        Ok(self
+            .memberships(room)
+            .await?
+            .into_iter()
+            .filter(|(_, m)| m == "join")
+            .map(|(u, _)| u)
+            .collect())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Errors from the SDK
+// ---------------------------------------------------------------------------
+
+/// `(HTTP status, errcode)` of a Matrix error answer, if `err` is one.
+pub fn matrix_error(err: &matrix_sdk::Error) -> Option<(u16, String)> {
+    let api = err.as_client_api_error()?;
+    let code = api.error_kind().map(|k: &ErrorKind| k.errcode().as_str().to_owned());
+    Some((api.status_code.as_u16(), code.unwrap_or_default()))
+}
+
+/// Asserts that `result` failed with the given HTTP status and errcode.
+#[track_caller]
+pub fn assert_matrix_error<T: std::fmt::Debug>(
+    result: &std::result::Result<T, matrix_sdk::Error>,
+    status: u16,
+    errcode: &str,
+) {
+    match result {
+        Ok(v) => panic!("expected {status} {errcode}, but the request succeeded: {v:?}"),
+        Err(err) => match matrix_error(err) {
+            Some((s, c)) => assert!(
+                s == status && c == errcode,
+                "expected {status} {errcode}, got {s} {c} ({err:?})"
+            ),
+            None => panic!("expected {status} {errcode}, got a non-Matrix error: {err:?}"),
+        },
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Raw HTTP
+// ---------------------------------------------------------------------------
+
+/// Percent-encodes one path segment (everything but RFC 3986 unreserved).
+pub fn enc(segment: &str) -> String {
+    let mut out = String::new();
+    for b in segment.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// An HTTP answer: status, raw text and the body parsed as JSON (or Null).
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub text: String,
+    pub json: Value,
+}
+
+impl Reply {
+    pub fn errcode(&self) -> Option<&str> {
+        self.json.get("errcode").and_then(Value::as_str)
+    }
+
+    /// Fails unless this is exactly `status` with `errcode`.
+    pub fn expect_error(&self, status: u16, errcode: &str) -> Result<&Self> {
+        ensure!(
+            self.status == status && self.errcode() == Some(errcode),
+            "expected {status} {errcode}, got {} {}",
+            self.status,
+            self.text
+        );
+        ensure!(
+            self.json.get("error").is_none_or(Value::is_string),
+            "`error` must be a string when present: {}",
+            self.text
+        );
+        Ok(self)
+    }
+
+    /// Fails unless the status is 200.
+    pub fn expect_ok(&self) -> Result<&Self> {
+        ensure!(self.status == 200, "expected 200, got {} {}", self.status, self.text);
+        Ok(self)
+    }
+}
+
+/// Minimal raw Client-Server API client.
+#[derive(Clone, Debug)]
+pub struct Http {
+    pub base: String,
+    client: reqwest::Client,
+}
+
+/// A raw request body.
+pub enum Body {
+    None,
+    Json(Value),
+    /// Bytes sent as-is with `Content-Type: application/json`.
+    Raw(Vec<u8>),
+}
+
+impl Http {
+    pub fn new(base: &str) -> Self {
+        let client = reqwest::Client::builder()
+            .timeout(WAIT)
+            .build()
+            .expect("reqwest client");
+        Self { base: base.trim_end_matches('/').to_owned(), client }
+    }
+
+    /// Sends `method path` (path starting with `/_matrix/...`).
+    pub async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Body) -> Result<Reply> {
+        let method = reqwest::Method::from_bytes(method.as_bytes())?;
+        let mut req = self.client.request(method.clone(), format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req = match body {
+            Body::None => req,
+            Body::Json(v) => req.header("content-type", "application/json").body(v.to_string()),
+            Body::Raw(b) => req.header("content-type", "application/json").body(b),
+        };
+        let resp = req.send().await.with_context(|| format!("{method} {path}"))?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.with_context(|| format!("{method} {path}: reading body"))?;
+        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Ok(Reply { status, text, json })
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Result<Reply> {
+        self.call("GET", path, token, Body::None).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Result<Reply> {
+        self.call("POST", path, token, Body::Json(body)).await
+    }
+
+    pub async fn put(&self, path: &str, token: Option<&str>, body: Value) -> Result<Reply> {
+        self.call("PUT", path, token, Body::Json(body)).await
+    }
+
+    /// Full UIA registration (`m.login.dummy`); returns (user_id, access_token).
+    pub async fn register(&self, localpart: &str, password: &str) -> Result<(String, String)> {
+        let first = self
+            .post(
+                "/_matrix/client/v3/register",
+                None,
+                json!({"username": localpart, "password": password}),
+            )
+            .await?;
+        ensure!(first.status == 401, "register step 1: expected 401 UIA, got {} {}", first.status, first.text);
+        let session = first.json.get("session").cloned().unwrap_or(Value::Null);
+        let done = self
+            .post(
+                "/_matrix/client/v3/register",
+                None,
+                json!({
+                    "username": localpart,
+                    "password": password,
+                    "auth": {"type": "m.login.dummy", "session": session},
+                }),
+            )
+            .await?;
+        done.expect_ok()?;
+        let user_id = done.json["user_id"].as_str().context("no user_id")?.to_owned();
+        let token = done.json["access_token"].as_str().context("no access_token")?.to_owned();
+        Ok((user_id, token))
+    }
+
+    /// POST /login with `m.login.password` and an `m.id.user` identifier.
+    pub async fn login(&self, user: &str, password: &str) -> Result<Reply> {
+        self.post(
+            "/_matrix/client/v3/login",
+            None,
+            json!({
+                "type": "m.login.password",
+                "identifier": {"type": "m.id.user", "user": user},
+                "password": password,
+            }),
+        )
+        .await
+    }
+
+    /// GET /versions answers 200 with a `versions` array.
+    pub async fn assert_alive(&self) -> Result<()> {
+        let r = self.get("/_matrix/client/versions", None).await.context("server is not answering")?;
+        r.expect_ok()?;
+        ensure!(r.json["versions"].is_array(), "/versions has no versions array: {}", r.text);
+        Ok(())
+    }
+
+    /// Creates a room; returns its id.
+    pub async fn create_room(&self, token: &str, body: Value) -> Result<String> {
+        let r = self.post("/_matrix/client/v3/createRoom", Some(token), body).await?;
+        r.expect_ok()?;
+        Ok(r.json["room_id"].as_str().context("no room_id")?.to_owned())
+    }
+
+    /// PUT /send/m.room.message with a fresh txn id; returns the reply.
+    pub async fn send_text(&self, token: &str, room: &str, txn: &str, body: &str) -> Result<Reply> {
+        self.put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/{}",
+                enc(room),
+                enc(txn)
+            ),
+            Some(token),
+            json!({"msgtype": "m.text", "body": body}),
+        )
+        .await
+    }
+
+    /// GET /rooms/{room}/state/{type}/{key}
+    pub async fn state(&self, token: &str, room: &str, ty: &str, key: &str) -> Result<Reply> {
+        self.get(
+            &format!("/_matrix/client/v3/rooms/{}/state/{}/{}", enc(room), enc(ty), enc(key)),
+            Some(token),
+        )
+        .await
+    }
+
+    /// GET /rooms/{room}/event/{event}
+    pub async fn event(&self, token: &str, room: &str, event_id: &str) -> Result<Reply> {
+        self.get(
+            &format!("/_matrix/client/v3/rooms/{}/event/{}", enc(room), enc(event_id)),
+            Some(token),
+        )
+        .await
+    }
+
+    /// GET /joined_rooms as a list.
+    pub async fn joined_rooms(&self, token: &str) -> Result<Vec<String>> {
+        let r = self.get("/_matrix/client/v3/joined_rooms", Some(token)).await?;
+        r.expect_ok()?;
+        Ok(r.json["joined_rooms"]
+            .as_array()
+            .context("no joined_rooms array")?
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect())
+    }
+
+    /// All `m.room.message` events of `room`, oldest first, collected by
+    /// paginating /messages backwards from the end (bounded).
+    pub async fn all_messages(&self, token: &str, room: &str) -> Result<Vec<Value>> {
+        let mut from: Option<String> = None;
+        let mut out = Vec::new();
+        for _ in 0..1000 {
+            let mut path =
+                format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100", enc(room));
+            if let Some(f) = &from {
+                path.push_str(&format!("&from={}", enc(f)));
+            }
+            let r = self.get(&path, Some(token)).await?;
+            r.expect_ok()?;
+            let chunk = r.json["chunk"].as_array().context("no chunk")?;
+            for ev in chunk {
+                if ev["type"] == "m.room.message" {
+                    out.push(ev.clone());
+                }
+            }
+            match r.json.get("end").and_then(Value::as_str) {
+                Some(end) if !chunk.is_empty() => from = Some(end.to_owned()),
+                _ => {
+                    out.reverse();
+                    return Ok(out);
+                }
+            }
+        }
+        bail!("/messages pagination of {room} did not end after 1000 pages")
+    }
+}
+
+/// Runs `f` until it returns `Ok(true)`, at most `WAIT`.
+pub async fn eventually<F, Fut>(what: &str, mut f: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let deadline = Instant::now() + WAIT;
+    let mut last_err = None;
+    while Instant::now() < deadline {
+        match f().await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => last_err = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("gave up after {WAIT:?} waiting for {what} (last error: {last_err:?})")
+}

@@ -1,0 +1,282 @@
+//! Durability: what the server acknowledged must survive a graceful restart
+//! and a SIGKILL on the same data directory.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    os::unix::process::ExitStatusExt,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::{Context, Result, ensure};
+use bellwire_tests::{Http, TestServer, eventually, password_for};
+use matrix_sdk::ruma::api::client::room::create_room::{self, v3::RoomPreset};
+use serde_json::{Value, json};
+
+fn texts(messages: &[Value]) -> Vec<(String, String, String)> {
+    messages
+        .iter()
+        .map(|m| {
+            (
+                m["event_id"].as_str().unwrap_or_default().to_owned(),
+                m["sender"].as_str().unwrap_or_default().to_owned(),
+                m["content"]["body"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Users, rooms, memberships, messages, account data and access tokens are all
+/// still there after a SIGTERM + start on the same data directory, and the
+/// room keeps working afterwards.
+#[tokio::test(flavor = "multi_thread")]
+async fn everything_survives_a_graceful_restart() -> Result<()> {
+    let mut server = TestServer::start().await?;
+    let alice = server.new_user("alice").await?;
+    let bob = server.new_user("bob").await?;
+
+    // A book club room with a conversation in it.
+    let mut request = create_room::v3::Request::new();
+    request.name = Some("Book club".to_owned());
+    request.preset = Some(RoomPreset::PrivateChat);
+    request.invite = vec![bob.user_id.clone()];
+    let room = alice.client.create_room(request).await?;
+    let room_id = room.room_id().to_owned();
+    bob.wait_for_invite(&room_id).await?;
+    bob.join(&room_id).await?;
+    let mut sent = Vec::new();
+    for i in 0..10 {
+        let (speaker, body) = if i % 2 == 0 {
+            (&alice, format!("Alice, chapter {i}"))
+        } else {
+            (&bob, format!("Bob, chapter {i}"))
+        };
+        let event_id = speaker.send_text(&room_id, &body).await?;
+        sent.push((event_id, speaker.user_id.to_string(), body));
+    }
+    // And a DM, which also writes m.direct account data.
+    let dm = alice.client.create_dm(&bob.user_id).await?;
+    let dm_id = dm.room_id().to_owned();
+    let alice_token = alice.access_token();
+    let before = server.http().all_messages(&alice_token, room_id.as_str()).await?;
+    assert_eq!(texts(&before), sent, "sanity: history before the restart");
+
+    let status = server.restart().await?;
+    eprintln!("bellwire exited with {status:?} after SIGTERM");
+    let http = server.http();
+
+    // Alice's existing access token still works.
+    let whoami = http.get("/_matrix/client/v3/account/whoami", Some(&alice_token)).await?;
+    whoami.expect_ok()?;
+    assert_eq!(whoami.json["user_id"], alice.user_id.as_str());
+
+    // Both can log in again, by full user id and by localpart; a wrong
+    // password is still refused.
+    let alice2 = server.login(alice.user_id.as_str(), &password_for("alice")).await?;
+    let bob2 = server.login("bob", &password_for("bob")).await?;
+    http.login("alice", "not-her-password").await?.expect_error(403, "M_FORBIDDEN")?;
+
+    // Rooms and memberships are still there.
+    let alice_rooms: BTreeSet<String> = http.joined_rooms(&alice2.access_token()).await?.into_iter().collect();
+    assert!(alice_rooms.contains(room_id.as_str()) && alice_rooms.contains(dm_id.as_str()), "{alice_rooms:?}");
+    let bob_rooms: BTreeSet<String> = http.joined_rooms(&bob2.access_token()).await?.into_iter().collect();
+    assert!(bob_rooms.contains(room_id.as_str()), "{bob_rooms:?}");
+    let name = http.state(&alice2.access_token(), room_id.as_str(), "m.room.name", "").await?;
+    name.expect_ok()?;
+    assert_eq!(name.json["name"], "Book club");
+    let joined = alice2.joined_members(&room_id).await?;
+    assert_eq!(joined, [alice.user_id.to_string(), bob.user_id.to_string()].into_iter().collect());
+
+    // Every message, same ids, same order; each one also fetchable by id.
+    let after = http.all_messages(&alice2.access_token(), room_id.as_str()).await?;
+    assert_eq!(texts(&after), sent, "history after the restart");
+    for (event_id, sender, body) in &sent {
+        let ev = http.event(&bob2.access_token(), room_id.as_str(), event_id).await?;
+        ev.expect_ok()?;
+        assert_eq!(ev.json["sender"], sender.as_str());
+        assert_eq!(ev.json["content"]["body"], body.as_str());
+    }
+
+    // Account data survived: Alice's m.direct still lists the DM with Bob.
+    let direct = http
+        .get(&format!("/_matrix/client/v3/user/{}/account_data/m.direct", bellwire_tests::enc(alice.user_id.as_str())), Some(&alice2.access_token()))
+        .await?;
+    direct.expect_ok()?;
+    let dms = direct.json[bob.user_id.as_str()].as_array().cloned().unwrap_or_default();
+    assert!(dms.iter().any(|r| r == dm_id.as_str()), "m.direct after restart: {}", direct.text);
+
+    // The room keeps working, and new messages sort after the old ones.
+    let line = "Shall we read the sequel next?";
+    alice2.send_text(&room_id, line).await?;
+    bob2.wait_for_text(&room_id, &alice.user_id, line).await?;
+    let latest = http.all_messages(&bob2.access_token(), room_id.as_str()).await?;
+    assert_eq!(latest.len(), sent.len() + 1);
+    assert_eq!(texts(&latest)[..sent.len()], sent[..]);
+    assert_eq!(latest.last().unwrap()["content"]["body"], line);
+
+    // New accounts can still be created next to the old ones.
+    let carol = server.new_user("carol").await?;
+    assert_eq!(carol.user_id.as_str(), "@carol:localhost");
+    Ok(())
+}
+
+/// SIGTERM makes the server exit on its own, promptly and with status 0; the
+/// data written before is there on the next start.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_shuts_the_server_down_cleanly() -> Result<()> {
+    let mut server = TestServer::start().await?;
+    let http = server.http();
+    let (_, token) = http.register("alice", &password_for("alice")).await?;
+    let room = http.create_room(&token, json!({"name": "Last words"})).await?;
+    let sent = http.send_text(&token, &room, "txn-1", "goodnight").await?;
+    sent.expect_ok()?;
+    let event_id = sent.json["event_id"].as_str().context("no event_id")?.to_owned();
+
+    let status = server.stop().await?;
+    assert!(status.success(), "exit status after SIGTERM should be 0, got {status:?}");
+
+    server.start_again().await?;
+    let http = server.http();
+    let ev = http.event(&token, &room, &event_id).await?;
+    ev.expect_ok()?;
+    assert_eq!(ev.json["content"]["body"], "goodnight");
+    Ok(())
+}
+
+#[derive(Clone, Debug)]
+struct Acked {
+    writer: usize,
+    seq: usize,
+    event_id: String,
+    body: String,
+}
+
+/// Writers send messages as fast as the server accepts them; the server is
+/// SIGKILLed in the middle; after starting again on the same data directory,
+/// every message that had been acknowledged (got an event_id back) is there,
+/// each writer's messages in the order they were sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn acknowledged_messages_survive_kill_9_mid_load() -> Result<()> {
+    const WRITERS: usize = 4;
+    const KILL_AFTER: usize = 60;
+
+    let mut server = TestServer::start().await?;
+    let http = server.http();
+    let (alice_id, token) = http.register("alice", &password_for("alice")).await?;
+    let room = http.create_room(&token, json!({"name": "Under load", "preset": "private_chat"})).await?;
+
+    let acked: Arc<Mutex<Vec<Acked>>> = Arc::default();
+    let killed = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for writer in 0..WRITERS {
+        let (http, token, room) = (http.clone(), token.clone(), room.clone());
+        let (acked, killed) = (acked.clone(), killed.clone());
+        writers.push(tokio::spawn(async move {
+            // Rejections received while the server was certainly alive.
+            let mut failures_before_kill = Vec::new();
+            for seq in 0..100_000usize {
+                let body = format!("writer {writer} message {seq:05}");
+                let txn = format!("load-{writer}-{seq}");
+                let was_killed = killed.load(Ordering::SeqCst);
+                match send_one(&http, &token, &room, &txn, &body).await {
+                    Ok(event_id) => acked.lock().unwrap().push(Acked { writer, seq, event_id, body }),
+                    Err(e) => {
+                        if !was_killed && !killed.load(Ordering::SeqCst) {
+                            failures_before_kill.push(format!("{body}: {e:#}"));
+                        }
+                        if killed.load(Ordering::SeqCst) {
+                            break;
+                        }
+                    }
+                }
+                if killed.load(Ordering::SeqCst) {
+                    break;
+                }
+            }
+            failures_before_kill
+        }));
+    }
+
+    // Let the load build up, then pull the plug.
+    eventually("enough acknowledged messages before the kill", || {
+        let n = acked.lock().unwrap().len();
+        async move { Ok(n >= KILL_AFTER) }
+    })
+    .await?;
+    // Flag first, so a request that fails because of the kill is never
+    // mistaken for a rejection by a live server.
+    killed.store(true, Ordering::SeqCst);
+    let status = server.kill9().await?;
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "the server died of SIGKILL: {status:?}");
+
+    let mut failures = Vec::new();
+    for w in writers {
+        let done = tokio::time::timeout(Duration::from_secs(30), w).await.context("a writer hung")??;
+        failures.extend(done);
+    }
+    // Writers may have raced the kill by a hair; only count failures when the
+    // server was alive on both sides of the request.
+    assert!(failures.is_empty(), "sends failed while the server was up: {failures:#?}");
+    let acked = acked.lock().unwrap().clone();
+    ensure!(acked.len() >= KILL_AFTER, "only {} acknowledged", acked.len());
+    eprintln!("{} messages acknowledged before SIGKILL", acked.len());
+
+    // Same data directory: the store must open cleanly.
+    server.start_again().await.context("bellwire failed to start again after SIGKILL")?;
+    let http = server.http();
+    let whoami = http.get("/_matrix/client/v3/account/whoami", Some(&token)).await?;
+    whoami.expect_ok()?;
+    assert_eq!(whoami.json["user_id"], alice_id.as_str(), "the access token survived");
+
+    // Every acknowledged event is retrievable by id, intact.
+    let mut missing = Vec::new();
+    for a in &acked {
+        let ev = http.event(&token, &room, &a.event_id).await?;
+        if ev.status != 200 {
+            missing.push(format!("{} ({}): {} {}", a.event_id, a.body, ev.status, ev.text));
+            continue;
+        }
+        assert_eq!(ev.json["content"]["body"], a.body.as_str(), "{}", a.event_id);
+        assert_eq!(ev.json["sender"], alice_id.as_str());
+        assert_eq!(ev.json["type"], "m.room.message");
+    }
+    assert!(missing.is_empty(), "{} of {} acknowledged events lost: {missing:#?}", missing.len(), acked.len());
+
+    // /messages has them all too, each writer's in send order.
+    let history = http.all_messages(&token, &room).await?;
+    let position: BTreeMap<String, usize> = history
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| Some((e["event_id"].as_str()?.to_owned(), i)))
+        .collect();
+    assert_eq!(position.len(), history.len(), "no event appears twice in /messages");
+    for writer in 0..WRITERS {
+        let mut last: Option<(usize, usize)> = None;
+        for a in acked.iter().filter(|a| a.writer == writer) {
+            let pos = *position
+                .get(&a.event_id)
+                .with_context(|| format!("acknowledged {} ({}) missing from /messages", a.event_id, a.body))?;
+            if let Some((seq, prev)) = last {
+                assert!(pos > prev, "writer {writer}: seq {} sorts before seq {seq}", a.seq);
+            }
+            last = Some((a.seq, pos));
+        }
+    }
+
+    // And the server takes new writes on top of the recovered state.
+    let after = http.send_text(&token, &room, "after-crash-1", "back on my feet").await?;
+    after.expect_ok()?;
+    let history = http.all_messages(&token, &room).await?;
+    assert_eq!(history.last().map(|e| e["content"]["body"].clone()), Some(json!("back on my feet")));
+    assert!(!server.stderr_log().contains("panicked"), "server log shows a panic:\n{}", server.stderr_log());
+    Ok(())
+}
+
+async fn send_one(http: &Http, token: &str, room: &str, txn: &str, body: &str) -> Result<String> {
+    let reply = http.send_text(token, room, txn, body).await?;
+    reply.expect_ok()?;
+    Ok(reply.json["event_id"].as_str().context("200 without event_id")?.to_owned())
+}
