@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
-"""Print a Markdown table row per matrix_bench.py JSON result (stdlib only).
+"""Print a Markdown table of matrix_bench.py JSON results (stdlib only).
 
-    bench/summarize.py bench/results/*.json
+    bench/summarize.py bench/results/*.json             # one row per result file
+    bench/summarize.py --median bench/results/*.json    # one column per scenario+server:
+                                                        # median [min–max] over repeated runs
 """
+import statistics
 import json
 import sys
 
@@ -45,12 +48,63 @@ def row(path):
     ]
 
 
+METRICS = [
+    ("send→sync p50 ms", ("deliveries", "latency_ms", "p50"), 0),
+    ("send→sync p95 ms", ("deliveries", "latency_ms", "p95"), 0),
+    ("send→sync p99 ms", ("deliveries", "latency_ms", "p99"), 0),
+    ("send→sync max ms", ("deliveries", "latency_ms", "max"), 0),
+    ("sustained msgs/s (acked)", ("sends", "sustained_msgs_per_s"), 1),
+    ("PUT ack p50 ms", ("sends", "ack_latency_ms", "p50"), 0),
+    ("deliveries received", ("deliveries", "received"), 0),
+    ("deliveries expected", ("deliveries", "expected"), 0),
+    ("errors", ("errors", "total"), 0),
+    ("server RSS start MiB", ("server_process", "rss_mib", "start"), 1),
+    ("server RSS peak MiB", ("server_process", "rss_mib", "peak_sampled"), 1),
+    ("server RSS end MiB", ("server_process", "rss_mib", "end"), 1),
+    ("server CPU s (load phase)", ("server_process", "cpu_s", "load"), 1),
+    ("other processes, cores", ("machine", "cpu_during_load_phase", "other_processes_cores"), 2),
+]
+
+
+def scenario(r):
+    c = r["config"]
+    srv = g(r, "target", "server")
+    srv = f"{srv.get('name')} {srv.get('version')}" if isinstance(srv, dict) else (r.get("label") or "?")
+    rate = f"{fmt(c['rate_per_s'])}/s" if c.get("rate_per_s") else "unpaced"
+    return f"{srv}: {c['users']}u/{c['rooms']}r/{c['messages_total']}m {rate}"
+
+
+def median_table(paths):
+    groups = {}
+    for p in paths:
+        r = json.load(open(p))
+        groups.setdefault(scenario(r), []).append(r)
+    keys = list(groups)
+    print("| metric | " + " | ".join(f"{k} (n={len(groups[k])})" for k in keys) + " |")
+    print("|---|" + "---|" * len(keys))
+    for name, path, nd in METRICS:
+        cells = []
+        for k in keys:
+            vals = [v for v in (g(r, *path) for r in groups[k]) if isinstance(v, (int, float))]
+            if not vals:
+                cells.append("–")
+            elif len(vals) == 1 or min(vals) == max(vals):
+                cells.append(fmt(statistics.median(vals), nd))
+            else:
+                cells.append(f"{fmt(statistics.median(vals), nd)} [{fmt(min(vals), nd)}–{fmt(max(vals), nd)}]")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
 def main():
-    if len(sys.argv) < 2:
+    args = sys.argv[1:]
+    if not args:
         sys.exit(__doc__)
+    if args[0] == "--median":
+        median_table(args[1:])
+        return
     print("| " + " | ".join(COLS) + " |")
     print("|" + "---|" * len(COLS))
-    for p in sys.argv[1:]:
+    for p in args:
         print("| " + " | ".join(row(p)) + " |")
 
 

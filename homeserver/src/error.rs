@@ -115,6 +115,15 @@ impl IntoResponse for Error {
             }
             _ => json!({"errcode": errcode, "error": self.to_string()}),
         };
-        (status, axum::Json(body)).into_response()
+        let mut response = (status, axum::Json(body)).into_response();
+        if matches!(self, Error::TooLarge { .. }) {
+            // The unread rest of the body is still on the wire: the
+            // connection cannot be reused, and the client must know.
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
+        response
     }
 }

@@ -94,8 +94,12 @@ pub fn server_binary() -> Result<PathBuf> {
         Some(bin) => PathBuf::from(bin),
         None => {
             let exe = std::env::current_exe().context("cannot find the current test executable")?;
-            let deps = exe.parent().context("test executable has no parent directory")?;
-            let profile_dir = deps.parent().context("test executable directory has no parent")?;
+            let deps = exe
+                .parent()
+                .context("test executable has no parent directory")?;
+            let profile_dir = deps
+                .parent()
+                .context("test executable directory has no parent")?;
             profile_dir.join(format!("bellwire{}", std::env::consts::EXE_SUFFIX))
         }
     };
@@ -136,7 +140,13 @@ impl TestServer {
             .prefix("bellwire-test-")
             .tempdir()
             .context("cannot create a temporary data directory")?;
-        let mut server = Self { dir, options, child: None, addr: None, starts: 0 };
+        let mut server = Self {
+            dir,
+            options,
+            child: None,
+            addr: None,
+            starts: 0,
+        };
         server.write_config()?;
         server.spawn().await?;
         Ok(server)
@@ -204,7 +214,10 @@ impl TestServer {
         let db = self.database_dir();
         let db = db.to_str().context("data directory path is not UTF-8")?;
         cfg.push_str(&format!("\n[database]\npath = {}\n", toml_str(db)));
-        cfg.push_str(&format!("\n[registration]\nmode = {}\n", toml_str(&o.registration_mode)));
+        cfg.push_str(&format!(
+            "\n[registration]\nmode = {}\n",
+            toml_str(&o.registration_mode)
+        ));
         if let Some(t) = &o.registration_token {
             cfg.push_str(&format!("token = {}\n", toml_str(t)));
         }
@@ -229,7 +242,10 @@ impl TestServer {
             .open(self.stderr_path())
             .context("cannot open the server stderr log")?;
         writeln!(stderr, "===== bellwire start #{} =====", self.starts)?;
-        let mut stdout_log = OpenOptions::new().create(true).append(true).open(self.stdout_path())?;
+        let mut stdout_log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.stdout_path())?;
         writeln!(stdout_log, "===== bellwire start #{} =====", self.starts)?;
 
         let mut cmd = Command::new(&bin);
@@ -243,8 +259,12 @@ impl TestServer {
                 cmd.env_remove(k);
             }
         }
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::from(stderr));
-        let mut child = cmd.spawn().with_context(|| format!("cannot run {}", bin.display()))?;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr));
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot run {}", bin.display()))?;
         let stdout = child.stdout.take().context("no stdout pipe")?;
 
         // A thread reads stdout for the ready line and keeps draining it
@@ -316,7 +336,11 @@ impl TestServer {
         let pid = libc::pid_t::try_from(pid)?;
         // SAFETY: plain syscall on the PID of a child we own and have not reaped.
         let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
-        ensure!(rc == 0, "kill(SIGTERM) failed: {}", std::io::Error::last_os_error());
+        ensure!(
+            rc == 0,
+            "kill(SIGTERM) failed: {}",
+            std::io::Error::last_os_error()
+        );
         match self.wait_exit(SHUTDOWN_TIMEOUT).await {
             Some(status) => Ok(status),
             None => {
@@ -342,7 +366,9 @@ impl TestServer {
         let child = self.child.as_mut().context("the server is not running")?;
         // Child::kill is SIGKILL on unix, sent to this child's own PID.
         child.kill().context("cannot SIGKILL the server")?;
-        self.wait_exit(Duration::from_secs(10)).await.context("server did not die after SIGKILL")
+        self.wait_exit(Duration::from_secs(10))
+            .await
+            .context("server did not die after SIGKILL")
     }
 
     /// Starts the server again on the same data directory after `stop` or
@@ -363,7 +389,11 @@ impl TestServer {
     pub async fn sdk_client(&self) -> Result<Client> {
         Client::builder()
             .homeserver_url(self.url())
-            .request_config(RequestConfig::new().disable_retry().timeout(Duration::from_secs(30)))
+            .request_config(
+                RequestConfig::new()
+                    .disable_retry()
+                    .timeout(Duration::from_secs(30)),
+            )
             .build()
             .await
             .context("cannot build a matrix-sdk client")
@@ -399,7 +429,9 @@ impl TestServer {
             format!("registering {localpart}: expected a 401 UIA response, got {err:?}")
         })?;
         ensure!(
-            info.flows.iter().any(|f| f.stages.contains(&AuthType::Dummy)),
+            info.flows
+                .iter()
+                .any(|f| f.stages.contains(&AuthType::Dummy)),
             "registration UIA offers no m.login.dummy flow: {:?}",
             info.flows
         );
@@ -424,7 +456,10 @@ impl TestServer {
             .send()
             .await
             .with_context(|| format!("password login as {user}"))?;
-        let user_id = client.user_id().context("no user id after login")?.to_owned();
+        let user_id = client
+            .user_id()
+            .context("no user id after login")?
+            .to_owned();
         let localpart = user_id.localpart().to_owned();
         Ok(User {
             client,
@@ -533,7 +568,12 @@ impl Seen {
             .rev()
             .filter(|e| e.room_id == room && e.event_type == "m.room.member")
             .find(|e| e.state_key.as_deref() == Some(user.as_str()))
-            .and_then(|e| e.json.pointer("/content/membership")?.as_str().map(str::to_owned))
+            .and_then(|e| {
+                e.json
+                    .pointer("/content/membership")?
+                    .as_str()
+                    .map(str::to_owned)
+            })
     }
 }
 
@@ -564,7 +604,9 @@ pub struct User {
 
 impl std::fmt::Debug for User {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("User").field("user_id", &self.user_id).finish_non_exhaustive()
+        f.debug_struct("User")
+            .field("user_id", &self.user_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -657,7 +699,9 @@ impl User {
             let resp = tokio::time::timeout(remaining, self.client.sync_once(settings))
                 .await
                 .map_err(|_| anyhow!("{}: /sync hung while waiting for {what}", self.user_id))?
-                .with_context(|| format!("{}: /sync failed while waiting for {what}", self.user_id))?;
+                .with_context(|| {
+                    format!("{}: /sync failed while waiting for {what}", self.user_id)
+                })?;
             self.record(&resp);
         }
     }
@@ -665,7 +709,10 @@ impl User {
     /// Waits until sync has delivered an invite to `room`; returns its
     /// stripped state.
     pub async fn wait_for_invite(&self, room: &RoomId) -> Result<Vec<Value>> {
-        self.sync_until(&format!("an invite to {room}"), |s| s.invites.contains_key(room)).await?;
+        self.sync_until(&format!("an invite to {room}"), |s| {
+            s.invites.contains_key(room)
+        })
+        .await?;
         Ok(self.seen().invites[room].clone())
     }
 
@@ -708,9 +755,13 @@ impl User {
         let mut out = BTreeMap::new();
         for ev in resp.chunk {
             let v: Value = serde_json::from_str(ev.json().get())?;
-            let user = v["state_key"].as_str().context("member event without state_key")?;
-            let membership =
-                v.pointer("/content/membership").and_then(Value::as_str).context("no membership")?;
+            let user = v["state_key"]
+                .as_str()
+                .context("member event without state_key")?;
+            let membership = v
+                .pointer("/content/membership")
+                .and_then(Value::as_str)
+                .context("no membership")?;
             out.insert(user.to_owned(), membership.to_owned());
         }
         Ok(out)
@@ -735,7 +786,9 @@ impl User {
 /// `(HTTP status, errcode)` of a Matrix error answer, if `err` is one.
 pub fn matrix_error(err: &matrix_sdk::Error) -> Option<(u16, String)> {
     let api = err.as_client_api_error()?;
-    let code = api.error_kind().map(|k: &ErrorKind| k.errcode().as_str().to_owned());
+    let code = api
+        .error_kind()
+        .map(|k: &ErrorKind| k.errcode().as_str().to_owned());
     Some((api.status_code.as_u16(), code.unwrap_or_default()))
 }
 
@@ -807,7 +860,12 @@ impl Reply {
 
     /// Fails unless the status is 200.
     pub fn expect_ok(&self) -> Result<&Self> {
-        ensure!(self.status == 200, "expected 200, got {} {}", self.status, self.text);
+        ensure!(
+            self.status == 200,
+            "expected 200, got {} {}",
+            self.status,
+            self.text
+        );
         Ok(self)
     }
 }
@@ -833,24 +891,43 @@ impl Http {
             .timeout(WAIT)
             .build()
             .expect("reqwest client");
-        Self { base: base.trim_end_matches('/').to_owned(), client }
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            client,
+        }
     }
 
     /// Sends `method path` (path starting with `/_matrix/...`).
-    pub async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Body) -> Result<Reply> {
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Body,
+    ) -> Result<Reply> {
         let method = reqwest::Method::from_bytes(method.as_bytes())?;
-        let mut req = self.client.request(method.clone(), format!("{}{path}", self.base));
+        let mut req = self
+            .client
+            .request(method.clone(), format!("{}{path}", self.base));
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
         req = match body {
             Body::None => req,
-            Body::Json(v) => req.header("content-type", "application/json").body(v.to_string()),
+            Body::Json(v) => req
+                .header("content-type", "application/json")
+                .body(v.to_string()),
             Body::Raw(b) => req.header("content-type", "application/json").body(b),
         };
-        let resp = req.send().await.with_context(|| format!("{method} {path}"))?;
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("{method} {path}"))?;
         let status = resp.status().as_u16();
-        let text = resp.text().await.with_context(|| format!("{method} {path}: reading body"))?;
+        let text = resp
+            .text()
+            .await
+            .with_context(|| format!("{method} {path}: reading body"))?;
         let json = serde_json::from_str(&text).unwrap_or(Value::Null);
         Ok(Reply { status, text, json })
     }
@@ -876,7 +953,12 @@ impl Http {
                 json!({"username": localpart, "password": password}),
             )
             .await?;
-        ensure!(first.status == 401, "register step 1: expected 401 UIA, got {} {}", first.status, first.text);
+        ensure!(
+            first.status == 401,
+            "register step 1: expected 401 UIA, got {} {}",
+            first.status,
+            first.text
+        );
         let session = first.json.get("session").cloned().unwrap_or(Value::Null);
         let done = self
             .post(
@@ -890,8 +972,14 @@ impl Http {
             )
             .await?;
         done.expect_ok()?;
-        let user_id = done.json["user_id"].as_str().context("no user_id")?.to_owned();
-        let token = done.json["access_token"].as_str().context("no access_token")?.to_owned();
+        let user_id = done.json["user_id"]
+            .as_str()
+            .context("no user_id")?
+            .to_owned();
+        let token = done.json["access_token"]
+            .as_str()
+            .context("no access_token")?
+            .to_owned();
         Ok((user_id, token))
     }
 
@@ -911,15 +999,24 @@ impl Http {
 
     /// GET /versions answers 200 with a `versions` array.
     pub async fn assert_alive(&self) -> Result<()> {
-        let r = self.get("/_matrix/client/versions", None).await.context("server is not answering")?;
+        let r = self
+            .get("/_matrix/client/versions", None)
+            .await
+            .context("server is not answering")?;
         r.expect_ok()?;
-        ensure!(r.json["versions"].is_array(), "/versions has no versions array: {}", r.text);
+        ensure!(
+            r.json["versions"].is_array(),
+            "/versions has no versions array: {}",
+            r.text
+        );
         Ok(())
     }
 
     /// Creates a room; returns its id.
     pub async fn create_room(&self, token: &str, body: Value) -> Result<String> {
-        let r = self.post("/_matrix/client/v3/createRoom", Some(token), body).await?;
+        let r = self
+            .post("/_matrix/client/v3/createRoom", Some(token), body)
+            .await?;
         r.expect_ok()?;
         Ok(r.json["room_id"].as_str().context("no room_id")?.to_owned())
     }
@@ -938,19 +1035,42 @@ impl Http {
         .await
     }
 
+    /// `/rooms/{room}/state/{type}/{key}`; for an empty key the form without
+    /// the trailing slash (the spec allows both, see `state_path_with_slash`).
+    pub fn state_path(room: &str, ty: &str, key: &str) -> String {
+        let mut path = format!("/_matrix/client/v3/rooms/{}/state/{}", enc(room), enc(ty));
+        if !key.is_empty() {
+            path.push('/');
+            path.push_str(&enc(key));
+        }
+        path
+    }
+
+    /// `/rooms/{room}/state/{type}/{key}` always with the key segment, i.e.
+    /// with a trailing slash for an empty key (what ruma / matrix-sdk send).
+    pub fn state_path_with_slash(room: &str, ty: &str, key: &str) -> String {
+        format!(
+            "/_matrix/client/v3/rooms/{}/state/{}/{}",
+            enc(room),
+            enc(ty),
+            enc(key)
+        )
+    }
+
     /// GET /rooms/{room}/state/{type}/{key}
     pub async fn state(&self, token: &str, room: &str, ty: &str, key: &str) -> Result<Reply> {
-        self.get(
-            &format!("/_matrix/client/v3/rooms/{}/state/{}/{}", enc(room), enc(ty), enc(key)),
-            Some(token),
-        )
-        .await
+        self.get(&Self::state_path(room, ty, key), Some(token))
+            .await
     }
 
     /// GET /rooms/{room}/event/{event}
     pub async fn event(&self, token: &str, room: &str, event_id: &str) -> Result<Reply> {
         self.get(
-            &format!("/_matrix/client/v3/rooms/{}/event/{}", enc(room), enc(event_id)),
+            &format!(
+                "/_matrix/client/v3/rooms/{}/event/{}",
+                enc(room),
+                enc(event_id)
+            ),
             Some(token),
         )
         .await
@@ -958,7 +1078,9 @@ impl Http {
 
     /// GET /joined_rooms as a list.
     pub async fn joined_rooms(&self, token: &str) -> Result<Vec<String>> {
-        let r = self.get("/_matrix/client/v3/joined_rooms", Some(token)).await?;
+        let r = self
+            .get("/_matrix/client/v3/joined_rooms", Some(token))
+            .await?;
         r.expect_ok()?;
         Ok(r.json["joined_rooms"]
             .as_array()
@@ -974,8 +1096,10 @@ impl Http {
         let mut from: Option<String> = None;
         let mut out = Vec::new();
         for _ in 0..1000 {
-            let mut path =
-                format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100", enc(room));
+            let mut path = format!(
+                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100",
+                enc(room)
+            );
             if let Some(f) = &from {
                 path.push_str(&format!("&from={}", enc(f)));
             }

@@ -11,11 +11,15 @@ const LOGIN: &str = "/_matrix/client/v3/login";
 const REGISTER: &str = "/_matrix/client/v3/register";
 
 fn name_path(room: &str) -> String {
-    format!("/_matrix/client/v3/rooms/{}/state/m.room.name/", enc(room))
+    Http::state_path(room, "m.room.name", "")
 }
 
 fn send_path(room: &str, txn: &str) -> String {
-    format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{}", enc(room), enc(txn))
+    format!(
+        "/_matrix/client/v3/rooms/{}/send/m.room.message/{}",
+        enc(room),
+        enc(txn)
+    )
 }
 
 async fn room_name(http: &Http, token: &str, room: &str) -> Result<Value> {
@@ -27,7 +31,9 @@ async fn room_name(http: &Http, token: &str, room: &str) -> Result<Value> {
 /// The server still answers, and still does real work.
 async fn assert_still_serving(http: &Http, token: &str) -> Result<()> {
     http.assert_alive().await?;
-    let room = http.create_room(token, json!({"name": "still here"})).await?;
+    let room = http
+        .create_room(token, json!({"name": "still here"}))
+        .await?;
     let sent = http.send_text(token, &room, "alive-check", "ping").await?;
     sent.expect_ok()?;
     Ok(())
@@ -43,30 +49,68 @@ async fn malformed_json_is_m_not_json() -> Result<()> {
     let server = TestServer::start().await?;
     let http = server.http();
     let token = registered(&http, "alice").await?;
-    let room = http.create_room(&token, json!({"name": "Original name"})).await?;
+    let room = http
+        .create_room(&token, json!({"name": "Original name"}))
+        .await?;
 
     // createRoom with a truncated body: no room is created.
-    let r = http.call("POST", CREATE_ROOM, Some(&token), Body::Raw(br#"{"name": "Broken""#.to_vec())).await?;
+    let r = http
+        .call(
+            "POST",
+            CREATE_ROOM,
+            Some(&token),
+            Body::Raw(br#"{"name": "Broken""#.to_vec()),
+        )
+        .await?;
     r.expect_error(400, "M_NOT_JSON")?;
-    assert_eq!(http.joined_rooms(&token).await?, vec![room.clone()], "no extra room was created");
+    assert_eq!(
+        http.joined_rooms(&token).await?,
+        vec![room.clone()],
+        "no extra room was created"
+    );
 
     // Renaming the room with garbage: the name stays.
-    let r = http.call("PUT", &name_path(&room), Some(&token), Body::Raw(b"{\"name\": ".to_vec())).await?;
+    let r = http
+        .call(
+            "PUT",
+            &name_path(&room),
+            Some(&token),
+            Body::Raw(b"{\"name\": ".to_vec()),
+        )
+        .await?;
     r.expect_error(400, "M_NOT_JSON")?;
     assert_eq!(room_name(&http, &token, &room).await?, "Original name");
 
     // A message that is not JSON at all, and one that is not even UTF-8.
-    let r = http.call("PUT", &send_path(&room, "t1"), Some(&token), Body::Raw(b"hello there".to_vec())).await?;
+    let r = http
+        .call(
+            "PUT",
+            &send_path(&room, "t1"),
+            Some(&token),
+            Body::Raw(b"hello there".to_vec()),
+        )
+        .await?;
     r.expect_error(400, "M_NOT_JSON")?;
-    let r = http.call("PUT", &send_path(&room, "t2"), Some(&token), Body::Raw(vec![0xff, 0xfe, b'{', 0x80])).await?;
+    let r = http
+        .call(
+            "PUT",
+            &send_path(&room, "t2"),
+            Some(&token),
+            Body::Raw(vec![0xff, 0xfe, b'{', 0x80]),
+        )
+        .await?;
     r.expect_error(400, "M_NOT_JSON")?;
     let history = http.all_messages(&token, &room).await?;
     assert!(history.is_empty(), "no message was stored: {history:#?}");
 
     // Unauthenticated endpoints parse JSON the same way.
-    let r = http.call("POST", LOGIN, None, Body::Raw(b"{{{".to_vec())).await?;
+    let r = http
+        .call("POST", LOGIN, None, Body::Raw(b"{{{".to_vec()))
+        .await?;
     r.expect_error(400, "M_NOT_JSON")?;
-    let r = http.call("POST", REGISTER, None, Body::Raw(b"[1, 2".to_vec())).await?;
+    let r = http
+        .call("POST", REGISTER, None, Body::Raw(b"[1, 2".to_vec()))
+        .await?;
     r.expect_error(400, "M_NOT_JSON")?;
 
     assert_still_serving(&http, &token).await
@@ -81,14 +125,29 @@ async fn wrongly_typed_fields_are_m_bad_json() -> Result<()> {
     let token = registered(&http, "alice").await?;
 
     // createRoom with a number for a name, or a string for the invite list.
-    http.post(CREATE_ROOM, Some(&token), json!({"name": 5})).await?.expect_error(400, "M_BAD_JSON")?;
-    http.post(CREATE_ROOM, Some(&token), json!({"invite": "@bob:localhost"}))
+    http.post(CREATE_ROOM, Some(&token), json!({"name": 5}))
         .await?
         .expect_error(400, "M_BAD_JSON")?;
-    assert!(http.joined_rooms(&token).await?.is_empty(), "no room was created");
+    http.post(
+        CREATE_ROOM,
+        Some(&token),
+        json!({"invite": "@bob:localhost"}),
+    )
+    .await?
+    .expect_error(400, "M_BAD_JSON")?;
+    assert!(
+        http.joined_rooms(&token).await?.is_empty(),
+        "no room was created"
+    );
 
     // register with a number for a username: no account appears.
-    let r = http.post(REGISTER, None, json!({"username": 12, "password": "twelve-twelve-12"})).await?;
+    let r = http
+        .post(
+            REGISTER,
+            None,
+            json!({"username": 12, "password": "twelve-twelve-12"}),
+        )
+        .await?;
     r.expect_error(400, "M_BAD_JSON")?;
     let r = http
         .post(
@@ -98,7 +157,9 @@ async fn wrongly_typed_fields_are_m_bad_json() -> Result<()> {
         )
         .await?;
     r.expect_error(400, "M_BAD_JSON")?;
-    http.login("12", "twelve-twelve-12").await?.expect_error(403, "M_FORBIDDEN")?;
+    http.login("12", "twelve-twelve-12")
+        .await?
+        .expect_error(403, "M_FORBIDDEN")?;
 
     // login with a number for a password.
     let r = http
@@ -125,20 +186,38 @@ async fn missing_and_unknown_tokens_are_401() -> Result<()> {
     let http = server.http();
     let token = registered(&http, "alice").await?;
 
-    http.get(JOINED_ROOMS, None).await?.expect_error(401, "M_MISSING_TOKEN")?;
-    http.post(CREATE_ROOM, None, json!({"name": "anonymous"})).await?.expect_error(401, "M_MISSING_TOKEN")?;
+    http.get(JOINED_ROOMS, None)
+        .await?
+        .expect_error(401, "M_MISSING_TOKEN")?;
+    http.post(CREATE_ROOM, None, json!({"name": "anonymous"}))
+        .await?
+        .expect_error(401, "M_MISSING_TOKEN")?;
 
     let bogus = "syt_bm90LWEtdG9rZW4_notissuedbythisserver_0000";
-    http.get(JOINED_ROOMS, Some(bogus)).await?.expect_error(401, "M_UNKNOWN_TOKEN")?;
-    http.post(CREATE_ROOM, Some(bogus), json!({"name": "forged"})).await?.expect_error(401, "M_UNKNOWN_TOKEN")?;
-    assert!(http.joined_rooms(&token).await?.is_empty(), "nothing was created for anyone");
+    http.get(JOINED_ROOMS, Some(bogus))
+        .await?
+        .expect_error(401, "M_UNKNOWN_TOKEN")?;
+    http.post(CREATE_ROOM, Some(bogus), json!({"name": "forged"}))
+        .await?
+        .expect_error(401, "M_UNKNOWN_TOKEN")?;
+    assert!(
+        http.joined_rooms(&token).await?.is_empty(),
+        "nothing was created for anyone"
+    );
 
     // A second login of Alice, logged out: that token dies, the first lives.
     let login = http.login("alice", &password_for("alice")).await?;
     login.expect_ok()?;
-    let second = login.json["access_token"].as_str().context("no access_token")?.to_owned();
-    http.post("/_matrix/client/v3/logout", Some(&second), json!({})).await?.expect_ok()?;
-    http.get(JOINED_ROOMS, Some(&second)).await?.expect_error(401, "M_UNKNOWN_TOKEN")?;
+    let second = login.json["access_token"]
+        .as_str()
+        .context("no access_token")?
+        .to_owned();
+    http.post("/_matrix/client/v3/logout", Some(&second), json!({}))
+        .await?
+        .expect_ok()?;
+    http.get(JOINED_ROOMS, Some(&second))
+        .await?
+        .expect_error(401, "M_UNKNOWN_TOKEN")?;
     http.get(JOINED_ROOMS, Some(&token)).await?.expect_ok()?;
 
     assert_still_serving(&http, &token).await
@@ -152,20 +231,39 @@ async fn forbidden_actions_are_403_and_change_nothing() -> Result<()> {
     let alice = registered(&http, "alice").await?;
     let bob = registered(&http, "bob").await?;
     let room = http
-        .create_room(&alice, json!({"name": "Alice's diary", "preset": "private_chat"}))
+        .create_room(
+            &alice,
+            json!({"name": "Alice's diary", "preset": "private_chat"}),
+        )
         .await?;
 
     // Bob is not in the room: he can't write, rename it, or join it uninvited.
-    http.send_text(&bob, &room, "b1", "I read your diary").await?.expect_error(403, "M_FORBIDDEN")?;
-    http.put(&name_path(&room), Some(&bob), json!({"name": "Bob's diary"}))
+    http.send_text(&bob, &room, "b1", "I read your diary")
         .await?
         .expect_error(403, "M_FORBIDDEN")?;
-    http.post(&format!("/_matrix/client/v3/rooms/{}/join", enc(&room)), Some(&bob), json!({}))
-        .await?
-        .expect_error(403, "M_FORBIDDEN")?;
-    assert!(http.all_messages(&alice, &room).await?.is_empty(), "no message got in");
+    http.put(
+        &name_path(&room),
+        Some(&bob),
+        json!({"name": "Bob's diary"}),
+    )
+    .await?
+    .expect_error(403, "M_FORBIDDEN")?;
+    http.post(
+        &format!("/_matrix/client/v3/rooms/{}/join", enc(&room)),
+        Some(&bob),
+        json!({}),
+    )
+    .await?
+    .expect_error(403, "M_FORBIDDEN")?;
+    assert!(
+        http.all_messages(&alice, &room).await?.is_empty(),
+        "no message got in"
+    );
     assert_eq!(room_name(&http, &alice, &room).await?, "Alice's diary");
-    assert!(http.joined_rooms(&bob).await?.is_empty(), "Bob did not get in");
+    assert!(
+        http.joined_rooms(&bob).await?.is_empty(),
+        "Bob did not get in"
+    );
 
     // Invited and joined, Bob is still only a regular member.
     http.post(
@@ -175,17 +273,23 @@ async fn forbidden_actions_are_403_and_change_nothing() -> Result<()> {
     )
     .await?
     .expect_ok()?;
-    http.post(&format!("/_matrix/client/v3/rooms/{}/join", enc(&room)), Some(&bob), json!({}))
-        .await?
-        .expect_ok()?;
+    http.post(
+        &format!("/_matrix/client/v3/rooms/{}/join", enc(&room)),
+        Some(&bob),
+        json!({}),
+    )
+    .await?
+    .expect_ok()?;
 
     // He cannot grant himself power...
-    let pl_path = format!("/_matrix/client/v3/rooms/{}/state/m.room.power_levels/", enc(&room));
+    let pl_path = Http::state_path(&room, "m.room.power_levels", "");
     let before = http.get(&pl_path, Some(&alice)).await?;
     before.expect_ok()?;
     let mut grab = before.json.clone();
     grab["users"]["@bob:localhost"] = json!(100);
-    http.put(&pl_path, Some(&bob), grab).await?.expect_error(403, "M_FORBIDDEN")?;
+    http.put(&pl_path, Some(&bob), grab)
+        .await?
+        .expect_error(403, "M_FORBIDDEN")?;
     let after = http.get(&pl_path, Some(&alice)).await?;
     after.expect_ok()?;
     assert_eq!(after.json, before.json, "power levels unchanged");
@@ -201,7 +305,10 @@ async fn forbidden_actions_are_403_and_change_nothing() -> Result<()> {
         .expect_error(403, "M_FORBIDDEN")?;
     }
     let members = http
-        .get(&format!("/_matrix/client/v3/rooms/{}/members", enc(&room)), Some(&alice))
+        .get(
+            &format!("/_matrix/client/v3/rooms/{}/members", enc(&room)),
+            Some(&alice),
+        )
         .await?;
     members.expect_ok()?;
     let alice_membership = members.json["chunk"]
@@ -210,7 +317,11 @@ async fn forbidden_actions_are_403_and_change_nothing() -> Result<()> {
         .iter()
         .find(|e| e["state_key"] == "@alice:localhost")
         .map(|e| e["content"]["membership"].clone());
-    assert_eq!(alice_membership, Some(json!("join")), "Alice is still in her room");
+    assert_eq!(
+        alice_membership,
+        Some(json!("join")),
+        "Alice is still in her room"
+    );
 
     assert_still_serving(&http, &alice).await
 }
@@ -241,9 +352,13 @@ async fn unknown_endpoints_and_wrong_methods_are_unrecognized() -> Result<()> {
         ("GET", "/_matrix/client/v3/logout"),
     ] {
         let r = http.call(method, path, Some(&token), Body::None).await?;
-        r.expect_error(405, "M_UNRECOGNIZED").with_context(|| format!("{method} {path}"))?;
+        r.expect_error(405, "M_UNRECOGNIZED")
+            .with_context(|| format!("{method} {path}"))?;
     }
-    assert!(http.joined_rooms(&token).await?.is_empty(), "GET createRoom created nothing");
+    assert!(
+        http.joined_rooms(&token).await?.is_empty(),
+        "GET createRoom created nothing"
+    );
 
     assert_still_serving(&http, &token).await
 }
@@ -252,33 +367,63 @@ async fn unknown_endpoints_and_wrong_methods_are_unrecognized() -> Result<()> {
 /// M_TOO_LARGE and not stored; a normal-sized one still goes through.
 #[tokio::test(flavor = "multi_thread")]
 async fn oversized_bodies_are_m_too_large() -> Result<()> {
-    let options = ServerOptions { max_request_bytes: Some(65536), ..Default::default() };
+    let options = ServerOptions {
+        max_request_bytes: Some(65536),
+        ..Default::default()
+    };
     let server = TestServer::start_with(options).await?;
     let http = server.http();
     let token = registered(&http, "alice").await?;
-    let room = http.create_room(&token, json!({"name": "Small talk"})).await?;
+    let room = http
+        .create_room(&token, json!({"name": "Small talk"}))
+        .await?;
     let huge = "x".repeat(100 * 1024);
 
-    http.send_text(&token, &room, "big-1", &huge).await?.expect_error(413, "M_TOO_LARGE")?;
-    assert!(http.all_messages(&token, &room).await?.is_empty(), "the big message was not stored");
+    // After each 413 the very next request goes out on the same keep-alive
+    // client: a server that stops reading a body must also stop the
+    // connection being reused (`Connection: close`) or drain the body.
+    let reuse = "the request right after a 413 failed on the reused keep-alive connection: \
+                 the server closed it without `Connection: close` (or without draining the body)";
+
+    http.send_text(&token, &room, "big-1", &huge)
+        .await?
+        .expect_error(413, "M_TOO_LARGE")?;
+    http.assert_alive().await.context(reuse)?;
+    assert!(
+        http.all_messages(&token, &room).await?.is_empty(),
+        "the big message was not stored"
+    );
 
     http.put(&name_path(&room), Some(&token), json!({"name": huge}))
         .await?
         .expect_error(413, "M_TOO_LARGE")?;
+    http.assert_alive().await.context(reuse)?;
     assert_eq!(room_name(&http, &token, &room).await?, "Small talk");
 
     // Before authentication too: no account appears.
-    http.post(REGISTER, None, json!({"username": "mallory", "password": huge}))
+    http.post(
+        REGISTER,
+        None,
+        json!({"username": "mallory", "password": huge}),
+    )
+    .await?
+    .expect_error(413, "M_TOO_LARGE")?;
+    http.assert_alive().await.context(reuse)?;
+    http.login("mallory", &huge[..64])
         .await?
-        .expect_error(413, "M_TOO_LARGE")?;
-    http.login("mallory", &huge[..64]).await?.expect_error(403, "M_FORBIDDEN")?;
+        .expect_error(403, "M_FORBIDDEN")?;
 
     // A 20 KB message is fine.
     let medium = "y".repeat(20 * 1024);
-    http.send_text(&token, &room, "medium-1", &medium).await?.expect_ok()?;
+    http.send_text(&token, &room, "medium-1", &medium)
+        .await?
+        .expect_ok()?;
     let history = http.all_messages(&token, &room).await?;
     assert_eq!(history.len(), 1);
-    assert_eq!(history[0]["content"]["body"].as_str().map(str::len), Some(medium.len()));
+    assert_eq!(
+        history[0]["content"]["body"].as_str().map(str::len),
+        Some(medium.len())
+    );
 
     assert_still_serving(&http, &token).await
 }
@@ -304,7 +449,9 @@ async fn registering_a_taken_username_is_m_user_in_use() -> Result<()> {
     };
     last.expect_error(400, "M_USER_IN_USE")?;
 
-    http.login("alice", "impostor-password").await?.expect_error(403, "M_FORBIDDEN")?;
+    http.login("alice", "impostor-password")
+        .await?
+        .expect_error(403, "M_FORBIDDEN")?;
     let ok = http.login("alice", &password_for("alice")).await?;
     ok.expect_ok()?;
     assert_eq!(ok.json["user_id"], "@alice:localhost");
@@ -327,14 +474,23 @@ async fn bad_password_login_is_m_forbidden() -> Result<()> {
         ("nobody", "whatever-password"),
     ] {
         let r = http.login(user, password).await?;
-        r.expect_error(403, "M_FORBIDDEN").with_context(|| format!("login as {user:?}"))?;
-        assert!(r.json.get("access_token").is_none(), "no token on failure: {}", r.text);
+        r.expect_error(403, "M_FORBIDDEN")
+            .with_context(|| format!("login as {user:?}"))?;
+        assert!(
+            r.json.get("access_token").is_none(),
+            "no token on failure: {}",
+            r.text
+        );
     }
     for user in ["alice", "@alice:localhost"] {
         let r = http.login(user, &password_for("alice")).await?;
         r.expect_ok()?;
         assert_eq!(r.json["user_id"], "@alice:localhost");
-        assert!(r.json["access_token"].is_string() && r.json["device_id"].is_string(), "{}", r.text);
+        assert!(
+            r.json["access_token"].is_string() && r.json["device_id"].is_string(),
+            "{}",
+            r.text
+        );
     }
 
     assert_still_serving(&http, &token).await

@@ -61,7 +61,10 @@ async fn everything_survives_a_graceful_restart() -> Result<()> {
     let dm = alice.client.create_dm(&bob.user_id).await?;
     let dm_id = dm.room_id().to_owned();
     let alice_token = alice.access_token();
-    let before = server.http().all_messages(&alice_token, room_id.as_str()).await?;
+    let before = server
+        .http()
+        .all_messages(&alice_token, room_id.as_str())
+        .await?;
     assert_eq!(texts(&before), sent, "sanity: history before the restart");
 
     let status = server.restart().await?;
@@ -69,32 +72,60 @@ async fn everything_survives_a_graceful_restart() -> Result<()> {
     let http = server.http();
 
     // Alice's existing access token still works.
-    let whoami = http.get("/_matrix/client/v3/account/whoami", Some(&alice_token)).await?;
+    let whoami = http
+        .get("/_matrix/client/v3/account/whoami", Some(&alice_token))
+        .await?;
     whoami.expect_ok()?;
     assert_eq!(whoami.json["user_id"], alice.user_id.as_str());
 
     // Both can log in again, by full user id and by localpart; a wrong
     // password is still refused.
-    let alice2 = server.login(alice.user_id.as_str(), &password_for("alice")).await?;
+    let alice2 = server
+        .login(alice.user_id.as_str(), &password_for("alice"))
+        .await?;
     let bob2 = server.login("bob", &password_for("bob")).await?;
-    http.login("alice", "not-her-password").await?.expect_error(403, "M_FORBIDDEN")?;
+    http.login("alice", "not-her-password")
+        .await?
+        .expect_error(403, "M_FORBIDDEN")?;
 
     // Rooms and memberships are still there.
-    let alice_rooms: BTreeSet<String> = http.joined_rooms(&alice2.access_token()).await?.into_iter().collect();
-    assert!(alice_rooms.contains(room_id.as_str()) && alice_rooms.contains(dm_id.as_str()), "{alice_rooms:?}");
-    let bob_rooms: BTreeSet<String> = http.joined_rooms(&bob2.access_token()).await?.into_iter().collect();
+    let alice_rooms: BTreeSet<String> = http
+        .joined_rooms(&alice2.access_token())
+        .await?
+        .into_iter()
+        .collect();
+    assert!(
+        alice_rooms.contains(room_id.as_str()) && alice_rooms.contains(dm_id.as_str()),
+        "{alice_rooms:?}"
+    );
+    let bob_rooms: BTreeSet<String> = http
+        .joined_rooms(&bob2.access_token())
+        .await?
+        .into_iter()
+        .collect();
     assert!(bob_rooms.contains(room_id.as_str()), "{bob_rooms:?}");
-    let name = http.state(&alice2.access_token(), room_id.as_str(), "m.room.name", "").await?;
+    let name = http
+        .state(&alice2.access_token(), room_id.as_str(), "m.room.name", "")
+        .await?;
     name.expect_ok()?;
     assert_eq!(name.json["name"], "Book club");
     let joined = alice2.joined_members(&room_id).await?;
-    assert_eq!(joined, [alice.user_id.to_string(), bob.user_id.to_string()].into_iter().collect());
+    assert_eq!(
+        joined,
+        [alice.user_id.to_string(), bob.user_id.to_string()]
+            .into_iter()
+            .collect()
+    );
 
     // Every message, same ids, same order; each one also fetchable by id.
-    let after = http.all_messages(&alice2.access_token(), room_id.as_str()).await?;
+    let after = http
+        .all_messages(&alice2.access_token(), room_id.as_str())
+        .await?;
     assert_eq!(texts(&after), sent, "history after the restart");
     for (event_id, sender, body) in &sent {
-        let ev = http.event(&bob2.access_token(), room_id.as_str(), event_id).await?;
+        let ev = http
+            .event(&bob2.access_token(), room_id.as_str(), event_id)
+            .await?;
         ev.expect_ok()?;
         assert_eq!(ev.json["sender"], sender.as_str());
         assert_eq!(ev.json["content"]["body"], body.as_str());
@@ -102,17 +133,47 @@ async fn everything_survives_a_graceful_restart() -> Result<()> {
 
     // Account data survived: Alice's m.direct still lists the DM with Bob.
     let direct = http
-        .get(&format!("/_matrix/client/v3/user/{}/account_data/m.direct", bellwire_tests::enc(alice.user_id.as_str())), Some(&alice2.access_token()))
+        .get(
+            &format!(
+                "/_matrix/client/v3/user/{}/account_data/m.direct",
+                bellwire_tests::enc(alice.user_id.as_str())
+            ),
+            Some(&alice2.access_token()),
+        )
         .await?;
     direct.expect_ok()?;
-    let dms = direct.json[bob.user_id.as_str()].as_array().cloned().unwrap_or_default();
-    assert!(dms.iter().any(|r| r == dm_id.as_str()), "m.direct after restart: {}", direct.text);
+    let dms = direct.json[bob.user_id.as_str()]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        dms.iter().any(|r| r == dm_id.as_str()),
+        "m.direct after restart: {}",
+        direct.text
+    );
+
+    // A fresh client's first sync after the restart shows both rooms, with the
+    // end of the conversation in the book club's timeline.
+    alice2
+        .sync_until("both rooms in the initial sync", |s| {
+            s.joined.contains(&room_id) && s.joined.contains(&dm_id)
+        })
+        .await?;
+    let (_, last_sender, last_body) = sent.last().unwrap();
+    let seen = alice2.seen().texts(&room_id);
+    assert_eq!(
+        seen.last(),
+        Some(&(last_sender.clone(), last_body.clone())),
+        "initial sync timeline ends with the last message: {seen:?}"
+    );
 
     // The room keeps working, and new messages sort after the old ones.
     let line = "Shall we read the sequel next?";
     alice2.send_text(&room_id, line).await?;
     bob2.wait_for_text(&room_id, &alice.user_id, line).await?;
-    let latest = http.all_messages(&bob2.access_token(), room_id.as_str()).await?;
+    let latest = http
+        .all_messages(&bob2.access_token(), room_id.as_str())
+        .await?;
     assert_eq!(latest.len(), sent.len() + 1);
     assert_eq!(texts(&latest)[..sent.len()], sent[..]);
     assert_eq!(latest.last().unwrap()["content"]["body"], line);
@@ -130,13 +191,21 @@ async fn sigterm_shuts_the_server_down_cleanly() -> Result<()> {
     let mut server = TestServer::start().await?;
     let http = server.http();
     let (_, token) = http.register("alice", &password_for("alice")).await?;
-    let room = http.create_room(&token, json!({"name": "Last words"})).await?;
+    let room = http
+        .create_room(&token, json!({"name": "Last words"}))
+        .await?;
     let sent = http.send_text(&token, &room, "txn-1", "goodnight").await?;
     sent.expect_ok()?;
-    let event_id = sent.json["event_id"].as_str().context("no event_id")?.to_owned();
+    let event_id = sent.json["event_id"]
+        .as_str()
+        .context("no event_id")?
+        .to_owned();
 
     let status = server.stop().await?;
-    assert!(status.success(), "exit status after SIGTERM should be 0, got {status:?}");
+    assert!(
+        status.success(),
+        "exit status after SIGTERM should be 0, got {status:?}"
+    );
 
     server.start_again().await?;
     let http = server.http();
@@ -148,55 +217,56 @@ async fn sigterm_shuts_the_server_down_cleanly() -> Result<()> {
 
 #[derive(Clone, Debug)]
 struct Acked {
+    round: usize,
     writer: usize,
     seq: usize,
     event_id: String,
     body: String,
 }
 
-/// Writers send messages as fast as the server accepts them; the server is
-/// SIGKILLed in the middle; after starting again on the same data directory,
-/// every message that had been acknowledged (got an event_id back) is there,
-/// each writer's messages in the order they were sent.
-#[tokio::test(flavor = "multi_thread")]
-async fn acknowledged_messages_survive_kill_9_mid_load() -> Result<()> {
-    const WRITERS: usize = 4;
-    const KILL_AFTER: usize = 60;
+const WRITERS: usize = 4;
+const KILL_AFTER: usize = 60;
 
-    let mut server = TestServer::start().await?;
+/// Starts `WRITERS` tasks sending to `room` as fast as the server answers,
+/// waits for `KILL_AFTER` acknowledgements, SIGKILLs the server while they
+/// are still sending, and returns what was acknowledged.
+async fn load_then_kill(
+    server: &mut TestServer,
+    token: &str,
+    room: &str,
+    round: usize,
+) -> Result<Vec<Acked>> {
     let http = server.http();
-    let (alice_id, token) = http.register("alice", &password_for("alice")).await?;
-    let room = http.create_room(&token, json!({"name": "Under load", "preset": "private_chat"})).await?;
-
     let acked: Arc<Mutex<Vec<Acked>>> = Arc::default();
     let killed = Arc::new(AtomicBool::new(false));
     let mut writers = Vec::new();
     for writer in 0..WRITERS {
-        let (http, token, room) = (http.clone(), token.clone(), room.clone());
+        let (http, token, room) = (http.clone(), token.to_owned(), room.to_owned());
         let (acked, killed) = (acked.clone(), killed.clone());
         writers.push(tokio::spawn(async move {
-            // Rejections received while the server was certainly alive.
+            // (rejections while the server was certainly up, requests cut by the kill)
             let mut failures_before_kill = Vec::new();
+            let mut cut = 0usize;
             for seq in 0..100_000usize {
-                let body = format!("writer {writer} message {seq:05}");
-                let txn = format!("load-{writer}-{seq}");
+                let body = format!("round {round} writer {writer} message {seq:05}");
+                let txn = format!("load-{round}-{writer}-{seq}");
                 let was_killed = killed.load(Ordering::SeqCst);
                 match send_one(&http, &token, &room, &txn, &body).await {
-                    Ok(event_id) => acked.lock().unwrap().push(Acked { writer, seq, event_id, body }),
-                    Err(e) => {
-                        if !was_killed && !killed.load(Ordering::SeqCst) {
-                            failures_before_kill.push(format!("{body}: {e:#}"));
-                        }
-                        if killed.load(Ordering::SeqCst) {
-                            break;
-                        }
-                    }
+                    Ok(event_id) => acked.lock().unwrap().push(Acked {
+                        round,
+                        writer,
+                        seq,
+                        event_id,
+                        body,
+                    }),
+                    Err(_) if was_killed || killed.load(Ordering::SeqCst) => cut += 1,
+                    Err(e) => failures_before_kill.push(format!("{body}: {e:#}")),
                 }
                 if killed.load(Ordering::SeqCst) {
                     break;
                 }
             }
-            failures_before_kill
+            (failures_before_kill, cut)
         }));
     }
 
@@ -210,73 +280,170 @@ async fn acknowledged_messages_survive_kill_9_mid_load() -> Result<()> {
     // mistaken for a rejection by a live server.
     killed.store(true, Ordering::SeqCst);
     let status = server.kill9().await?;
-    assert_eq!(status.signal(), Some(libc::SIGKILL), "the server died of SIGKILL: {status:?}");
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "the server died of SIGKILL: {status:?}"
+    );
 
     let mut failures = Vec::new();
+    let mut cut = 0;
     for w in writers {
-        let done = tokio::time::timeout(Duration::from_secs(30), w).await.context("a writer hung")??;
-        failures.extend(done);
+        let (f, c) = tokio::time::timeout(Duration::from_secs(30), w)
+            .await
+            .context("a writer hung")??;
+        failures.extend(f);
+        cut += c;
     }
-    // Writers may have raced the kill by a hair; only count failures when the
-    // server was alive on both sides of the request.
-    assert!(failures.is_empty(), "sends failed while the server was up: {failures:#?}");
+    assert!(
+        failures.is_empty(),
+        "round {round}: sends failed while the server was up: {failures:#?}"
+    );
     let acked = acked.lock().unwrap().clone();
-    ensure!(acked.len() >= KILL_AFTER, "only {} acknowledged", acked.len());
-    eprintln!("{} messages acknowledged before SIGKILL", acked.len());
+    ensure!(
+        acked.len() >= KILL_AFTER,
+        "round {round}: only {} acknowledged",
+        acked.len()
+    );
+    eprintln!(
+        "round {round}: {} messages acknowledged before SIGKILL, {cut} requests cut by it",
+        acked.len()
+    );
+    Ok(acked)
+}
 
-    // Same data directory: the store must open cleanly.
-    server.start_again().await.context("bellwire failed to start again after SIGKILL")?;
-    let http = server.http();
-    let whoami = http.get("/_matrix/client/v3/account/whoami", Some(&token)).await?;
-    whoami.expect_ok()?;
-    assert_eq!(whoami.json["user_id"], alice_id.as_str(), "the access token survived");
-
-    // Every acknowledged event is retrievable by id, intact.
+/// Checks that every acknowledged event is retrievable by id, intact, and in
+/// /messages with each (round, writer)'s messages in send order.
+async fn check_acknowledged(
+    http: &Http,
+    token: &str,
+    room: &str,
+    sender: &str,
+    acked: &[Acked],
+) -> Result<()> {
     let mut missing = Vec::new();
-    for a in &acked {
-        let ev = http.event(&token, &room, &a.event_id).await?;
+    for a in acked {
+        let ev = http.event(token, room, &a.event_id).await?;
         if ev.status != 200 {
-            missing.push(format!("{} ({}): {} {}", a.event_id, a.body, ev.status, ev.text));
+            missing.push(format!(
+                "{} ({}): {} {}",
+                a.event_id, a.body, ev.status, ev.text
+            ));
             continue;
         }
-        assert_eq!(ev.json["content"]["body"], a.body.as_str(), "{}", a.event_id);
-        assert_eq!(ev.json["sender"], alice_id.as_str());
+        assert_eq!(
+            ev.json["content"]["body"],
+            a.body.as_str(),
+            "{}",
+            a.event_id
+        );
+        assert_eq!(ev.json["sender"], sender);
         assert_eq!(ev.json["type"], "m.room.message");
     }
-    assert!(missing.is_empty(), "{} of {} acknowledged events lost: {missing:#?}", missing.len(), acked.len());
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged events lost: {missing:#?}",
+        missing.len(),
+        acked.len()
+    );
 
-    // /messages has them all too, each writer's in send order.
-    let history = http.all_messages(&token, &room).await?;
+    let history = http.all_messages(token, room).await?;
     let position: BTreeMap<String, usize> = history
         .iter()
         .enumerate()
         .filter_map(|(i, e)| Some((e["event_id"].as_str()?.to_owned(), i)))
         .collect();
-    assert_eq!(position.len(), history.len(), "no event appears twice in /messages");
-    for writer in 0..WRITERS {
-        let mut last: Option<(usize, usize)> = None;
-        for a in acked.iter().filter(|a| a.writer == writer) {
-            let pos = *position
-                .get(&a.event_id)
-                .with_context(|| format!("acknowledged {} ({}) missing from /messages", a.event_id, a.body))?;
-            if let Some((seq, prev)) = last {
-                assert!(pos > prev, "writer {writer}: seq {} sorts before seq {seq}", a.seq);
-            }
-            last = Some((a.seq, pos));
+    assert_eq!(
+        position.len(),
+        history.len(),
+        "no event appears twice in /messages"
+    );
+    let mut last: BTreeMap<(usize, usize), (usize, usize)> = BTreeMap::new();
+    for a in acked {
+        let pos = *position.get(&a.event_id).with_context(|| {
+            format!(
+                "acknowledged {} ({}) missing from /messages",
+                a.event_id, a.body
+            )
+        })?;
+        if let Some((seq, prev)) = last.insert((a.round, a.writer), (a.seq, pos)) {
+            assert!(
+                pos > prev,
+                "round {} writer {}: seq {} sorts before seq {seq}",
+                a.round,
+                a.writer,
+                a.seq
+            );
         }
+    }
+    Ok(())
+}
+
+/// Writers send messages as fast as the server accepts them; the server is
+/// SIGKILLed in the middle; after starting again on the same data directory,
+/// every message that had been acknowledged (got an event_id back) is there,
+/// each writer's messages in the order they were sent. Done twice, so the
+/// second crash hits a store that already recovered from one.
+#[tokio::test(flavor = "multi_thread")]
+async fn acknowledged_messages_survive_kill_9_mid_load() -> Result<()> {
+    let mut server = TestServer::start().await?;
+    let http = server.http();
+    let (alice_id, token) = http.register("alice", &password_for("alice")).await?;
+    let room = http
+        .create_room(
+            &token,
+            json!({"name": "Under load", "preset": "private_chat"}),
+        )
+        .await?;
+
+    let mut acked = Vec::new();
+    for round in 1..=2 {
+        acked.extend(load_then_kill(&mut server, &token, &room, round).await?);
+
+        // Same data directory: the store must open cleanly.
+        server
+            .start_again()
+            .await
+            .with_context(|| format!("bellwire failed to start again after SIGKILL #{round}"))?;
+        let http = server.http();
+        let whoami = http
+            .get("/_matrix/client/v3/account/whoami", Some(&token))
+            .await?;
+        whoami.expect_ok()?;
+        assert_eq!(
+            whoami.json["user_id"],
+            alice_id.as_str(),
+            "the access token survived"
+        );
+        check_acknowledged(&http, &token, &room, &alice_id, &acked)
+            .await
+            .with_context(|| format!("after SIGKILL #{round}"))?;
     }
 
     // And the server takes new writes on top of the recovered state.
-    let after = http.send_text(&token, &room, "after-crash-1", "back on my feet").await?;
+    let http = server.http();
+    let after = http
+        .send_text(&token, &room, "after-crash-1", "back on my feet")
+        .await?;
     after.expect_ok()?;
     let history = http.all_messages(&token, &room).await?;
-    assert_eq!(history.last().map(|e| e["content"]["body"].clone()), Some(json!("back on my feet")));
-    assert!(!server.stderr_log().contains("panicked"), "server log shows a panic:\n{}", server.stderr_log());
+    assert_eq!(
+        history.last().map(|e| e["content"]["body"].clone()),
+        Some(json!("back on my feet"))
+    );
+    assert!(
+        !server.stderr_log().contains("panicked"),
+        "server log shows a panic:\n{}",
+        server.stderr_log()
+    );
     Ok(())
 }
 
 async fn send_one(http: &Http, token: &str, room: &str, txn: &str, body: &str) -> Result<String> {
     let reply = http.send_text(token, room, txn, body).await?;
     reply.expect_ok()?;
-    Ok(reply.json["event_id"].as_str().context("200 without event_id")?.to_owned())
+    Ok(reply.json["event_id"]
+        .as_str()
+        .context("200 without event_id")?
+        .to_owned())
 }

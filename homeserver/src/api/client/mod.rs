@@ -58,6 +58,11 @@ pub fn routes() -> Router<AppState> {
             "/rooms/{room_id}/state/{event_type}",
             get(events::get_state_event_empty_key).put(events::put_state_empty_key),
         ),
+        // Clients (ruma, matrix-sdk) send the empty state key as a trailing slash.
+        (
+            "/rooms/{room_id}/state/{event_type}/",
+            get(events::get_state_event_empty_key).put(events::put_state_empty_key),
+        ),
         ("/rooms/{room_id}/state/{event_type}/{state_key}", get(events::get_state_event).put(events::put_state)),
         ("/rooms/{room_id}/event/{event_id}", get(events::get_event)),
         ("/rooms/{room_id}/redact/{event_id}/{txn_id}", put(events::redact)),
