@@ -21,3 +21,137 @@ pub fn authorize(rooms: &Rooms, rules: &RoomVersionRules, room_id: &RoomId, pdu:
     ruma::state_res::check_state_dependent_auth_rules(&rules.authorization, pdu, fetch_state)
         .map_err(|e| Error::Forbidden(format!("event not allowed: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use ruma::{OwnedRoomId, OwnedUserId, UserId};
+    use serde_json::json;
+
+    use crate::{
+        config::Config,
+        error::Error,
+        rooms::{NewEvent, create::CreateRoom},
+        services::Services,
+        storage::Store,
+    };
+
+    struct World {
+        _dir: tempfile::TempDir,
+        s: Services,
+    }
+
+    fn world() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), false).unwrap();
+        let config = Config::load(None, [("BELLWIRE_REGISTRATION__MODE".to_owned(), "open".to_owned())]).unwrap();
+        let s = Services::build(config, store).unwrap();
+        World { _dir: dir, s }
+    }
+
+    impl World {
+        fn user(&self, name: &str) -> OwnedUserId {
+            let id = self.s.accounts.user_id_for_localpart(name).unwrap();
+            self.s.accounts.create(&id, None).unwrap();
+            id
+        }
+        async fn room(&self, creator: &UserId, version: &str, preset: &str) -> OwnedRoomId {
+            let req = CreateRoom { room_version: Some(version.into()), preset: Some(preset.into()), ..Default::default() };
+            self.s.rooms.create_room(creator, req).await.unwrap()
+        }
+    }
+
+    fn forbidden<T: std::fmt::Debug>(r: Result<T, Error>) {
+        assert!(matches!(r, Err(Error::Forbidden(_))), "expected M_FORBIDDEN, got {r:?}");
+    }
+
+    fn text(body: &str) -> NewEvent {
+        NewEvent::message("m.room.message", json!({"msgtype": "m.text", "body": body}))
+    }
+
+    #[tokio::test]
+    async fn outsiders_cannot_send_or_join_invite_only_rooms() {
+        for version in ["10", "11", "12"] {
+            let w = world();
+            let (alice, eve) = (w.user("alice"), w.user("eve"));
+            let room = w.room(&alice, version, "private_chat").await;
+            forbidden(w.s.rooms.send(&eve, &room, text("hi"), None).await);
+            forbidden(w.s.rooms.join(&eve, &room).await);
+            w.s.rooms.send(&alice, &room, text("mine"), None).await.unwrap();
+            // Rejecting an invite does not open the history.
+            w.s.rooms.invite(&alice, &room, &eve, None).await.unwrap();
+            w.s.rooms.leave(&eve, &room, None).await.unwrap();
+            forbidden(w.s.rooms.visible_until(&eve, &room));
+        }
+    }
+
+    #[tokio::test]
+    async fn public_rooms_are_joinable_and_bans_stick() {
+        let w = world();
+        let (alice, bob) = (w.user("alice"), w.user("bob"));
+        let room = w.room(&alice, "11", "public_chat").await;
+        w.s.rooms.join(&bob, &room).await.unwrap();
+        w.s.rooms.send(&bob, &room, text("hello"), None).await.unwrap();
+        w.s.rooms.ban(&alice, &room, &bob, Some("spam")).await.unwrap();
+        forbidden(w.s.rooms.join(&bob, &room).await);
+        forbidden(w.s.rooms.send(&bob, &room, text("again"), None).await);
+    }
+
+    #[tokio::test]
+    async fn power_levels_gate_state_kicks_and_self_promotion() {
+        for version in ["10", "12"] {
+            let w = world();
+            let (alice, bob) = (w.user("alice"), w.user("bob"));
+            let room = w.room(&alice, version, "private_chat").await;
+            w.s.rooms.invite(&alice, &room, &bob, None).await.unwrap();
+            w.s.rooms.join(&bob, &room).await.unwrap();
+            // A member at level 0 may not rename (state_default 50), promote
+            // himself, or kick the admin.
+            forbidden(w.s.rooms.send(&bob, &room, NewEvent::state("m.room.name", "", json!({"name": "x"})), None).await);
+            let promote = json!({"users": {bob.as_str(): 100}});
+            forbidden(w.s.rooms.send(&bob, &room, NewEvent::state("m.room.power_levels", "", promote), None).await);
+            forbidden(w.s.rooms.kick(&bob, &room, &alice, None).await);
+            // The creator (level 100, or unlimited as a v12 creator) may.
+            w.s.rooms.send(&alice, &room, NewEvent::state("m.room.name", "", json!({"name": "ok"})), None).await.unwrap();
+            w.s.rooms.kick(&alice, &room, &bob, None).await.unwrap();
+            forbidden(w.s.rooms.send(&bob, &room, text("after kick"), None).await);
+            assert_eq!(w.s.rooms.membership_of(&room, &bob).unwrap().as_deref(), Some("leave"));
+        }
+    }
+
+    #[tokio::test]
+    async fn redactions_need_power_unless_own_event() {
+        let w = world();
+        let (alice, bob) = (w.user("alice"), w.user("bob"));
+        let room = w.room(&alice, "11", "public_chat").await;
+        w.s.rooms.join(&bob, &room).await.unwrap();
+        let alices = w.s.rooms.send(&alice, &room, text("secret"), None).await.unwrap();
+        let redact = |target: &ruma::OwnedEventId| NewEvent {
+            kind: "m.room.redaction".into(),
+            content: json!({}),
+            state_key: None,
+            redacts: Some(target.clone()),
+        };
+        forbidden(w.s.rooms.send(&bob, &room, redact(&alices), None).await);
+        let bobs = w.s.rooms.send(&bob, &room, text("oops"), None).await.unwrap();
+        w.s.rooms.send(&bob, &room, redact(&bobs), None).await.unwrap();
+        let redacted = w.s.rooms.event(bobs.as_str()).unwrap().unwrap().pdu_value();
+        assert_eq!(redacted["content"], json!({}), "content is stripped by the redaction algorithm");
+        let kept = w.s.rooms.event(alices.as_str()).unwrap().unwrap().pdu_value();
+        assert_eq!(kept["content"]["body"], "secret");
+    }
+
+    #[tokio::test]
+    async fn v12_room_ids_derive_from_the_create_event_and_creators_are_unlimited() {
+        let w = world();
+        let alice = w.user("alice");
+        let room = w.room(&alice, "12", "private_chat").await;
+        let create = w.s.rooms.room_create_event(&room).unwrap();
+        assert_eq!(room.as_str().trim_start_matches('!'), create.event_id.as_str().trim_start_matches('$'));
+        assert!(create.pdu_value().get("room_id").is_none(), "v12 create events carry no room_id");
+        let rules = ruma::RoomVersionId::V12.rules().unwrap();
+        assert_eq!(w.s.rooms.user_power(&room, &alice, &rules).unwrap(), i64::MAX);
+        // Listing a creator in power levels is rejected in v12.
+        let pl = json!({"users": {alice.as_str(): 100}});
+        assert!(w.s.rooms.send(&alice, &room, NewEvent::state("m.room.power_levels", "", pl), None).await.is_err());
+    }
+}

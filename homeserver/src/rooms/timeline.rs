@@ -41,12 +41,31 @@ impl Rooms {
     }
 
     /// The newest position `user` may read in this room: everything while
-    /// joined, up to their departure after leaving. Never-members see nothing.
+    /// joined, up to the end of their last membership after leaving. Users
+    /// who never joined (e.g. rejected an invite) see nothing.
     pub fn visible_until(&self, user: &UserId, room_id: &RoomId) -> Result<u64> {
-        match self.user_room(user, room_id)? {
-            Some(ur) if ur.membership == "join" => Ok(u64::MAX),
-            Some(ur) if ur.membership == "leave" || ur.membership == "ban" => Ok(ur.pos),
-            _ => Err(Error::forbidden("you are not a member of this room")),
+        let not_member = || Error::forbidden("you are not a member of this room");
+        let ur = self.user_room(user, room_id)?.ok_or_else(not_member)?;
+        if ur.membership == "join" {
+            return Ok(u64::MAX);
         }
+        if ur.membership != "leave" && ur.membership != "ban" {
+            return Err(not_member());
+        }
+        // Walk back through the user's membership events to the last join;
+        // the event that ended it is where their view of the room stops.
+        let mut ended_at = ur.pos;
+        let mut cursor = self.event(ur.event_id.as_str())?;
+        for _ in 0..64 {
+            let Some(ev) = cursor else { break };
+            let Some(prev_id) = ev.replaces_state.clone() else { break };
+            let Some(prev) = self.event(prev_id.as_str())? else { break };
+            if prev.parse().ok().and_then(|p| p.membership()).as_deref() == Some("join") {
+                return Ok(ended_at);
+            }
+            ended_at = prev.pos;
+            cursor = Some(prev);
+        }
+        Err(not_member())
     }
 }
