@@ -18,6 +18,14 @@ def g(d, *path):
     return d
 
 
+def server_name(r):
+    srv = g(r, "target", "server")
+    if isinstance(srv, dict):
+        # Synapse appends " (b=<branch>,<sha>)" of whatever git repo it is installed inside
+        return f"{srv.get('name')} {str(srv.get('version', '')).split(' (')[0]}"
+    return r.get("label") or "?"
+
+
 def fmt(x, nd=0):
     if x is None:
         return "–"
@@ -33,7 +41,7 @@ def row(path):
     c = r["config"]
     lat = g(r, "deliveries", "latency_ms") or {}
     srv = g(r, "target", "server")
-    srv = f"{srv.get('name')} {srv.get('version')}" if isinstance(srv, dict) else (r.get("label") or "?")
+    srv = server_name(r)
     return [
         path.rsplit("/", 1)[-1], srv, f"{c['users']}/{c['rooms']}/{c['messages_total']}",
         fmt(c.get("rate_per_s")) if c.get("rate_per_s") else "unpaced",
@@ -69,7 +77,7 @@ METRICS = [
 def scenario(r):
     c = r["config"]
     srv = g(r, "target", "server")
-    srv = f"{srv.get('name')} {srv.get('version')}" if isinstance(srv, dict) else (r.get("label") or "?")
+    srv = server_name(r)
     rate = f"{fmt(c['rate_per_s'])}/s" if c.get("rate_per_s") else "unpaced"
     return f"{srv}: {c['users']}u/{c['rooms']}r/{c['messages_total']}m {rate}"
 

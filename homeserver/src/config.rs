@@ -9,7 +9,7 @@ use serde::Deserialize;
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("config file is not valid TOML: {0}")]
+    #[error("invalid configuration (file or BELLWIRE_* variables): {0}")]
     Toml(String),
     #[error("config key `{key}`: {message}")]
     Invalid { key: String, message: String },
@@ -79,6 +79,10 @@ pub struct Config {
     pub sync_default_timeline_limit: usize,
 }
 
+/// `BELLWIRE_*` variables that are not config keys: the log filter, and
+/// what the scripts and tests use to find the config file and binary.
+const RESERVED_ENV: [&str; 3] = ["LOG", "CONFIG", "BIN"];
+
 pub const SUPPORTED_ROOM_VERSIONS: [&str; 3] = ["10", "11", "12"];
 
 impl Config {
@@ -97,7 +101,7 @@ impl Config {
         };
         for (name, value) in env {
             let Some(rest) = name.strip_prefix("BELLWIRE_") else { continue };
-            if rest.is_empty() {
+            if rest.is_empty() || RESERVED_ENV.contains(&rest) || rest.starts_with("TEST_") {
                 continue;
             }
             let keys: Vec<String> = rest.split("__").map(|k| k.to_ascii_lowercase()).collect();
@@ -210,6 +214,18 @@ mod tests {
         assert_eq!(c.database_path, PathBuf::from("/tmp/x"));
         assert_eq!(c.max_request_bytes, 65536);
         assert_eq!(c.default_room_version, RoomVersionId::V11);
+    }
+
+    #[test]
+    fn reserved_variables_are_not_config_keys() {
+        let env = vec![
+            ("BELLWIRE_LOG".to_owned(), "debug".to_owned()),
+            ("BELLWIRE_BIN".to_owned(), "/x/bellwire".to_owned()),
+            ("BELLWIRE_CONFIG".to_owned(), "c.toml".to_owned()),
+        ];
+        assert!(Config::load(None, env).is_ok());
+        let env = vec![("BELLWIRE_NOT_A_KEY".to_owned(), "1".to_owned())];
+        assert!(Config::load(None, env).unwrap_err().to_string().contains("not_a_key"));
     }
 
     #[test]

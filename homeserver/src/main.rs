@@ -5,6 +5,7 @@ use std::{path::PathBuf, process::ExitCode};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    limit_allocator_retention();
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_env("BELLWIRE_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
@@ -44,5 +45,17 @@ fn main() -> ExitCode {
             eprintln!("bellwire: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// glibc raises its mmap threshold after the first large free, after which
+/// Argon2's 19 MiB blocks come from per-thread heaps and are never returned
+/// (hundreds of MiB after a burst of logins). A fixed threshold keeps large
+/// blocks mmapped, so they go back to the OS when freed.
+fn limit_allocator_retention() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
 }

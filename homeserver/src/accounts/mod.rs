@@ -236,6 +236,16 @@ impl Accounts {
     }
 }
 
+/// Argon2id needs ~19 MiB per running hash; one per core keeps a burst of
+/// logins from ballooning memory (and from starving other blocking work).
+static PASSWORD_HASHERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// Runs password hashing or checking off the async threads, bounded.
+pub async fn with_password_hasher<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    let _permit = PASSWORD_HASHERS.acquire().await.map_err(|e| Error::Unknown(e.to_string()))?;
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::Unknown(e.to_string()))?
+}
+
 fn hash_password(password: &str) -> Result<String> {
     if password.len() > 512 {
         return Err(Error::invalid_param("password longer than 512 bytes"));

@@ -69,9 +69,7 @@ pub async fn register(
     let accounts = s.accounts.clone();
     let uid = user_id.clone();
     let password = body.password.clone();
-    tokio::task::spawn_blocking(move || accounts.create(&uid, password.as_deref()))
-        .await
-        .map_err(|e| Error::Unknown(e.to_string()))??;
+    crate::accounts::with_password_hasher(move || accounts.create(&uid, password.as_deref())).await?;
     if body.inhibit_login {
         return Ok(Json(json!({"user_id": user_id})));
     }
@@ -148,9 +146,7 @@ pub async fn login(State(s): State<AppState>, Body(body): Body<LoginBody>) -> Re
 async fn check_password(s: &AppState, user_id: &ruma::UserId, password: String) -> Result<()> {
     let accounts = s.accounts.clone();
     let uid = user_id.to_owned();
-    let ok = tokio::task::spawn_blocking(move || accounts.check_password(&uid, &password))
-        .await
-        .map_err(|e| Error::Unknown(e.to_string()))??;
+    let ok = crate::accounts::with_password_hasher(move || accounts.check_password(&uid, &password)).await?;
     if ok { Ok(()) } else { Err(Error::forbidden("invalid username or password")) }
 }
 
@@ -201,9 +197,7 @@ pub async fn change_password(State(s): State<AppState>, Auth(session): Auth, Bod
     require_password_uia(&s, &session, body.auth.as_ref()).await?;
     let accounts = s.accounts.clone();
     let uid = session.user_id.clone();
-    tokio::task::spawn_blocking(move || accounts.set_password(&uid, &body.new_password))
-        .await
-        .map_err(|e| Error::Unknown(e.to_string()))??;
+    crate::accounts::with_password_hasher(move || accounts.set_password(&uid, &body.new_password)).await?;
     if body.logout_devices.unwrap_or(true) {
         let devices = s.accounts.devices(&session.user_id)?;
         let others: Vec<&str> =
