@@ -16,7 +16,7 @@ use crate::{
     account_data::AccountData,
     accounts::{Session, now_ms},
     error::{Error, Result},
-    rooms::{Rooms, UserRoom, pdu::{StoredEvent, client_event, stripped_state}},
+    rooms::{Rooms, UserRoom, pdu::{client_event, stripped_state}},
 };
 use filter::Filter;
 use stream::{Notifier, StreamPositions};
@@ -185,11 +185,9 @@ impl SyncService {
             .collect();
         let mut state = Vec::new();
         for (key, id) in &at_start {
-            let member_needed = key.0 == "m.room.member" && lazy && senders.contains(&key.1);
-            if !(wanted(key) || member_needed) {
-                continue;
-            }
-            if lazy && key.0 == "m.room.member" && !senders.contains(&key.1) {
+            // Lazy-loading clients get exactly the members they will display.
+            let include = if lazy && key.0 == "m.room.member" { senders.contains(&key.1) } else { wanted(key) };
+            if !include {
                 continue;
             }
             if let Some(ev) = self.rooms.event(id.as_str())? {
@@ -243,8 +241,7 @@ impl SyncService {
             events.insert(("m.room.member".into(), inviter), stripped_state(&ev));
         }
         if let Some(ev) = self.rooms.event(ur.event_id.as_str())? {
-            let v: &StoredEvent = &ev;
-            events.insert(("m.room.member".into(), "self".into()), stripped_state(v));
+            events.insert(("m.room.member".into(), "self".into()), stripped_state(&ev));
         }
         Ok(json!({"invite_state": {"events": events.into_values().collect::<Vec<_>>()}}))
     }
