@@ -39,6 +39,86 @@ struct RawConfig {
     registration: RawRegistration,
     #[serde(default)]
     sync: RawSync,
+    #[serde(default)]
+    rate_limits: RawRateLimits,
+    #[serde(default)]
+    presence: RawPresence,
+    #[serde(default)]
+    user_directory: RawUserDirectory,
+    #[serde(default)]
+    directory: RawDirectory,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimits {
+    enabled: Option<bool>,
+    message_per_second: Option<Number>,
+    message_burst: Option<Number>,
+    login_per_second: Option<Number>,
+    login_burst: Option<Number>,
+    registration_per_second: Option<Number>,
+    registration_burst: Option<Number>,
+}
+
+/// A TOML number: `burst = 30` and `burst = 30.0` both mean 30.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(untagged)]
+enum Number {
+    Int(i64),
+    Float(f64),
+}
+
+impl Number {
+    fn get(self) -> f64 {
+        match self {
+            Number::Int(i) => i as f64,
+            Number::Float(f) => f,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPresence {
+    enabled: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUserDirectory {
+    search_all_users: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDirectory {
+    publish: Option<PublishPolicy>,
+}
+
+/// Who may list a room in the public room directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishPolicy {
+    /// Any joined member.
+    Members,
+    /// Members whose power level reaches the room's `state_default`.
+    Moderators,
+}
+
+/// A token bucket's refill rate and size.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub per_second: f64,
+    pub burst: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimits {
+    pub enabled: bool,
+    pub message: Rate,
+    pub login: Rate,
+    pub registration: Rate,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -77,6 +157,12 @@ pub struct Config {
     pub registration_token: Option<String>,
     pub sync_max_timeout_ms: u64,
     pub sync_default_timeline_limit: usize,
+    pub rate_limits: RateLimits,
+    /// Whether presence is shared at all.
+    pub presence_enabled: bool,
+    /// User directory searches every local user, not only those the searcher shares a room with.
+    pub user_directory_search_all: bool,
+    pub publish_policy: PublishPolicy,
 }
 
 /// `BELLWIRE_*` variables that are not config keys: the log filter, and
@@ -150,7 +236,25 @@ impl Config {
         if timeline_limit == 0 || timeline_limit > 1000 {
             return Err(invalid("sync.default_timeline_limit", "must be 1..=1000".into()));
         }
+        let rl = &raw.rate_limits;
+        let rate = |key: &str, per_second: Option<Number>, burst: Option<Number>, d: (f64, f64)| -> Result<Rate, ConfigError> {
+            let r = Rate { per_second: per_second.map_or(d.0, Number::get), burst: burst.map_or(d.1, Number::get) };
+            if !(r.per_second > 0.0 && r.per_second.is_finite() && r.burst >= 1.0 && r.burst.is_finite()) {
+                return Err(invalid(&format!("rate_limits.{key}"), "per_second must be > 0 and burst >= 1".into()));
+            }
+            Ok(r)
+        };
+        let rate_limits = RateLimits {
+            enabled: rl.enabled.unwrap_or(true),
+            message: rate("message", rl.message_per_second, rl.message_burst, (10.0, 30.0))?,
+            login: rate("login", rl.login_per_second, rl.login_burst, (0.5, 5.0))?,
+            registration: rate("registration", rl.registration_per_second, rl.registration_burst, (0.2, 5.0))?,
+        };
         Ok(Config {
+            rate_limits,
+            presence_enabled: raw.presence.enabled.unwrap_or(true),
+            user_directory_search_all: raw.user_directory.search_all_users.unwrap_or(false),
+            publish_policy: raw.directory.publish.unwrap_or(PublishPolicy::Members),
             server_name,
             listen,
             default_room_version,
@@ -171,6 +275,11 @@ impl Config {
 fn env_value(value: &str) -> toml::Value {
     if let Ok(i) = value.parse::<i64>() {
         return toml::Value::Integer(i);
+    }
+    if let Ok(f) = value.parse::<f64>() {
+        if f.is_finite() && value.contains('.') {
+            return toml::Value::Float(f);
+        }
     }
     match value {
         "true" => toml::Value::Boolean(true),

@@ -48,6 +48,12 @@ pub enum Error {
     InvalidRoomState(String),
     #[error("{0}")]
     Unknown(String),
+    #[error("too many requests")]
+    LimitExceeded { retry_after_ms: u64 },
+    #[error("the profile would exceed 64 KiB")]
+    ProfileTooLarge,
+    #[error("you already sent this annotation")]
+    DuplicateAnnotation,
     /// User-interactive auth is needed: the body is the UIA state, status 401.
     #[error("user-interactive authentication required")]
     Uia(serde_json::Value),
@@ -96,6 +102,9 @@ impl Error {
             InvalidRoomState(_) => (StatusCode::BAD_REQUEST, "M_INVALID_ROOM_STATE"),
             Unknown(_) => (StatusCode::BAD_REQUEST, "M_UNKNOWN"),
             Uia(_) => (StatusCode::UNAUTHORIZED, "M_FORBIDDEN"),
+            LimitExceeded { .. } => (StatusCode::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED"),
+            DuplicateAnnotation => (StatusCode::BAD_REQUEST, "M_DUPLICATE_ANNOTATION"),
+            ProfileTooLarge => (StatusCode::BAD_REQUEST, "M_PROFILE_TOO_LARGE"),
             Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN"),
         }
     }
@@ -113,9 +122,18 @@ impl IntoResponse for Error {
             Error::UnknownToken { soft_logout } => {
                 json!({"errcode": errcode, "error": self.to_string(), "soft_logout": soft_logout})
             }
+            Error::LimitExceeded { retry_after_ms } => {
+                json!({"errcode": errcode, "error": self.to_string(), "retry_after_ms": retry_after_ms})
+            }
             _ => json!({"errcode": errcode, "error": self.to_string()}),
         };
         let mut response = (status, axum::Json(body)).into_response();
+        if let Error::LimitExceeded { retry_after_ms } = &self {
+            let secs = retry_after_ms.div_ceil(1000).max(1);
+            if let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string()) {
+                response.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+            }
+        }
         if matches!(self, Error::TooLarge { .. }) {
             // The unread rest of the body is still on the wire: the
             // connection cannot be reused, and the client must know.

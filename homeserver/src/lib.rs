@@ -4,7 +4,13 @@ pub mod account_data;
 pub mod accounts;
 pub mod api;
 pub mod config;
+pub mod directory;
+pub mod ephemeral;
 pub mod error;
+pub mod profiles;
+pub mod push;
+pub mod ratelimit;
+pub mod reports;
 pub mod rooms;
 pub mod services;
 pub mod storage;
@@ -40,7 +46,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let bound = listener.local_addr().map_err(StartError::Serve)?;
     // Tests and scripts read this exact line to learn the port.
     println!("bellwire: listening on {bound}");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.map_err(StartError::Serve)
+    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(shutdown_signal()).await.map_err(StartError::Serve)
 }
 
 async fn shutdown_signal() {

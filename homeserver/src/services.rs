@@ -8,7 +8,12 @@ use crate::{
     account_data::AccountData,
     accounts::{Accounts, random_string, uia::UiaSessions},
     config::{Config, RegistrationMode},
+    directory::{public_rooms::PublicRooms, users::UserDirectory},
+    ephemeral::{presence::Presence, receipts::Receipts, typing::Typing},
     error::Result,
+    profiles::Profiles,
+    push::{Push, pusher},
+    ratelimit::RateLimiter,
     rooms::Rooms,
     storage::{Store, Table},
     sync::{
@@ -26,6 +31,15 @@ pub struct Services {
     pub sync: SyncService,
     pub filters: Filters,
     pub account_data: AccountData,
+    pub typing: Typing,
+    pub receipts: Receipts,
+    pub presence: Presence,
+    pub push: Arc<Push>,
+    pub profiles: Profiles,
+    pub public_rooms: PublicRooms,
+    pub user_directory: UserDirectory,
+    pub rate_limiter: RateLimiter,
+    pub store: Store,
     /// The token `m.login.registration_token` accepts in `token` mode.
     pub registration_token: Option<String>,
 }
@@ -38,6 +52,7 @@ impl Services {
         let stream = Arc::new(StreamPositions::load(&store)?);
         let notifier = Arc::new(Notifier::default());
         let account_data = AccountData::new(store.clone(), stream.clone(), notifier.clone());
+        let (push, push_queue) = Push::new(store.clone(), account_data.clone());
         let rooms = Rooms::new(
             store.clone(),
             config.server_name.clone(),
@@ -46,15 +61,33 @@ impl Services {
             notifier.clone(),
             account_data.clone(),
             config.default_room_version.clone(),
+            push.clone(),
         );
-        let sync = SyncService::new(
+        let typing = Typing::new(store.clone(), stream.clone(), notifier.clone(), rooms.clone());
+        let receipts = Receipts::new(store.clone(), stream.clone(), notifier.clone(), rooms.clone());
+        let presence = Presence::new(
+            store.clone(),
+            stream.clone(),
+            notifier.clone(),
             rooms.clone(),
             account_data.clone(),
+            config.presence_enabled,
+        );
+        let sync = SyncService {
+            rooms: rooms.clone(),
+            account_data: account_data.clone(),
+            typing: typing.clone(),
+            receipts: receipts.clone(),
+            presence: presence.clone(),
+            push: push.clone(),
+            store: store.clone(),
             stream,
             notifier,
-            config.sync_default_timeline_limit,
-            config.sync_max_timeout_ms,
-        );
+            default_limit: config.sync_default_timeline_limit,
+            max_timeout_ms: config.sync_max_timeout_ms,
+        };
+        tokio::spawn(pusher::run(push_queue, rooms.clone(), push.clone()));
+        tokio::spawn(presence.clone().sweep_forever());
         let registration_token = match (config.registration_mode, &config.registration_token) {
             (RegistrationMode::Token, Some(t)) => Some(t.clone()),
             // No token configured: make one, keep it across restarts, and
@@ -76,7 +109,16 @@ impl Services {
         Ok(Services {
             accounts: Accounts::new(store.clone(), &config.server_name),
             uia: UiaSessions::default(),
-            filters: Filters::new(store),
+            filters: Filters::new(store.clone()),
+            typing,
+            receipts,
+            presence,
+            push,
+            profiles: Profiles::new(store.clone(), rooms.clone()),
+            public_rooms: PublicRooms::new(store.clone(), rooms.clone(), config.publish_policy),
+            user_directory: UserDirectory::new(store.clone(), rooms.clone(), config.user_directory_search_all),
+            rate_limiter: RateLimiter::new(config.rate_limits.clone()),
+            store,
             rooms,
             sync,
             account_data,

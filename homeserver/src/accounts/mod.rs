@@ -27,6 +27,9 @@ pub struct UserRecord {
     pub displayname: Option<String>,
     #[serde(default)]
     pub avatar_url: Option<String>,
+    /// Custom profile fields (spec v1.16), beside the two classic ones.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub profile_fields: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -123,6 +126,7 @@ impl Accounts {
             deactivated: false,
             displayname: Some(user_id.localpart().to_owned()),
             avatar_url: None,
+            profile_fields: Default::default(),
         };
         self.store.put(USERS, user_id.as_bytes(), &record)?;
         Ok(())

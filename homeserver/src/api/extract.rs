@@ -36,6 +36,39 @@ impl FromRequestParts<AppState> for Auth {
     }
 }
 
+/// The caller if they sent a token (endpoints where authentication is
+/// optional); a token that is sent but invalid is still an error.
+pub struct MaybeAuth(pub Option<Session>);
+
+impl FromRequestParts<AppState> for MaybeAuth {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+        match Auth::from_request_parts(parts, state).await {
+            Ok(Auth(s)) => Ok(MaybeAuth(Some(s))),
+            Err(Error::MissingToken) => Ok(MaybeAuth(None)),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The client's address as seen on the socket ("unknown" if the server was
+/// built without connection info, as in some unit tests).
+pub struct ClientAddr(pub String);
+
+impl FromRequestParts<AppState> for ClientAddr {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &AppState) -> Result<Self, Error> {
+        let addr = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip().to_string())
+            .unwrap_or_else(|| "unknown".into());
+        Ok(ClientAddr(addr))
+    }
+}
+
 /// A JSON object body, size-limited; syntax errors are M_NOT_JSON, shape
 /// errors M_BAD_JSON. An empty body counts as `{}`.
 pub struct Body<T>(pub T);

@@ -1,6 +1,7 @@
 //! HTTP surface: the router, request extractors and thin handlers that call the services.
 
 pub mod client;
+pub mod cors;
 pub mod extract;
 
 use std::sync::Arc;
@@ -16,4 +17,5 @@ pub fn router(services: AppState) -> Router {
         .fallback(|| async { crate::error::Error::Unrecognized { method_not_allowed: false } })
         .method_not_allowed_fallback(|| async { crate::error::Error::Unrecognized { method_not_allowed: true } })
         .with_state(services)
+        .layer(axum::middleware::from_fn(cors::cors))
 }

@@ -119,7 +119,7 @@ impl Rooms {
         let mut events = vec![NewEvent::state(
             "m.room.member",
             creator.as_str(),
-            json!({"membership": "join", "displayname": self.displayname(creator)}),
+            self.member_event(creator, "join", None),
         )];
         events.push(NewEvent::state("m.room.power_levels", "", power));
         if let Some(a) = &alias {

@@ -7,17 +7,24 @@ use super::{NewEvent, Rooms};
 use crate::error::{Error, Result};
 
 impl Rooms {
-    pub fn displayname(&self, user: &UserId) -> Value {
-        match self.store.get(crate::accounts::USERS, user.as_bytes()) {
-            Ok(Some(u)) => u.displayname.map(Value::from).unwrap_or(Value::Null),
-            _ => Value::Null,
-        }
+    /// `(displayname, avatar_url)` of a local user's global profile.
+    pub fn profile_of(&self, user: &UserId) -> Result<Option<(Value, Value)>> {
+        Ok(self.store.get(crate::accounts::USERS, user.as_bytes())?.map(|u| {
+            (u.displayname.map(Value::from).unwrap_or(Value::Null), u.avatar_url.map(Value::from).unwrap_or(Value::Null))
+        }))
     }
 
-    fn member_event(&self, user: &UserId, membership: &str, reason: Option<&str>) -> Value {
+    pub(crate) fn member_event(&self, user: &UserId, membership: &str, reason: Option<&str>) -> Value {
         let mut content = json!({"membership": membership});
-        if membership == "join" {
-            content["displayname"] = self.displayname(user);
+        if membership == "join" || membership == "invite" {
+            if let Ok(Some((name, avatar))) = self.profile_of(user) {
+                if !name.is_null() {
+                    content["displayname"] = name;
+                }
+                if !avatar.is_null() {
+                    content["avatar_url"] = avatar;
+                }
+            }
         }
         if let Some(r) = reason {
             content["reason"] = Value::from(r);

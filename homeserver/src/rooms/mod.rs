@@ -5,6 +5,8 @@ pub mod auth;
 pub mod create;
 pub mod membership;
 pub mod pdu;
+pub mod relations;
+pub mod summary;
 pub mod state;
 pub mod timeline;
 
@@ -22,7 +24,9 @@ use serde_json::{Value, json};
 use crate::{
     account_data::AccountData,
     accounts::now_ms,
+    ephemeral::receipts,
     error::{Error, Result},
+    push::{Push, evaluate, notifications, pusher::PushJob},
     storage::{Store, Table, keys},
     sync::stream::{Notifier, StreamPositions},
 };
@@ -91,6 +95,7 @@ pub struct Rooms {
     notifier: Arc<Notifier>,
     pub(crate) account_data: AccountData,
     pub(crate) default_version: RoomVersionId,
+    pub(crate) push: Arc<Push>,
 }
 
 impl Rooms {
@@ -102,8 +107,9 @@ impl Rooms {
         notifier: Arc<Notifier>,
         account_data: AccountData,
         default_version: RoomVersionId,
+        push: Arc<Push>,
     ) -> Self {
-        Rooms { store, server_name, key, stream, notifier, account_data, default_version }
+        Rooms { store, server_name, key, stream, notifier, account_data, default_version, push }
     }
 
     pub fn room(&self, room_id: &RoomId) -> Result<Option<RoomRecord>> {
@@ -155,6 +161,11 @@ impl Rooms {
         let kind = TimelineEventType::from(event.kind.as_str());
 
         let mut content = event.content;
+        if let Some(r) = &room_id {
+            if event.state_key.is_none() {
+                self.check_annotation(r, sender, &event.kind, &content)?;
+            }
+        }
         if kind == TimelineEventType::RoomRedaction && rules.redaction.content_field_redacts {
             if let (Some(target), Some(obj)) = (&event.redacts, content.as_object_mut()) {
                 obj.insert("redacts".into(), Value::from(target.as_str()));
@@ -184,11 +195,12 @@ impl Rooms {
             None => (Vec::new(), 1),
         };
 
+        let ts = now_ms();
         let mut pdu = json!({
             "type": kind.to_string(),
-            "content": content,
+            "content": content.clone(),
             "sender": sender.as_str(),
-            "origin_server_ts": now_ms(),
+            "origin_server_ts": ts,
             "depth": depth,
             "prev_events": prev_events,
             "auth_events": auth_events,
@@ -244,6 +256,15 @@ impl Rooms {
         };
         batch.put(EVENTS, event_id.as_bytes(), &stored);
         batch.put(TIMELINE, &timeline_key(&room_id, pos), &event_id);
+        if event.state_key.is_none() {
+            self.stage_relation(&mut batch, &room_id, &stored, sender, &event.kind, &content)?;
+        }
+        let decisions = evaluate::decide(&self.push, self, &room_id, &parsed, &stored.pdu, &rules)?;
+        notifications::stage(&mut batch, &decisions, pos, ts);
+        // Sending in a room means having read it.
+        if sender.server_name() == self.server_name {
+            receipts::mark_read(&self.store, &mut batch, sender, &room_id, "", pos)?;
+        }
         if let Some(k) = &event.state_key {
             batch.put(ROOM_STATE, &keys::strs(&[room_id.as_str(), &kind.to_string(), k]), &event_id);
         }
@@ -268,6 +289,7 @@ impl Rooms {
             batch.put(TXNS, &txn_key(sender, t), &event_id);
         }
         if let Some(target) = redaction_target {
+            self.unstage_relation(&mut batch, &target);
             let redacted = self.redacted_copy(&rules, &target, &object)?;
             batch.put(EVENTS, target.event_id.as_bytes(), &redacted);
         }
@@ -275,6 +297,9 @@ impl Rooms {
         batch.commit()?;
         self.stream.publish(pos);
         self.notifier.wake(wake.iter().map(|u| u.as_ref()));
+        for d in decisions {
+            self.push.enqueue(PushJob { user: d.user, room_id: d.room_id, event_id: event_id.to_string(), actions: d.actions });
+        }
         Ok(event_id)
     }
 

@@ -40,6 +40,19 @@ pub const COLUMN_FAMILIES: &[&str] = &[
     "aliases",
     "filters",
     "user_rooms_by_room",
+    "receipts",
+    "receipt_log",
+    "read_upto",
+    "presence",
+    "presence_log",
+    "notifications",
+    "notification_log",
+    "pushers",
+    "relations",
+    "thread_activity",
+    "thread_latest",
+    "public_rooms",
+    "reports",
 ];
 
 /// A typed table: a column family whose values are JSON-encoded `V`.

@@ -63,6 +63,8 @@ pub struct EventFilter {
     pub lazy_load_members: bool,
     #[serde(default)]
     pub include_redundant_members: bool,
+    #[serde(default)]
+    pub unread_thread_notifications: bool,
 }
 
 /// `*` matches any run of characters, as the spec allows in type filters.

@@ -15,8 +15,11 @@ use serde_json::{Map, Value, json};
 use crate::{
     account_data::AccountData,
     accounts::{Session, now_ms},
+    ephemeral::{presence::Presence, receipts::Receipts, typing::Typing},
     error::{Error, Result},
+    push::{Push, notifications, rules as push_rules},
     rooms::{Rooms, UserRoom, pdu::{client_event, stripped_state}},
+    storage::Store,
 };
 use filter::Filter;
 use stream::{Notifier, StreamPositions};
@@ -26,6 +29,8 @@ pub struct SyncRequest {
     pub timeout_ms: u64,
     pub full_state: bool,
     pub filter: Filter,
+    /// `set_presence`: online (the default), unavailable or offline.
+    pub set_presence: String,
 }
 
 /// Parses a `since`/`from` token: `s<pos>` (sync) or `t<pos>` (pagination).
@@ -36,30 +41,39 @@ pub fn parse_token(token: &str) -> Result<u64> {
 
 #[derive(Clone)]
 pub struct SyncService {
-    rooms: Rooms,
-    account_data: AccountData,
-    stream: Arc<StreamPositions>,
-    notifier: Arc<Notifier>,
-    default_limit: usize,
-    max_timeout_ms: u64,
+    pub(crate) rooms: Rooms,
+    pub(crate) account_data: AccountData,
+    pub(crate) typing: Typing,
+    pub(crate) receipts: Receipts,
+    pub(crate) presence: Presence,
+    pub(crate) push: Arc<Push>,
+    pub(crate) store: Store,
+    pub(crate) stream: Arc<StreamPositions>,
+    pub(crate) notifier: Arc<Notifier>,
+    pub(crate) default_limit: usize,
+    pub(crate) max_timeout_ms: u64,
+}
+
+/// Senders on the user's ignore list (`m.ignored_user_list`).
+pub fn ignored_users(account_data: &AccountData, user: &UserId) -> Result<BTreeSet<String>> {
+    let list = account_data.get(user, None, "m.ignored_user_list")?;
+    Ok(list
+        .and_then(|l| l.get("ignored_users").and_then(Value::as_object).map(|m| m.keys().cloned().collect()))
+        .unwrap_or_default())
 }
 
 impl SyncService {
-    pub fn new(
-        rooms: Rooms,
-        account_data: AccountData,
-        stream: Arc<StreamPositions>,
-        notifier: Arc<Notifier>,
-        default_limit: usize,
-        max_timeout_ms: u64,
-    ) -> Self {
-        SyncService { rooms, account_data, stream, notifier, default_limit, max_timeout_ms }
-    }
-
     /// Answers at once when there is news (or on an initial sync); otherwise
     /// sleeps until the user's notifier fires or the timeout passes.
     pub async fn sync(&self, session: &Session, req: SyncRequest) -> Result<Value> {
         let since = req.since.as_deref().map(parse_token).transpose()?;
+        self.presence.sync_started(&session.user_id, &req.set_presence).await?;
+        let result = self.sync_inner(session, since, &req).await;
+        self.presence.sync_finished(&session.user_id);
+        result
+    }
+
+    async fn sync_inner(&self, session: &Session, since: Option<u64>, req: &SyncRequest) -> Result<Value> {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(req.timeout_ms.min(self.max_timeout_ms));
         let notify = self.notifier.handle(&session.user_id);
         loop {
@@ -69,7 +83,7 @@ impl SyncService {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let upto = self.stream.current();
-            let (body, has_news) = self.build(session, since, upto, &req)?;
+            let (body, has_news) = self.build(session, since, upto, req)?;
             if has_news || since.is_none() || req.full_state || tokio::time::Instant::now() >= deadline {
                 return Ok(body);
             }
@@ -77,7 +91,7 @@ impl SyncService {
                 _ = &mut notified => {}
                 _ = tokio::time::sleep_until(deadline) => {
                     let upto = self.stream.current();
-                    return Ok(self.build(session, since, upto, &req)?.0);
+                    return Ok(self.build(session, since, upto, req)?.0);
                 }
             }
         }
@@ -88,6 +102,7 @@ impl SyncService {
         let since_pos = since.unwrap_or(0);
         let filter = &req.filter;
         let changes = self.account_data.changed_since(user, since_pos, upto)?;
+        let ignored = ignored_users(&self.account_data, user)?;
         let mut join = Map::new();
         let mut invite = Map::new();
         let mut leave = Map::new();
@@ -99,35 +114,55 @@ impl SyncService {
             match ur.membership.as_str() {
                 "join" => {
                     let full = since.is_none() || req.full_state || ur.pos > since_pos;
-                    if full || self.rooms.has_events_after(&room_id, since_pos)? || room_data.is_some() {
-                        let entry = self.room_entry(session, &room_id, since_pos, upto, full, filter, room_data)?;
+                    let news = full
+                        || self.rooms.has_events_after(&room_id, since_pos)?
+                        || room_data.is_some()
+                        || self.typing.changed(&room_id, since, upto).is_some()
+                        || self.receipts.changed(&room_id, user, since_pos, upto)?;
+                    if news {
+                        let mut entry = self.room_entry(session, &room_id, since_pos, upto, full, filter, room_data, &ignored)?;
+                        self.add_ephemeral(&mut entry, session, &room_id, since, upto, filter, &ignored)?;
+                        self.add_unread_counts(&mut entry, user, &room_id, filter)?;
                         join.insert(room_id.to_string(), entry);
                     }
                 }
-                "invite" if since.is_none() || ur.pos > since_pos => {
+                "invite" if (since.is_none() || ur.pos > since_pos) && !ignored.contains(ur.sender.as_str()) => {
                     invite.insert(room_id.to_string(), self.invite_entry(&room_id, &ur)?);
                 }
                 "leave" | "ban" => {
                     let fresh = since.is_some() && ur.pos > since_pos && ur.pos <= upto;
                     if fresh || (filter.room.include_leave && (since.is_none() || req.full_state)) {
-                        let entry = self.room_entry(session, &room_id, since_pos, ur.pos, since.is_none() || req.full_state, filter, room_data)?;
+                        let entry = self.room_entry(session, &room_id, since_pos, ur.pos, since.is_none() || req.full_state, filter, room_data, &ignored)?;
                         leave.insert(room_id.to_string(), entry);
                     }
                 }
                 _ => {}
             }
         }
-        let global: Vec<Value> = changes
-            .global
+        let mut global_changes = changes.global;
+        // Clients expect push rules from the first sync, stored or not.
+        if since.is_none() && !global_changes.iter().any(|(k, _)| k == push_rules::EVENT_TYPE) {
+            let rules = self.push.ruleset(user)?;
+            global_changes.push((push_rules::EVENT_TYPE.into(), json!({"global": push_rules::to_json(&rules)?})));
+        }
+        let global: Vec<Value> = global_changes
             .into_iter()
             .filter(|(k, _)| filter.account_data.allows(k, user.as_str(), None))
             .map(|(k, c)| json!({"type": k, "content": c}))
             .collect();
-        let has_news = !join.is_empty() || !invite.is_empty() || !leave.is_empty() || !global.is_empty();
+        let presence: Vec<Value> = self
+            .presence
+            .sync_events(user, since, upto)?
+            .into_iter()
+            .filter(|e| !ignored.contains(e["sender"].as_str().unwrap_or_default()))
+            .filter(|e| filter.presence.allows(e["type"].as_str().unwrap_or_default(), e["sender"].as_str().unwrap_or_default(), None))
+            .collect();
+        let has_news = !join.is_empty() || !invite.is_empty() || !leave.is_empty() || !global.is_empty() || !presence.is_empty();
         let body = json!({
             "next_batch": format!("s{upto}"),
             "rooms": {"join": join, "invite": invite, "leave": leave, "knock": {}},
             "account_data": {"events": global},
+            "presence": {"events": presence},
         });
         Ok((body, has_news))
     }
@@ -142,6 +177,7 @@ impl SyncService {
         full: bool,
         filter: &Filter,
         room_data: Option<&Vec<(String, Value)>>,
+        ignored: &BTreeSet<String>,
     ) -> Result<Value> {
         let now = now_ms();
         let device = Some(session.device_id.as_str());
@@ -155,8 +191,10 @@ impl SyncService {
 
         let timeline: Vec<Value> = newest
             .iter()
-            .map(|e| client_event(e, device, self.rooms.prev_content(e), now))
+            .map(|e| self.rooms.client_event_for(e, &session.user_id, device, upto, now))
             .filter(|e| filter.room.timeline.allows_event(e))
+            // Ignored users' messages vanish; their state changes still apply.
+            .filter(|e| e.get("state_key").is_some() || !ignored.contains(e["sender"].as_str().unwrap_or_default()))
             .collect();
 
         // State at the start of the timeline: all of it when the client has
@@ -209,6 +247,44 @@ impl SyncService {
             "ephemeral": {"events": []},
             "summary": self.summary(room_id, &session.user_id)?,
         }))
+    }
+
+    /// Typing and receipts for a joined room.
+    #[allow(clippy::too_many_arguments)]
+    fn add_ephemeral(
+        &self,
+        entry: &mut Value,
+        session: &Session,
+        room_id: &RoomId,
+        since: Option<u64>,
+        upto: u64,
+        filter: &Filter,
+        ignored: &BTreeSet<String>,
+    ) -> Result<()> {
+        let mut events = Vec::new();
+        if let Some(users) = self.typing.changed(room_id, since, upto) {
+            let users: Vec<String> = users.into_iter().map(|u| u.to_string()).filter(|u| !ignored.contains(u)).collect();
+            events.push(json!({"type": "m.typing", "content": {"user_ids": users}}));
+        }
+        let is_ignored = |u: &UserId| ignored.contains(u.as_str());
+        if let Some(r) = self.receipts.sync_event(room_id, &session.user_id, since, upto, &is_ignored)? {
+            events.push(r);
+        }
+        events.retain(|e| filter.room.ephemeral.allows(e["type"].as_str().unwrap_or_default(), "", Some(room_id.as_str())));
+        entry["ephemeral"] = json!({"events": events});
+        Ok(())
+    }
+
+    /// `unread_notifications` (and per-thread counts when the filter asks).
+    fn add_unread_counts(&self, entry: &mut Value, user: &UserId, room_id: &RoomId, filter: &Filter) -> Result<()> {
+        let by_thread = filter.room.timeline.unread_thread_notifications;
+        let (main, threads) = notifications::counts(&self.store, user, room_id, by_thread)?;
+        entry["unread_notifications"] = main.to_json();
+        if by_thread {
+            let per: Map<String, Value> = threads.into_iter().map(|(t, c)| (t, c.to_json())).collect();
+            entry["unread_thread_notifications"] = Value::Object(per);
+        }
+        Ok(())
     }
 
     /// Heroes and member counts, which clients use to name unnamed rooms.

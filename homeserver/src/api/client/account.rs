@@ -8,10 +8,11 @@ use crate::{
     accounts::uia::AuthData,
     api::{
         AppState,
-        extract::{Auth, Body, P, Q},
+        extract::{Auth, Body, ClientAddr, P, Q},
     },
     config::RegistrationMode,
     error::{Error, Result},
+    ratelimit::Action,
 };
 
 #[derive(Deserialize)]
@@ -32,6 +33,7 @@ pub struct KindQuery {
 
 pub async fn register(
     State(s): State<AppState>,
+    ClientAddr(addr): ClientAddr,
     Q(q): Q<KindQuery>,
     Body(body): Body<RegisterBody>,
 ) -> Result<Json<Value>> {
@@ -51,6 +53,9 @@ pub async fn register(
         return Err(Error::UserInUse);
     }
     let Some(auth) = &body.auth else { return Err(s.uia.challenge(stage, None)) };
+    // Only attempts that carry auth count: the first, empty request of the
+    // flow just asks which stages exist.
+    s.rate_limiter.check(Action::Registration, &addr)?;
     s.uia.check_session(auth.session.as_deref())?;
     let passed = match (auth.kind.as_deref(), stage) {
         (Some("m.login.dummy"), "m.login.dummy") => true,
@@ -126,13 +131,16 @@ pub struct LoginBody {
     initial_device_display_name: Option<String>,
 }
 
-pub async fn login(State(s): State<AppState>, Body(body): Body<LoginBody>) -> Result<Json<Value>> {
+pub async fn login(State(s): State<AppState>, ClientAddr(addr): ClientAddr, Body(body): Body<LoginBody>) -> Result<Json<Value>> {
     if body.kind != "m.login.password" {
         return Err(Error::Unknown(format!("unsupported login type {}", body.kind)));
     }
     let user = body.auth.user().ok_or_else(|| Error::MissingParam("identifier.user is required".into()))?;
     let password = body.auth.password.clone().ok_or_else(|| Error::MissingParam("password is required".into()))?;
+    s.rate_limiter.check(Action::Login, &addr)?;
     let user_id = s.accounts.resolve_login_user(user)?;
+    // Per account too, so guessing one password from many addresses is slow.
+    s.rate_limiter.check(Action::Login, user_id.as_str())?;
     check_password(&s, &user_id, password).await?;
     let session = s.accounts.open_session(&user_id, body.device_id.as_deref(), body.initial_device_display_name)?;
     Ok(Json(json!({

@@ -13,8 +13,9 @@ use crate::{
         extract::{Auth, Body, P, Q, room_id},
     },
     error::{Error, Result},
+    ratelimit::Action,
     rooms::{NewEvent, Txn, pdu::{StoredEvent, client_event, parse_event_id}},
-    sync::parse_token,
+    sync::{ignored_users, parse_token},
 };
 
 pub async fn send(
@@ -27,6 +28,7 @@ pub async fn send(
     if kind.is_empty() || kind.len() > 255 {
         return Err(Error::invalid_param("event type must be 1-255 bytes"));
     }
+    s.rate_limiter.check(Action::Message, session.user_id.as_str())?;
     let txn = Txn { device_id: session.device_id.as_str(), txn_id: &txn_id };
     let id = s.rooms.send(&session.user_id, &room, NewEvent::message(&kind, Value::Object(content)), Some(txn)).await?;
     Ok(Json(json!({"event_id": id})))
@@ -55,6 +57,7 @@ async fn put_state_inner(s: AppState, session: Session, room: String, kind: Stri
     if kind == "m.room.create" {
         return Err(Error::forbidden("the create event cannot be replaced"));
     }
+    s.rate_limiter.check(Action::Message, session.user_id.as_str())?;
     let id = s.rooms.send(&session.user_id, &room, NewEvent::state(&kind, &key, Value::Object(content)), None).await?;
     Ok(Json(json!({"event_id": id})))
 }
@@ -119,7 +122,7 @@ pub async fn get_event(State(s): State<AppState>, Auth(session): Auth, P((room, 
         .event(&event_id)?
         .filter(|e| e.room_id == room && e.pos <= until)
         .ok_or_else(|| Error::not_found("event not found"))?;
-    Ok(Json(client_event(&ev, Some(session.device_id.as_str()), s.rooms.prev_content(&ev), now_ms())))
+    Ok(Json(s.rooms.client_event_for(&ev, &session.user_id, Some(session.device_id.as_str()), until, now_ms())))
 }
 
 #[derive(Deserialize)]
@@ -135,6 +138,7 @@ pub async fn redact(
 ) -> Result<Json<Value>> {
     let room = room_id(&room)?;
     let target = parse_event_id(&event_id).ok_or_else(|| Error::invalid_param("invalid event ID"))?;
+    s.rate_limiter.check(Action::Message, session.user_id.as_str())?;
     let mut content = json!({});
     if let Some(r) = body.reason {
         content["reason"] = Value::from(r);
@@ -217,10 +221,12 @@ pub async fn messages(State(s): State<AppState>, Auth(session): Auth, P(room): P
     };
     let now = now_ms();
     let device = Some(session.device_id.as_str());
+    let ignored = ignored_users(&s.account_data, &session.user_id)?;
     let chunk: Vec<Value> = events
         .iter()
-        .map(|e| client_event(e, device, s.rooms.prev_content(e), now))
+        .map(|e| s.rooms.client_event_for(e, &session.user_id, device, visible, now))
         .filter(|e| filter.allows_event(e))
+        .filter(|e| e.get("state_key").is_some() || !ignored.contains(e["sender"].as_str().unwrap_or_default()))
         .collect();
     let mut body = json!({"chunk": chunk, "start": start});
     if let Some(e) = end {
@@ -269,10 +275,12 @@ pub async fn context(
     let after = s.rooms.timeline_range(&room, ev.pos, visible, false, limit - limit / 2)?;
     let now = now_ms();
     let device = Some(session.device_id.as_str());
+    let ignored = ignored_users(&s.account_data, &session.user_id)?;
     let fmt = |list: &[StoredEvent]| -> Vec<Value> {
         list.iter()
-            .map(|e| client_event(e, device, s.rooms.prev_content(e), now))
+            .map(|e| s.rooms.client_event_for(e, &session.user_id, device, visible, now))
             .filter(|e| filter.allows_event(e))
+            .filter(|e| e.get("state_key").is_some() || !ignored.contains(e["sender"].as_str().unwrap_or_default()))
             .collect()
     };
     let start = before.last().map(|e| e.pos).unwrap_or(ev.pos) - 1;
@@ -291,7 +299,7 @@ pub async fn context(
         state.retain(|e| e["type"] != "m.room.member" || e["state_key"].as_str().is_some_and(|k| senders.contains(k)));
     }
     Ok(Json(json!({
-        "event": client_event(&ev, device, s.rooms.prev_content(&ev), now),
+        "event": s.rooms.client_event_for(&ev, &session.user_id, device, visible, now),
         "events_before": fmt(&before),
         "events_after": fmt(&after),
         "start": format!("t{start}"),

@@ -1,8 +1,13 @@
 //! Client-Server API routes (`/_matrix/client/{r0,v3}/...`) mapped to their handlers.
 
 pub mod account;
+pub mod directory;
 pub mod discovery;
+pub mod ephemeral;
 pub mod events;
+pub mod profile;
+pub mod push;
+pub mod relations;
 pub mod rooms;
 pub mod sync;
 
@@ -27,7 +32,17 @@ pub fn routes() -> Router<AppState> {
         .route(
             "/_matrix/client/v1/register/m.login.registration_token/validity",
             get(account::registration_token_validity),
-        );
+        )
+        .route("/_matrix/client/v1/rooms/{room_id}/relations/{event_id}", get(relations::relations))
+        .route("/_matrix/client/v1/rooms/{room_id}/relations/{event_id}/{rel_type}", get(relations::relations_by_type))
+        .route(
+            "/_matrix/client/v1/rooms/{room_id}/relations/{event_id}/{rel_type}/{event_type}",
+            get(relations::relations_by_type_and_event_type),
+        )
+        .route("/_matrix/client/v1/rooms/{room_id}/threads", get(relations::threads))
+        .route("/_matrix/client/v1/room_summary/{room_id_or_alias}", get(directory::room_summary))
+        // Where MSC3266 served it before it entered the spec.
+        .route("/_matrix/client/unstable/im.nheko.summary/rooms/{room_id_or_alias}/summary", get(directory::room_summary));
     let table: Vec<(&str, MethodRouter<AppState>)> = vec![
         ("/capabilities", get(discovery::capabilities)),
         ("/register", post(account::register)),
@@ -78,6 +93,30 @@ pub fn routes() -> Router<AppState> {
             "/user/{user_id}/rooms/{room_id}/account_data/{type}",
             get(sync::get_room_account_data).put(sync::put_room_account_data),
         ),
+        ("/user/{user_id}/rooms/{room_id}/tags", get(sync::get_tags)),
+        ("/user/{user_id}/rooms/{room_id}/tags/{tag}", put(sync::put_tag).delete(sync::delete_tag)),
+        ("/rooms/{room_id}/typing/{user_id}", put(ephemeral::typing)),
+        ("/rooms/{room_id}/receipt/{receipt_type}/{event_id}", post(ephemeral::receipt)),
+        ("/rooms/{room_id}/read_markers", post(ephemeral::read_markers)),
+        ("/presence/{user_id}/status", get(ephemeral::get_presence).put(ephemeral::put_presence)),
+        ("/pushrules/", get(push::get_all)),
+        ("/pushrules", get(push::get_all)),
+        ("/pushrules/{scope}/", get(push::get_scope)),
+        ("/pushrules/{scope}", get(push::get_scope)),
+        ("/pushrules/{scope}/{kind}/{rule_id}", get(push::get_rule).put(push::put_rule).delete(push::delete_rule)),
+        ("/pushrules/{scope}/{kind}/{rule_id}/enabled", get(push::get_enabled).put(push::put_enabled)),
+        ("/pushrules/{scope}/{kind}/{rule_id}/actions", get(push::get_actions).put(push::put_actions)),
+        ("/pushers", get(push::get_pushers)),
+        ("/pushers/set", post(push::set_pusher)),
+        ("/notifications", get(push::get_notifications)),
+        ("/profile/{user_id}", get(profile::get_profile)),
+        ("/profile/{user_id}/{key}", get(profile::get_field).put(profile::put_field).delete(profile::delete_field)),
+        ("/user_directory/search", post(directory::search_users)),
+        ("/publicRooms", get(directory::public_rooms).post(directory::search_public_rooms)),
+        ("/directory/list/room/{room_id}", get(directory::get_visibility).put(directory::put_visibility)),
+        ("/rooms/{room_id}/report/{event_id}", post(directory::report_event)),
+        ("/rooms/{room_id}/report", post(directory::report_room)),
+        ("/users/{user_id}/report", post(directory::report_user)),
     ];
     for (path, method) in table {
         r = both(r, path, method);

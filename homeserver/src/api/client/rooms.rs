@@ -15,7 +15,11 @@ use crate::{
 };
 
 pub async fn create_room(State(s): State<AppState>, Auth(session): Auth, Body(body): Body<CreateRoom>) -> Result<Json<Value>> {
+    let public = body.visibility.as_deref() == Some("public");
     let room_id = s.rooms.create_room(&session.user_id, body).await?;
+    if public {
+        s.public_rooms.set_visibility(&session.user_id, &room_id, true)?;
+    }
     Ok(Json(json!({"room_id": room_id})))
 }
 

@@ -1,0 +1,172 @@
+//! Read receipts (public, private, threaded) and the per-user read positions that clear unread counts.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use ruma::{OwnedEventId, OwnedUserId, RoomId, UserId};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::{
+    accounts::now_ms,
+    error::{Error, Result},
+    rooms::Rooms,
+    storage::{Batch, Store, Table, keys},
+    sync::stream::{Notifier, StreamPositions},
+};
+
+pub const PUBLIC: &str = "m.read";
+pub const PRIVATE: &str = "m.read.private";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Receipt {
+    pub receipt_type: String,
+    pub user_id: OwnedUserId,
+    /// "" for an unthreaded receipt, "main" or a thread root's event ID otherwise.
+    pub thread: String,
+    pub event_id: OwnedEventId,
+    /// Stream position of the event the receipt points at.
+    pub event_pos: u64,
+    pub ts: u64,
+    /// Stream position of the receipt itself.
+    pub pos: u64,
+}
+
+/// `(room, type, user, thread) -> latest receipt`.
+const RECEIPTS: Table<Receipt> = Table::new("receipts");
+/// `(room, pos) -> receipt`: what changed when, for incremental syncs.
+const RECEIPT_LOG: Table<Receipt> = Table::new("receipt_log");
+/// `(user, room, thread) -> stream position read up to`; "" is unthreaded.
+pub(crate) const READ_UPTO: Table<u64> = Table::new("read_upto");
+
+#[derive(Clone)]
+pub struct Receipts {
+    store: Store,
+    stream: Arc<StreamPositions>,
+    notifier: Arc<Notifier>,
+    rooms: Rooms,
+}
+
+/// Records in `batch` that `user` has read `room` (or one thread of it) up to `pos`.
+pub(crate) fn mark_read(store: &Store, batch: &mut Batch<'_>, user: &UserId, room: &RoomId, thread: &str, pos: u64) -> Result<()> {
+    let key = keys::strs(&[user.as_str(), room.as_str(), thread]);
+    if store.get(READ_UPTO, &key)?.unwrap_or(0) < pos {
+        batch.put(READ_UPTO, &key, &pos);
+    }
+    Ok(())
+}
+
+/// Where `user` has read up to in `room`: the unthreaded position and per-thread ones.
+pub fn read_positions(store: &Store, user: &UserId, room: &RoomId) -> Result<(u64, BTreeMap<String, u64>)> {
+    let mut unthreaded = 0;
+    let mut threads = BTreeMap::new();
+    for (k, pos) in store.scan_prefix(READ_UPTO, &keys::strs(&[user.as_str(), room.as_str()]))? {
+        let Some(parts) = keys::split_strs(&k) else { continue };
+        match parts.get(2) {
+            Some(&"") => unthreaded = pos,
+            Some(t) => {
+                threads.insert((*t).to_owned(), pos);
+            }
+            None => {}
+        }
+    }
+    Ok((unthreaded, threads))
+}
+
+impl Receipts {
+    pub fn new(store: Store, stream: Arc<StreamPositions>, notifier: Arc<Notifier>, rooms: Rooms) -> Self {
+        Receipts { store, stream, notifier, rooms }
+    }
+
+    /// Stores a receipt. A receipt older than the one it would replace is
+    /// accepted and ignored, so "read" never moves backwards.
+    pub async fn set(&self, user: &UserId, room: &RoomId, receipt_type: &str, event_id: &str, thread: Option<&str>) -> Result<()> {
+        if receipt_type != PUBLIC && receipt_type != PRIVATE {
+            return Err(Error::invalid_param(format!("unknown receipt type {receipt_type}")));
+        }
+        let thread = thread.unwrap_or("");
+        if !thread.is_empty() && thread != "main" && !thread.starts_with('$') {
+            return Err(Error::invalid_param("thread_id must be \"main\" or an event ID"));
+        }
+        if self.rooms.membership_of(room, user)?.as_deref() != Some("join") {
+            return Err(Error::forbidden("you are not in this room"));
+        }
+        let event = self
+            .rooms
+            .event(event_id)?
+            .filter(|e| e.room_id == room)
+            .ok_or_else(|| Error::not_found("no such event in this room"))?;
+        let _writer = self.stream.writer.lock().await;
+        let key = keys::strs(&[room.as_str(), receipt_type, user.as_str(), thread]);
+        if self.store.get(RECEIPTS, &key)?.is_some_and(|old| old.event_pos >= event.pos) {
+            return Ok(());
+        }
+        let pos = self.stream.next();
+        let receipt = Receipt {
+            receipt_type: receipt_type.to_owned(),
+            user_id: user.to_owned(),
+            thread: thread.to_owned(),
+            event_id: event.event_id.clone(),
+            event_pos: event.pos,
+            ts: now_ms(),
+            pos,
+        };
+        let mut batch = self.store.batch();
+        batch.put(RECEIPTS, &key, &receipt);
+        batch.put(RECEIPT_LOG, &keys::KeyBuf::new().str(room.as_str()).u64(pos).into_vec(), &receipt);
+        mark_read(&self.store, &mut batch, user, room, thread, event.pos)?;
+        self.stream.record(&mut batch, pos);
+        batch.commit()?;
+        self.stream.publish(pos);
+        if receipt_type == PRIVATE {
+            self.notifier.wake([user]);
+        } else {
+            let members = self.rooms.members_with(room, &["join"])?;
+            self.notifier.wake(members.iter().map(|u| u.as_ref()));
+        }
+        Ok(())
+    }
+
+    /// Whether anything `viewer` may see changed in `(since, upto]`.
+    pub fn changed(&self, room: &RoomId, viewer: &UserId, since: u64, upto: u64) -> Result<bool> {
+        Ok(self.log(room, since, upto)?.iter().any(|r| visible(r, viewer)))
+    }
+
+    fn log(&self, room: &RoomId, since: u64, upto: u64) -> Result<Vec<Receipt>> {
+        let prefix = keys::strs(&[room.as_str()]);
+        let from = keys::KeyBuf::new().str(room.as_str()).u64(since.saturating_add(1)).into_vec();
+        let until = keys::KeyBuf::new().str(room.as_str()).u64(upto.saturating_add(1)).into_vec();
+        Ok(self.store.scan(RECEIPT_LOG, &prefix, &from, Some(&until), false, usize::MAX)?.into_iter().map(|(_, r)| r).collect())
+    }
+
+    /// The `m.receipt` event for /sync: every receipt for an initial sync,
+    /// the changed ones otherwise; private receipts only for their owner.
+    pub fn sync_event(&self, room: &RoomId, viewer: &UserId, since: Option<u64>, upto: u64, ignored: &dyn Fn(&UserId) -> bool) -> Result<Option<Value>> {
+        let receipts: Vec<Receipt> = match since {
+            Some(s) => self.log(room, s, upto)?,
+            None => self
+                .store
+                .scan_prefix(RECEIPTS, &keys::strs(&[room.as_str()]))?
+                .into_iter()
+                .map(|(_, r)| r)
+                .filter(|r| r.pos <= upto)
+                .collect(),
+        };
+        let mut content: Map<String, Value> = Map::new();
+        for r in receipts.iter().filter(|r| visible(r, viewer) && !ignored(&r.user_id)) {
+            let mut entry = json!({"ts": r.ts});
+            if !r.thread.is_empty() {
+                entry["thread_id"] = Value::from(r.thread.as_str());
+            }
+            let by_type = content.entry(r.event_id.to_string()).or_insert_with(|| json!({}));
+            by_type[r.receipt_type.as_str()][r.user_id.as_str()] = entry;
+        }
+        if content.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(json!({"type": "m.receipt", "content": content})))
+    }
+}
+
+fn visible(r: &Receipt, viewer: &UserId) -> bool {
+    r.receipt_type != PRIVATE || r.user_id == viewer
+}

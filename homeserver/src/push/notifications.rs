@@ -1,0 +1,132 @@
+//! Stored notifications: unread and highlight counts per room (and per thread) for /sync, and the /notifications list.
+
+use std::collections::BTreeMap;
+
+use ruma::{OwnedEventId, OwnedRoomId, RoomId, UserId, push::Action};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::evaluate::Decision;
+use crate::{
+    ephemeral::receipts::read_positions,
+    error::Result,
+    storage::{Batch, Store, Table, keys},
+};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Notification {
+    pub event_id: OwnedEventId,
+    pub room_id: OwnedRoomId,
+    pub highlight: bool,
+    #[serde(default)]
+    pub thread: Option<String>,
+    pub actions: Vec<Action>,
+    pub ts: u64,
+}
+
+/// `(user, room, pos) -> notification`: counts are a scan past the read position.
+const NOTIFICATIONS: Table<Notification> = Table::new("notifications");
+/// `(user, pos) -> room`: the user's notifications across rooms, newest last.
+const NOTIFICATION_LOG: Table<OwnedRoomId> = Table::new("notification_log");
+
+fn key(user: &UserId, room: &RoomId, pos: u64) -> Vec<u8> {
+    keys::KeyBuf::new().str(user.as_str()).str(room.as_str()).u64(pos).into_vec()
+}
+
+/// Adds the notifications `decisions` describe to the event's batch.
+pub fn stage(batch: &mut Batch<'_>, decisions: &[Decision], pos: u64, ts: u64) {
+    for d in decisions {
+        let n = Notification {
+            event_id: d.event_id.clone(),
+            room_id: d.room_id.clone(),
+            highlight: d.highlight,
+            thread: d.thread.clone(),
+            actions: d.actions.clone(),
+            ts,
+        };
+        batch.put(NOTIFICATIONS, &key(&d.user, &d.room_id, pos), &n);
+        batch.put(NOTIFICATION_LOG, &keys::KeyBuf::new().str(d.user.as_str()).u64(pos).into_vec(), &d.room_id);
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub notifications: u64,
+    pub highlights: u64,
+}
+
+impl Counts {
+    pub fn to_json(self) -> Value {
+        json!({"notification_count": self.notifications, "highlight_count": self.highlights})
+    }
+}
+
+/// Unread counts for a room: the whole room, or (when `by_thread`) the main
+/// timeline plus one entry per thread with anything unread.
+pub fn counts(store: &Store, user: &UserId, room: &RoomId, by_thread: bool) -> Result<(Counts, BTreeMap<String, Counts>)> {
+    let (unthreaded, threads) = read_positions(store, user, room)?;
+    let prefix = keys::strs(&[user.as_str(), room.as_str()]);
+    let from = key(user, room, unthreaded.saturating_add(1));
+    let mut main = Counts::default();
+    let mut per_thread: BTreeMap<String, Counts> = BTreeMap::new();
+    for (k, n) in store.scan(NOTIFICATIONS, &prefix, &from, None, false, usize::MAX)? {
+        let pos = keys::trailing_u64(&k).unwrap_or(0);
+        let thread_key = n.thread.clone().unwrap_or_else(|| "main".into());
+        if threads.get(&thread_key).is_some_and(|read| pos <= *read) {
+            continue;
+        }
+        let bucket = match (&n.thread, by_thread) {
+            (Some(t), true) => per_thread.entry(t.clone()).or_default(),
+            _ => &mut main,
+        };
+        bucket.notifications += 1;
+        bucket.highlights += u64::from(n.highlight);
+    }
+    Ok((main, per_thread))
+}
+
+/// Every room's unread count summed: the badge number pushers send.
+pub fn total_unread(store: &Store, user: &UserId, rooms: &[OwnedRoomId]) -> Result<u64> {
+    let mut total = 0;
+    for r in rooms {
+        total += counts(store, user, r, false)?.0.notifications;
+    }
+    Ok(total)
+}
+
+/// A page of the user's notifications, newest first, for GET /notifications.
+pub fn list(store: &Store, user: &UserId, from: Option<u64>, limit: usize, only_highlight: bool) -> Result<(Vec<(u64, Notification, bool)>, Option<u64>)> {
+    let prefix = keys::strs(&[user.as_str()]);
+    let start = keys::KeyBuf::new().str(user.as_str()).u64(from.unwrap_or(u64::MAX)).into_vec();
+    let mut out = Vec::new();
+    let mut next = None;
+    let mut cursor = start;
+    'pages: loop {
+        let page = store.scan(NOTIFICATION_LOG, &prefix, &cursor, None, true, 100)?;
+        if page.is_empty() {
+            break;
+        }
+        for (k, room) in &page {
+            let pos = keys::trailing_u64(k).unwrap_or(0);
+            cursor = keys::KeyBuf::new().str(user.as_str()).u64(pos.saturating_sub(1)).into_vec();
+            let Some(n) = store.get(NOTIFICATIONS, &key(user, room, pos))? else { continue };
+            if only_highlight && !n.highlight {
+                continue;
+            }
+            if out.len() == limit {
+                next = Some(pos);
+                break 'pages;
+            }
+            let (unthreaded, threads) = read_positions(store, user, room)?;
+            let thread_read = threads.get(n.thread.as_deref().unwrap_or("main")).copied().unwrap_or(0);
+            out.push((pos, n, pos <= unthreaded.max(thread_read)));
+            if pos == 0 {
+                break 'pages;
+            }
+        }
+        if page.len() < 100 {
+            break;
+        }
+    }
+    Ok((out, next))
+}
