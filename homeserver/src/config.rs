@@ -224,14 +224,13 @@ impl Config {
         }
         let mode = raw.registration.mode.unwrap_or(RegistrationMode::Token);
         let token = raw.registration.token.filter(|t| !t.is_empty());
-        if let Some(t) = &token {
-            if t.len() > 64 || !t.chars().all(|c| c.is_ascii_alphanumeric() || "._~-".contains(c)) {
+        if let Some(t) = &token
+            && (t.len() > 64 || !t.chars().all(|c| c.is_ascii_alphanumeric() || "._~-".contains(c))) {
                 return Err(invalid(
                     "registration.token",
                     "1-64 characters of [A-Za-z0-9._~-] (the spec's token alphabet)".into(),
                 ));
             }
-        }
         let timeline_limit = raw.sync.default_timeline_limit.unwrap_or(20);
         if timeline_limit == 0 || timeline_limit > 1000 {
             return Err(invalid("sync.default_timeline_limit", "must be 1..=1000".into()));
@@ -276,11 +275,10 @@ fn env_value(value: &str) -> toml::Value {
     if let Ok(i) = value.parse::<i64>() {
         return toml::Value::Integer(i);
     }
-    if let Ok(f) = value.parse::<f64>() {
-        if f.is_finite() && value.contains('.') {
+    if let Ok(f) = value.parse::<f64>()
+        && f.is_finite() && value.contains('.') {
             return toml::Value::Float(f);
         }
-    }
     match value {
         "true" => toml::Value::Boolean(true),
         "false" => toml::Value::Boolean(false),

@@ -80,13 +80,11 @@ pub fn decide(push: &Push, rooms: &Rooms, room_id: &RoomId, pdu: &Pdu, raw: &Raw
     let mut recipients = rooms.members_with(room_id, &["join"])?;
     let member_count = UInt::try_from(recipients.len()).unwrap_or_default();
     // The target of an invite is not a member yet but is the one to notify.
-    if pdu.kind.to_string() == "m.room.member" && pdu.membership().as_deref() == Some("invite") {
-        if let Some(target) = pdu.state_key.as_deref().and_then(|k| OwnedUserId::try_from(k).ok()) {
-            if target.server_name() == rooms.server_name && !recipients.contains(&target) {
+    if pdu.kind.to_string() == "m.room.member" && pdu.membership().as_deref() == Some("invite")
+        && let Some(target) = pdu.state_key.as_deref().and_then(|k| OwnedUserId::try_from(k).ok())
+            && target.server_name() == rooms.server_name && !recipients.contains(&target) {
                 recipients.push(target);
             }
-        }
-    }
     recipients.retain(|u| *u != pdu.sender);
     if recipients.is_empty() {
         return Ok(Vec::new());

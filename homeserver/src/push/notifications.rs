@@ -94,8 +94,11 @@ pub fn total_unread(store: &Store, user: &UserId, rooms: &[OwnedRoomId]) -> Resu
     Ok(total)
 }
 
-/// A page of the user's notifications, newest first, for GET /notifications.
-pub fn list(store: &Store, user: &UserId, from: Option<u64>, limit: usize, only_highlight: bool) -> Result<(Vec<(u64, Notification, bool)>, Option<u64>)> {
+/// One entry of GET /notifications: the notification and whether it is read.
+pub type Listed = (Notification, bool);
+
+/// A page of the user's notifications, newest first, and where the next starts.
+pub fn list(store: &Store, user: &UserId, from: Option<u64>, limit: usize, only_highlight: bool) -> Result<(Vec<Listed>, Option<u64>)> {
     let prefix = keys::strs(&[user.as_str()]);
     let start = keys::KeyBuf::new().str(user.as_str()).u64(from.unwrap_or(u64::MAX)).into_vec();
     let mut out = Vec::new();
@@ -119,7 +122,7 @@ pub fn list(store: &Store, user: &UserId, from: Option<u64>, limit: usize, only_
             }
             let (unthreaded, threads) = read_positions(store, user, room)?;
             let thread_read = threads.get(n.thread.as_deref().unwrap_or("main")).copied().unwrap_or(0);
-            out.push((pos, n, pos <= unthreaded.max(thread_read)));
+            out.push((n, pos <= unthreaded.max(thread_read)));
             if pos == 0 {
                 break 'pages;
             }

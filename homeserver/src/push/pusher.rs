@@ -68,11 +68,10 @@ pub fn set(store: &Store, user: &UserId, mut pusher: Pusher, append: bool) -> Re
     if !ok_scheme || !url.contains("/_matrix/push/v1/notify") {
         return Err(Error::invalid_param("data.url must be an http(s) URL with the path /_matrix/push/v1/notify"));
     }
-    if let Some(f) = pusher.data.get("format") {
-        if f.as_str() != Some("event_id_only") {
+    if let Some(f) = pusher.data.get("format")
+        && f.as_str() != Some("event_id_only") {
             return Err(Error::invalid_param("the only pusher data.format is event_id_only"));
         }
-    }
     if pusher.pushkey.is_empty() || pusher.pushkey.len() > 512 || pusher.app_id.is_empty() || pusher.app_id.len() > 64 {
         return Err(Error::invalid_param("pushkey must be 1-512 bytes and app_id 1-64"));
     }
@@ -163,13 +162,11 @@ fn payload(rooms: &Rooms, push: &Push, job: &PushJob, pusher: &Pusher) -> Result
     data.remove("url");
     let mut tweaks = Map::new();
     for a in &job.actions {
-        if let Action::SetTweak(t) = a {
-            if let Ok(Value::Object(o)) = serde_json::to_value(t) {
-                if let (Some(name), value) = (o.get("set_tweak").and_then(Value::as_str), o.get("value")) {
+        if let Action::SetTweak(t) = a
+            && let Ok(Value::Object(o)) = serde_json::to_value(t)
+                && let (Some(name), value) = (o.get("set_tweak").and_then(Value::as_str), o.get("value")) {
                     tweaks.insert(name.to_owned(), value.cloned().unwrap_or(Value::Bool(true)));
                 }
-            }
-        }
     }
     let device = json!({
         "app_id": pusher.app_id,

@@ -35,8 +35,15 @@ pub fn load(account_data: &AccountData, user: &UserId) -> Result<Ruleset> {
     }
 }
 
+/// The ruleset as the spec shows it, with every kind present even when empty.
 pub fn to_json(rules: &Ruleset) -> Result<Value> {
-    serde_json::to_value(rules).map_err(|e| Error::Unknown(e.to_string()))
+    let mut v = serde_json::to_value(rules).map_err(|e| Error::Unknown(e.to_string()))?;
+    if let Some(o) = v.as_object_mut() {
+        for kind in ["override", "content", "room", "sender", "underride"] {
+            o.entry(kind).or_insert_with(|| json!([]));
+        }
+    }
+    Ok(v)
 }
 
 pub fn parse_kind(kind: &str) -> Result<RuleKind> {

@@ -54,11 +54,10 @@ impl Rooms {
             None if req.visibility.as_deref() == Some("public") => "public_chat".into(),
             None => "private_chat".into(),
         };
-        if let Some(v) = &req.visibility {
-            if v != "public" && v != "private" {
+        if let Some(v) = &req.visibility
+            && v != "public" && v != "private" {
                 return Err(Error::bad_json("visibility must be public or private"));
             }
-        }
         let alias = match &req.room_alias_name {
             Some(local) => {
                 let alias = OwnedRoomAliasId::try_from(format!("#{local}:{}", self.server_name))

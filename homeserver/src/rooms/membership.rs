@@ -16,8 +16,8 @@ impl Rooms {
 
     pub(crate) fn member_event(&self, user: &UserId, membership: &str, reason: Option<&str>) -> Value {
         let mut content = json!({"membership": membership});
-        if membership == "join" || membership == "invite" {
-            if let Ok(Some((name, avatar))) = self.profile_of(user) {
+        if (membership == "join" || membership == "invite")
+            && let Ok(Some((name, avatar))) = self.profile_of(user) {
                 if !name.is_null() {
                     content["displayname"] = name;
                 }
@@ -25,7 +25,6 @@ impl Rooms {
                     content["avatar_url"] = avatar;
                 }
             }
-        }
         if let Some(r) = reason {
             content["reason"] = Value::from(r);
         }
@@ -122,11 +121,10 @@ impl Rooms {
             return Ok(());
         };
         let list = map.entry(other.to_string()).or_insert_with(|| json!([]));
-        if let Some(arr) = list.as_array_mut() {
-            if !arr.iter().any(|r| r.as_str() == Some(room_id.as_str())) {
+        if let Some(arr) = list.as_array_mut()
+            && !arr.iter().any(|r| r.as_str() == Some(room_id.as_str())) {
                 arr.push(Value::from(room_id.as_str()));
             }
-        }
         self.account_data.set_locked(user, None, "m.direct", direct)
     }
 }

@@ -99,6 +99,7 @@ pub struct Rooms {
 }
 
 impl Rooms {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
         server_name: OwnedServerName,
@@ -129,11 +130,10 @@ impl Rooms {
         txn: Option<Txn<'_>>,
     ) -> Result<OwnedEventId> {
         let _writer = self.stream.writer.lock().await;
-        if let Some(t) = txn {
-            if let Some(id) = self.store.get(TXNS, &txn_key(sender, t))? {
+        if let Some(t) = txn
+            && let Some(id) = self.store.get(TXNS, &txn_key(sender, t))? {
                 return Ok(id);
             }
-        }
         self.append_locked(sender, Some(room_id), None, event, txn)
     }
 
@@ -161,16 +161,14 @@ impl Rooms {
         let kind = TimelineEventType::from(event.kind.as_str());
 
         let mut content = event.content;
-        if let Some(r) = &room_id {
-            if event.state_key.is_none() {
+        if let Some(r) = &room_id
+            && event.state_key.is_none() {
                 self.check_annotation(r, sender, &event.kind, &content)?;
             }
-        }
-        if kind == TimelineEventType::RoomRedaction && rules.redaction.content_field_redacts {
-            if let (Some(target), Some(obj)) = (&event.redacts, content.as_object_mut()) {
+        if kind == TimelineEventType::RoomRedaction && rules.redaction.content_field_redacts
+            && let (Some(target), Some(obj)) = (&event.redacts, content.as_object_mut()) {
                 obj.insert("redacts".into(), Value::from(target.as_str()));
             }
-        }
         let content_raw = serde_json::value::to_raw_value(&content).map_err(|e| Error::bad_json(e.to_string()))?;
 
         // Auth events: the current state entries the auth rules name.

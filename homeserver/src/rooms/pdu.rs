@@ -162,11 +162,10 @@ pub fn client_event(
         .unwrap_or_default();
     let ts = pdu.get("origin_server_ts").and_then(Value::as_u64).unwrap_or(now_ms);
     unsigned.insert("age".into(), Value::from(now_ms.saturating_sub(ts)));
-    if let (Some((device, txn)), Some(viewer)) = (&stored.txn, viewer_device) {
-        if device == viewer {
+    if let (Some((device, txn)), Some(viewer)) = (&stored.txn, viewer_device)
+        && device == viewer {
             unsigned.insert("transaction_id".into(), Value::from(txn.as_str()));
         }
-    }
     if let Some(prev) = prev_content {
         unsigned.insert("prev_content".into(), prev);
     }

@@ -115,25 +115,21 @@ impl Rooms {
 
         // Only the original sender may edit; the newest valid edit wins.
         let edit = visible
-            .clone()
-            .filter(|(_, r)| r.rel_type == "m.replace" && r.sender == original_sender && v.get("state_key").is_none())
-            .next_back();
-        if let Some((_, r)) = edit {
-            if let Some(e) = self.event(r.event_id.as_str())? {
+            .clone().rfind(|(_, r)| r.rel_type == "m.replace" && r.sender == original_sender && v.get("state_key").is_none());
+        if let Some((_, r)) = edit
+            && let Some(e) = self.event(r.event_id.as_str())? {
                 out.insert("m.replace".into(), format(&e));
             }
-        }
 
         let replies: Vec<&(u64, Relation)> = visible.clone().filter(|(_, r)| r.rel_type == "m.thread").collect();
-        if let Some((_, last)) = replies.last() {
-            if let Some(latest) = self.event(last.event_id.as_str())? {
+        if let Some((_, last)) = replies.last()
+            && let Some(latest) = self.event(last.event_id.as_str())? {
                 let participated = original_sender == viewer.as_str() || replies.iter().any(|(_, r)| r.sender == viewer.as_str());
                 out.insert(
                     "m.thread".into(),
                     json!({"latest_event": format(&latest), "count": replies.len(), "current_user_participated": participated}),
                 );
             }
-        }
 
         let refs: Vec<Value> = visible.filter(|(_, r)| r.rel_type == "m.reference").map(|(_, r)| json!({"event_id": r.event_id})).collect();
         if !refs.is_empty() {

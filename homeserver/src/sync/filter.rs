@@ -89,28 +89,25 @@ impl EventFilter {
         if self.not_types.iter().any(|p| glob(p, kind)) {
             return false;
         }
-        if let Some(types) = &self.types {
-            if !types.iter().any(|p| glob(p, kind)) {
+        if let Some(types) = &self.types
+            && !types.iter().any(|p| glob(p, kind)) {
                 return false;
             }
-        }
         if self.not_senders.iter().any(|s| s == sender) {
             return false;
         }
-        if let Some(senders) = &self.senders {
-            if !senders.iter().any(|s| s == sender) {
+        if let Some(senders) = &self.senders
+            && !senders.iter().any(|s| s == sender) {
                 return false;
             }
-        }
         if let Some(room) = room {
             if self.not_rooms.iter().any(|r| r == room) {
                 return false;
             }
-            if let Some(rooms) = &self.rooms {
-                if !rooms.iter().any(|r| r == room) {
+            if let Some(rooms) = &self.rooms
+                && !rooms.iter().any(|r| r == room) {
                     return false;
                 }
-            }
         }
         true
     }

@@ -165,11 +165,10 @@ async fn require_password_uia(s: &AppState, session: &crate::accounts::Session, 
     if auth.kind.as_deref() != Some("m.login.password") {
         return Err(s.uia.challenge("m.login.password", Some("authentication stage not completed")));
     }
-    if let Some(u) = auth.user() {
-        if s.accounts.resolve_login_user(u).ok().as_deref() != Some(&*session.user_id) {
+    if let Some(u) = auth.user()
+        && s.accounts.resolve_login_user(u).ok().as_deref() != Some(&*session.user_id) {
             return Err(Error::forbidden("you can only authenticate as yourself"));
         }
-    }
     let password = auth.password.clone().unwrap_or_default();
     if check_password(s, &session.user_id, password).await.is_err() {
         return Err(s.uia.challenge("m.login.password", Some("invalid password")));

@@ -175,7 +175,7 @@ pub async fn get_notifications(State(s): State<AppState>, Auth(session): Auth, Q
     let (list, next) = notifications::list(&s.store, &session.user_id, from, limit, only_highlight)?;
     let now = now_ms();
     let mut out = Vec::new();
-    for (_, n, read) in list {
+    for (n, read) in list {
         let Some(ev) = s.rooms.event(n.event_id.as_str())? else { continue };
         out.push(json!({
             "actions": n.actions,
