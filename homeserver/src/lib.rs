@@ -15,6 +15,8 @@ pub mod rooms;
 pub mod services;
 pub mod storage;
 pub mod sync;
+#[cfg(test)]
+mod test_support;
 
 use std::sync::Arc;
 

@@ -133,3 +133,73 @@ pub fn list(store: &Store, user: &UserId, from: Option<u64>, limit: usize, only_
     }
     Ok((out, next))
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::counts;
+    use crate::{
+        rooms::{NewEvent, create::CreateRoom},
+        test_support::{text, world},
+    };
+
+    #[tokio::test]
+    async fn dm_messages_count_mentions_highlight_and_reading_clears() {
+        let w = world();
+        let (alice, bob) = (w.user("alice"), w.user("bob"));
+        let req = CreateRoom { preset: Some("trusted_private_chat".into()), invite: vec![bob.clone()], is_direct: true, ..Default::default() };
+        let room = w.s.rooms.create_room(&alice, req).await.unwrap();
+        w.s.rooms.join(&bob, &room).await.unwrap();
+
+        w.s.rooms.send(&alice, &room, text("one"), None).await.unwrap();
+        let mention = NewEvent::message("m.room.message", json!({"msgtype": "m.text", "body": "hey", "m.mentions": {"user_ids": [bob]}}));
+        let last = w.s.rooms.send(&alice, &room, mention, None).await.unwrap();
+        let (c, _) = counts(&w.s.store, &bob, &room, false).unwrap();
+        assert_eq!((c.notifications, c.highlights), (2, 1));
+        // The sender's own messages never count for the sender.
+        assert_eq!(counts(&w.s.store, &alice, &room, false).unwrap().0.notifications, 0);
+
+        w.s.receipts.set(&bob, &room, "m.read.private", last.as_str(), None).await.unwrap();
+        let (c, _) = counts(&w.s.store, &bob, &room, false).unwrap();
+        assert_eq!((c.notifications, c.highlights), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn the_master_rule_silences_everything() {
+        let w = world();
+        let (alice, bob) = (w.user("alice"), w.user("bob"));
+        let req = CreateRoom { preset: Some("trusted_private_chat".into()), invite: vec![bob.clone()], is_direct: true, ..Default::default() };
+        let room = w.s.rooms.create_room(&alice, req).await.unwrap();
+        w.s.rooms.join(&bob, &room).await.unwrap();
+        w.s.push
+            .edit(&bob, |r| r.set_enabled(ruma::push::RuleKind::Override, ".m.rule.master", true).map_err(|e| crate::error::Error::Unknown(e.to_string())))
+            .await
+            .unwrap();
+        w.s.rooms.send(&alice, &room, text("shh"), None).await.unwrap();
+        assert_eq!(counts(&w.s.store, &bob, &room, false).unwrap().0.notifications, 0);
+    }
+
+    #[tokio::test]
+    async fn thread_replies_count_per_thread_and_thread_receipts_clear_only_their_thread() {
+        let w = world();
+        let (alice, bob) = (w.user("alice"), w.user("bob"));
+        let req = CreateRoom { preset: Some("trusted_private_chat".into()), invite: vec![bob.clone()], is_direct: true, ..Default::default() };
+        let room = w.s.rooms.create_room(&alice, req).await.unwrap();
+        w.s.rooms.join(&bob, &room).await.unwrap();
+        let root = w.s.rooms.send(&alice, &room, text("root"), None).await.unwrap();
+        let reply = NewEvent::message(
+            "m.room.message",
+            json!({"msgtype": "m.text", "body": "in thread", "m.relates_to": {"rel_type": "m.thread", "event_id": root}}),
+        );
+        let reply_id = w.s.rooms.send(&alice, &room, reply, None).await.unwrap();
+        let (main, threads) = counts(&w.s.store, &bob, &room, true).unwrap();
+        assert_eq!(main.notifications, 1);
+        assert_eq!(threads.get(root.as_str()).map(|c| c.notifications), Some(1));
+
+        w.s.receipts.set(&bob, &room, "m.read", reply_id.as_str(), Some(root.as_str())).await.unwrap();
+        let (main, threads) = counts(&w.s.store, &bob, &room, true).unwrap();
+        assert_eq!(main.notifications, 1, "the main timeline is still unread");
+        assert!(threads.is_empty());
+    }
+}

@@ -24,48 +24,16 @@ pub fn authorize(rooms: &Rooms, rules: &RoomVersionRules, room_id: &RoomId, pdu:
 
 #[cfg(test)]
 mod tests {
-    use ruma::{OwnedRoomId, OwnedUserId, UserId};
     use serde_json::json;
 
     use crate::{
-        config::Config,
         error::Error,
-        rooms::{NewEvent, create::CreateRoom},
-        services::Services,
-        storage::Store,
+        rooms::NewEvent,
+        test_support::{text, world},
     };
-
-    struct World {
-        _dir: tempfile::TempDir,
-        s: Services,
-    }
-
-    fn world() -> World {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), false).unwrap();
-        let config = Config::load(None, [("BELLWIRE_REGISTRATION__MODE".to_owned(), "open".to_owned())]).unwrap();
-        let s = Services::build(config, store).unwrap();
-        World { _dir: dir, s }
-    }
-
-    impl World {
-        fn user(&self, name: &str) -> OwnedUserId {
-            let id = self.s.accounts.user_id_for_localpart(name).unwrap();
-            self.s.accounts.create(&id, None).unwrap();
-            id
-        }
-        async fn room(&self, creator: &UserId, version: &str, preset: &str) -> OwnedRoomId {
-            let req = CreateRoom { room_version: Some(version.into()), preset: Some(preset.into()), ..Default::default() };
-            self.s.rooms.create_room(creator, req).await.unwrap()
-        }
-    }
 
     fn forbidden<T: std::fmt::Debug>(r: Result<T, Error>) {
         assert!(matches!(r, Err(Error::Forbidden(_))), "expected M_FORBIDDEN, got {r:?}");
-    }
-
-    fn text(body: &str) -> NewEvent {
-        NewEvent::message("m.room.message", json!({"msgtype": "m.text", "body": body}))
     }
 
     #[tokio::test]

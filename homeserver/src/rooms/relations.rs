@@ -231,3 +231,69 @@ impl Rooms {
         v
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use crate::{
+        error::Error,
+        rooms::NewEvent,
+        test_support::{text, world},
+    };
+
+    fn reaction(target: &str, key: &str) -> NewEvent {
+        NewEvent::message("m.reaction", json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": target, "key": key}}))
+    }
+
+    #[tokio::test]
+    async fn edits_bundle_only_from_the_original_sender_and_duplicates_are_refused() {
+        let w = world();
+        let (alice, bob) = (w.user("alice"), w.user("bob"));
+        let room = w.room(&alice, "12", "public_chat").await;
+        w.s.rooms.join(&bob, &room).await.unwrap();
+        let msg = w.s.rooms.send(&alice, &room, text("hello"), None).await.unwrap();
+        let edit = |by: &str| {
+            NewEvent::message(
+                "m.room.message",
+                json!({"msgtype": "m.text", "body": format!("* {by}"), "m.new_content": {"msgtype": "m.text", "body": by},
+                       "m.relates_to": {"rel_type": "m.replace", "event_id": msg}}),
+            )
+        };
+        let good = w.s.rooms.send(&alice, &room, edit("alice"), None).await.unwrap();
+        w.s.rooms.send(&bob, &room, edit("bob"), None).await.unwrap();
+        let r1 = w.s.rooms.send(&bob, &room, reaction(msg.as_str(), "👍"), None).await.unwrap();
+        assert!(matches!(w.s.rooms.send(&bob, &room, reaction(msg.as_str(), "👍"), None).await, Err(Error::DuplicateAnnotation)));
+
+        let ev = w.s.rooms.event(msg.as_str()).unwrap().unwrap();
+        let v = w.s.rooms.client_event_for(&ev, &bob, None, u64::MAX, 0);
+        assert_eq!(v["unsigned"]["m.relations"]["m.replace"]["event_id"], good.as_str(), "bob's edit of alice's message is not an edit");
+        assert!(v["unsigned"]["m.relations"].get("m.annotation").is_none(), "the spec does not bundle annotations");
+
+        // Redacting the reaction frees its key again.
+        let redact = NewEvent { kind: "m.room.redaction".into(), content: json!({}), state_key: None, redacts: Some(r1) };
+        w.s.rooms.send(&bob, &room, redact, None).await.unwrap();
+        w.s.rooms.send(&bob, &room, reaction(msg.as_str(), "👍"), None).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn threads_order_by_latest_reply() {
+        let w = world();
+        let alice = w.user("alice");
+        let room = w.room(&alice, "12", "private_chat").await;
+        let a = w.s.rooms.send(&alice, &room, text("a"), None).await.unwrap();
+        let b = w.s.rooms.send(&alice, &room, text("b"), None).await.unwrap();
+        let reply = |root: &str| NewEvent::message("m.room.message", json!({"msgtype": "m.text", "body": "r", "m.relates_to": {"rel_type": "m.thread", "event_id": root}}));
+        w.s.rooms.send(&alice, &room, reply(a.as_str()), None).await.unwrap();
+        w.s.rooms.send(&alice, &room, reply(b.as_str()), None).await.unwrap();
+        w.s.rooms.send(&alice, &room, reply(a.as_str()), None).await.unwrap();
+        let (roots, next) = w.s.rooms.threads_page(&room, &alice, false, None, 10, u64::MAX).unwrap();
+        let ids: Vec<&str> = roots.iter().map(|e| e.event_id.as_str()).collect();
+        assert_eq!(ids, [a.as_str(), b.as_str()]);
+        assert!(next.is_none());
+        let ev = w.s.rooms.event(a.as_str()).unwrap().unwrap();
+        let v = w.s.rooms.client_event_for(&ev, &alice, None, u64::MAX, 0);
+        assert_eq!(v["unsigned"]["m.relations"]["m.thread"]["count"], 2);
+        assert_eq!(v["unsigned"]["m.relations"]["m.thread"]["current_user_participated"], true);
+    }
+}
