@@ -14,7 +14,7 @@ if [ ! -x "$BIN" ]; then
 fi
 DATA="$(mktemp -d)"
 OUT="$DATA/stdout"
-BELLWIRE_LISTEN=127.0.0.1:0 BELLWIRE_DATABASE__PATH="$DATA/db" BELLWIRE_REGISTRATION__MODE=open \
+BELLWIRE_LISTEN=127.0.0.1:0 BELLWIRE_DATABASE__PATH="$DATA/db" BELLWIRE_REGISTRATION__MODE=open BELLWIRE_RATE_LIMITS__ENABLED=false \
   BELLWIRE_LOG=warn "$BIN" >"$OUT" 2>"$DATA/stderr" &
 PID=$!
 trap 'kill "$PID" 2>/dev/null; wait "$PID" 2>/dev/null; rm -rf "$DATA"' EXIT
