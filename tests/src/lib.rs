@@ -65,6 +65,18 @@ pub struct ServerOptions {
     pub registration_mode: String,
     /// `[registration] token`.
     pub registration_token: Option<String>,
+    /// TOML appended to the generated config file. Bare `key = value` lines
+    /// before its first `[table]` header are placed among the top-level keys
+    /// (so they do not land in a harness-written table); everything from the
+    /// first header on is appended verbatim. It must not repeat a table the
+    /// harness writes itself (`[database]`, `[registration]`, and
+    /// `[rate_limits]` unless `rate_limits` is true).
+    pub extra_config: String,
+    /// Leave the server's rate limiting on. When false (the default) the
+    /// harness writes `[rate_limits] enabled = false`, so tests that register
+    /// many users and send many messages are not throttled; when true it
+    /// writes nothing and `extra_config` may carry its own `[rate_limits]`.
+    pub rate_limits: bool,
 }
 
 impl Default for ServerOptions {
@@ -74,6 +86,8 @@ impl Default for ServerOptions {
             max_request_bytes: None,
             registration_mode: "open".to_owned(),
             registration_token: None,
+            extra_config: String::new(),
+            rate_limits: false,
         }
     }
 }
@@ -110,6 +124,50 @@ pub fn server_binary() -> Result<PathBuf> {
         path.display()
     );
     Ok(path)
+}
+
+/// The name inside a TOML table header line (`[a.b]` or `[[a.b]]`, spaces
+/// and a trailing comment allowed), or `None` if `line` is not a header.
+fn toml_table_header(line: &str) -> Option<String> {
+    let line = line.trim();
+    let inner = line.strip_prefix("[[").or_else(|| line.strip_prefix('['))?;
+    let end = inner.find(']')?;
+    let name: String = inner[..end]
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    (!name.is_empty()).then_some(name)
+}
+
+/// Splits `extra` into the bare keys before its first table header and the
+/// rest (from that header on), and lists the tables it defines (headers plus
+/// the first segment of dotted top-level keys such as `presence.enabled`).
+fn split_extra_config(extra: &str) -> (String, String, BTreeSet<String>) {
+    let mut prelude = String::new();
+    let mut rest = String::new();
+    let mut tables = BTreeSet::new();
+    let mut in_tables = false;
+    for line in extra.lines() {
+        if let Some(name) = toml_table_header(line) {
+            in_tables = true;
+            tables.insert(name);
+        }
+        if in_tables {
+            rest.push_str(line);
+            rest.push('\n');
+        } else {
+            let trimmed = line.trim_start();
+            if let Some((key, _)) = trimmed.split_once('=')
+                && let Some((table, _)) = key.trim().split_once('.')
+                && !trimmed.starts_with('#')
+            {
+                tables.insert(table.trim().to_owned());
+            }
+            prelude.push_str(line);
+            prelude.push('\n');
+        }
+    }
+    (prelude, rest, tables)
 }
 
 fn toml_str(s: &str) -> String {
@@ -211,6 +269,20 @@ impl TestServer {
         if let Some(n) = o.max_request_bytes {
             cfg.push_str(&format!("max_request_bytes = {n}\n"));
         }
+        let (prelude, extra_tables, extra_table_names) = split_extra_config(&o.extra_config);
+        for table in ["database", "registration"] {
+            ensure!(
+                !extra_table_names.contains(table),
+                "ServerOptions::extra_config must not define [{table}]: the harness writes it \
+                 (use the ServerOptions fields instead)"
+            );
+        }
+        ensure!(
+            o.rate_limits || !extra_table_names.contains("rate_limits"),
+            "ServerOptions::extra_config defines [rate_limits] but `rate_limits` is false, so \
+             the harness writes its own `[rate_limits] enabled = false`; set `rate_limits: true`"
+        );
+        cfg.push_str(&prelude);
         let db = self.database_dir();
         let db = db.to_str().context("data directory path is not UTF-8")?;
         cfg.push_str(&format!("\n[database]\npath = {}\n", toml_str(db)));
@@ -220,6 +292,13 @@ impl TestServer {
         ));
         if let Some(t) = &o.registration_token {
             cfg.push_str(&format!("token = {}\n", toml_str(t)));
+        }
+        if !o.rate_limits {
+            cfg.push_str("\n[rate_limits]\nenabled = false\n");
+        }
+        if !extra_tables.is_empty() {
+            cfg.push('\n');
+            cfg.push_str(&extra_tables);
         }
         std::fs::write(self.config_path(), cfg).context("cannot write the server config file")
     }
@@ -835,11 +914,34 @@ pub struct Reply {
     pub status: u16,
     pub text: String,
     pub json: Value,
+    /// Response headers, names lower-cased, in the order received.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Reply {
     pub fn errcode(&self) -> Option<&str> {
         self.json.get("errcode").and_then(Value::as_str)
+    }
+
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Fails unless this is `status` with one of `errcodes` (a spec that
+    /// leaves the exact code open, e.g. `M_INVALID_PARAM` or `M_BAD_JSON`).
+    pub fn expect_error_in(&self, status: u16, errcodes: &[&str]) -> Result<&Self> {
+        ensure!(
+            self.status == status && self.errcode().is_some_and(|c| errcodes.contains(&c)),
+            "expected {status} with one of {errcodes:?}, got {} {}",
+            self.status,
+            self.text
+        );
+        Ok(self)
     }
 
     /// Fails unless this is exactly `status` with `errcode`.
@@ -905,12 +1007,27 @@ impl Http {
         token: Option<&str>,
         body: Body,
     ) -> Result<Reply> {
+        self.call_with_headers(method, path, token, &[], body).await
+    }
+
+    /// Like [`Http::call`], with extra request headers (e.g. `Origin`).
+    pub async fn call_with_headers(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Body,
+    ) -> Result<Reply> {
         let method = reqwest::Method::from_bytes(method.as_bytes())?;
         let mut req = self
             .client
             .request(method.clone(), format!("{}{path}", self.base));
         if let Some(t) = token {
             req = req.bearer_auth(t);
+        }
+        for (name, value) in headers {
+            req = req.header(*name, *value);
         }
         req = match body {
             Body::None => req,
@@ -924,12 +1041,27 @@ impl Http {
             .await
             .with_context(|| format!("{method} {path}"))?;
         let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_ascii_lowercase(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
         let text = resp
             .text()
             .await
             .with_context(|| format!("{method} {path}: reading body"))?;
         let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Ok(Reply { status, text, json })
+        Ok(Reply {
+            status,
+            text,
+            json,
+            headers,
+        })
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> Result<Reply> {
@@ -942,6 +1074,67 @@ impl Http {
 
     pub async fn put(&self, path: &str, token: Option<&str>, body: Value) -> Result<Reply> {
         self.call("PUT", path, token, Body::Json(body)).await
+    }
+
+    pub async fn delete(&self, path: &str, token: Option<&str>) -> Result<Reply> {
+        self.call("DELETE", path, token, Body::None).await
+    }
+
+    /// POST /join/{roomIdOrAlias} with an empty body; fails unless 200.
+    pub async fn join(&self, token: &str, room_id_or_alias: &str) -> Result<()> {
+        self.post(
+            &format!("/_matrix/client/v3/join/{}", enc(room_id_or_alias)),
+            Some(token),
+            json!({}),
+        )
+        .await?
+        .expect_ok()
+        .with_context(|| format!("joining {room_id_or_alias}"))?;
+        Ok(())
+    }
+
+    /// PUT /send/{event_type}/{txn} with `content` under a fresh transaction
+    /// id; fails unless 200; returns the event id.
+    pub async fn send_event(
+        &self,
+        token: &str,
+        room: &str,
+        event_type: &str,
+        content: Value,
+    ) -> Result<String> {
+        static TXN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = TXN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/send/{}/bellwire-tests-{n}",
+            enc(room),
+            enc(event_type)
+        );
+        let r = self.put(&path, Some(token), content).await?;
+        r.expect_ok().with_context(|| format!("PUT {path}"))?;
+        Ok(r.json["event_id"]
+            .as_str()
+            .with_context(|| format!("PUT {path}: no event_id in {}", r.text))?
+            .to_owned())
+    }
+
+    /// PUT global account data `ty` for `user`; fails unless 200.
+    pub async fn put_account_data(
+        &self,
+        token: &str,
+        user: &str,
+        ty: &str,
+        content: Value,
+    ) -> Result<()> {
+        let path = format!(
+            "/_matrix/client/v3/user/{}/account_data/{}",
+            enc(user),
+            enc(ty)
+        );
+        self.put(&path, Some(token), content)
+            .await?
+            .expect_ok()
+            .with_context(|| format!("PUT {path}"))?;
+        Ok(())
     }
 
     /// Full UIA registration (`m.login.dummy`); returns (user_id, access_token).
@@ -1140,4 +1333,491 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     bail!("gave up after {WAIT:?} waiting for {what} (last error: {last_err:?})")
+}
+
+// ---------------------------------------------------------------------------
+// Raw /sync
+// ---------------------------------------------------------------------------
+
+/// A raw `/sync` loop for one access token, for tests that need the exact
+/// JSON (ephemeral events, unread counts, presence, room account data). It
+/// keeps `next_batch` and every response it received.
+#[derive(Debug)]
+pub struct RawSync {
+    http: Http,
+    token: String,
+    who: String,
+    since: Option<String>,
+    filter: Option<String>,
+    set_presence: Option<String>,
+    /// Every response received so far, oldest first.
+    pub responses: Vec<Value>,
+}
+
+impl RawSync {
+    /// A sync loop for `token`; `who` names the user in error messages. The
+    /// first request is an initial sync (no `since`).
+    pub fn new(http: &Http, token: &str, who: &str) -> Self {
+        Self {
+            http: http.clone(),
+            token: token.to_owned(),
+            who: who.to_owned(),
+            since: None,
+            filter: None,
+            set_presence: None,
+            responses: Vec::new(),
+        }
+    }
+
+    /// Sends `filter` inline (as the `filter` query parameter) on every request.
+    pub fn with_filter(mut self, filter: Value) -> Self {
+        self.filter = Some(filter.to_string());
+        self
+    }
+
+    /// Sends `set_presence=<presence>` on every request.
+    pub fn with_set_presence(mut self, presence: &str) -> Self {
+        self.set_presence = Some(presence.to_owned());
+        self
+    }
+
+    /// The `since` token the next request will use.
+    pub fn since(&self) -> Option<&str> {
+        self.since.as_deref()
+    }
+
+    /// One /sync request long-polling at most `timeout_ms`; advances `since`
+    /// and records the response.
+    pub async fn once(&mut self, timeout_ms: u64) -> Result<Value> {
+        let mut path = format!("/_matrix/client/v3/sync?timeout={timeout_ms}");
+        if let Some(since) = &self.since {
+            path.push_str(&format!("&since={}", enc(since)));
+        }
+        if let Some(filter) = &self.filter {
+            path.push_str(&format!("&filter={}", enc(filter)));
+        }
+        if let Some(p) = &self.set_presence {
+            path.push_str(&format!("&set_presence={}", enc(p)));
+        }
+        let r = self
+            .http
+            .get(&path, Some(&self.token))
+            .await
+            .with_context(|| format!("{}: raw /sync", self.who))?;
+        r.expect_ok()
+            .with_context(|| format!("{}: raw /sync", self.who))?;
+        let next = r.json["next_batch"].as_str().with_context(|| {
+            format!("{}: /sync answer without next_batch: {}", self.who, r.text)
+        })?;
+        self.since = Some(next.to_owned());
+        self.responses.push(r.json.clone());
+        Ok(r.json)
+    }
+
+    /// Catches up: syncs with `timeout=0` so later requests only see what
+    /// happens from now on.
+    pub async fn catch_up(&mut self) -> Result<()> {
+        self.once(0).await.map(drop)
+    }
+
+    /// Syncs (500 ms long-polls) until `find` returns `Some` for a response,
+    /// and returns that. Fails after [`WAIT`] with a message naming `what`.
+    pub async fn until<T>(
+        &mut self,
+        what: &str,
+        mut find: impl FnMut(&Value) -> Option<T>,
+    ) -> Result<T> {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            let resp = self.once(500).await?;
+            if let Some(found) = find(&resp) {
+                return Ok(found);
+            }
+        }
+        let last: Vec<&Value> = self.responses.iter().rev().take(3).collect();
+        bail!(
+            "{}: gave up after {WAIT:?} waiting in /sync for {what}; last responses: {last:#?}",
+            self.who
+        )
+    }
+
+    /// `rooms.join.<room>` of a sync response, if present.
+    pub fn joined_room<'a>(resp: &'a Value, room: &str) -> Option<&'a Value> {
+        resp.get("rooms")?.get("join")?.get(room)
+    }
+
+    fn room_events<'a>(resp: &'a Value, room: &str, section: &str) -> Vec<&'a Value> {
+        Self::joined_room(resp, room)
+            .and_then(|r| r.get(section))
+            .and_then(|s| s.get("events"))
+            .and_then(Value::as_array)
+            .map(|a| a.iter().collect())
+            .unwrap_or_default()
+    }
+
+    /// Timeline events of joined `room` in one response.
+    pub fn timeline<'a>(resp: &'a Value, room: &str) -> Vec<&'a Value> {
+        Self::room_events(resp, room, "timeline")
+    }
+
+    /// Ephemeral events of type `ty` of joined `room` in one response.
+    pub fn ephemeral<'a>(resp: &'a Value, room: &str, ty: &str) -> Vec<&'a Value> {
+        Self::room_events(resp, room, "ephemeral")
+            .into_iter()
+            .filter(|e| e["type"] == ty)
+            .collect()
+    }
+
+    /// Room account data events of type `ty` of joined `room` in one response.
+    pub fn room_account_data<'a>(resp: &'a Value, room: &str, ty: &str) -> Vec<&'a Value> {
+        Self::room_events(resp, room, "account_data")
+            .into_iter()
+            .filter(|e| e["type"] == ty)
+            .collect()
+    }
+
+    /// `m.presence` events about `user` in one response.
+    pub fn presence_of<'a>(resp: &'a Value, user: &str) -> Vec<&'a Value> {
+        resp.pointer("/presence/events")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter(|e| e["type"] == "m.presence" && e["sender"] == user)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// `rooms.join.<room>.unread_notifications.<field>`; an absent field in a
+    /// present room counts as 0, an absent room as `None`.
+    pub fn unread(resp: &Value, room: &str, field: &str) -> Option<u64> {
+        let r = Self::joined_room(resp, room)?;
+        Some(
+            r.get("unread_notifications")
+                .and_then(|u| u.get(field))
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
+        )
+    }
+}
+
+impl User {
+    /// A raw HTTP helper pointed at this user's homeserver.
+    pub fn http(&self) -> Http {
+        Http::new(self.client.homeserver().as_str())
+    }
+
+    /// A raw /sync loop with this user's access token.
+    pub fn raw_sync(&self) -> RawSync {
+        RawSync::new(&self.http(), &self.access_token(), self.user_id.as_str())
+    }
+
+    /// Creates a room through matrix-sdk with `name` and preset
+    /// `private_chat`, invites `members`, and has each of them accept through
+    /// their own client (sync for the invite, then join). Returns the room id.
+    pub async fn create_room_with(&self, name: &str, members: &[&User]) -> Result<OwnedRoomId> {
+        use matrix_sdk::ruma::api::client::room::create_room::{self, v3::RoomPreset};
+        let mut request = create_room::v3::Request::new();
+        request.name = Some(name.to_owned());
+        request.preset = Some(RoomPreset::PrivateChat);
+        request.invite = members.iter().map(|m| m.user_id.clone()).collect();
+        let room = self
+            .client
+            .create_room(request)
+            .await
+            .with_context(|| format!("{} creating room {name:?}", self.user_id))?;
+        let room_id = room.room_id().to_owned();
+        for member in members {
+            member.wait_for_invite(&room_id).await?;
+            member.join(&room_id).await?;
+        }
+        Ok(room_id)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A push gateway the test runs itself
+// ---------------------------------------------------------------------------
+
+/// One HTTP request a [`PushGateway`] received.
+#[derive(Clone, Debug)]
+pub struct PushRequest {
+    pub method: String,
+    pub path: String,
+    /// The body parsed as JSON (Null if it was not JSON).
+    pub body: Value,
+}
+
+impl PushRequest {
+    /// `notification.event_id`, if any.
+    pub fn event_id(&self) -> Option<&str> {
+        self.body
+            .pointer("/notification/event_id")
+            .and_then(Value::as_str)
+    }
+
+    /// `notification.devices[0].pushkey`, if any.
+    pub fn pushkey(&self) -> Option<&str> {
+        self.body
+            .pointer("/notification/devices/0/pushkey")
+            .and_then(Value::as_str)
+    }
+}
+
+/// A minimal HTTP/1.1 push gateway on 127.0.0.1 (a free port): records every
+/// request and answers `200 {"rejected":[]}`. Keep-alive and chunked request
+/// bodies are supported. Stops accepting when dropped.
+pub struct PushGateway {
+    addr: SocketAddr,
+    received: std::sync::Arc<Mutex<Vec<PushRequest>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for PushGateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushGateway")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PushGateway {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// Reads more bytes from `stream` into `buf`; `false` at end of stream.
+async fn read_more(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Result<bool> {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 8192];
+    let n = tokio::time::timeout(WAIT, stream.read(&mut chunk))
+        .await
+        .map_err(|_| anyhow!("push gateway: client went quiet mid-request"))??;
+    buf.extend_from_slice(&chunk[..n]);
+    ensure!(buf.len() <= 4 << 20, "push gateway: request too large");
+    Ok(n > 0)
+}
+
+fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
+    buf.get(from..)?
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .map(|p| p + from)
+}
+
+/// Reads one request from a connection; `None` when the peer closed it
+/// cleanly between requests. Returns the request and whether to keep the
+/// connection open.
+async fn read_push_request(
+    stream: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+) -> Result<Option<(PushRequest, bool)>> {
+    let head_end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p;
+        }
+        if !read_more(stream, buf).await? {
+            ensure!(buf.is_empty(), "push gateway: connection closed mid-header");
+            return Ok(None);
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    buf.drain(..head_end + 4);
+    let mut lines = head.split("\r\n");
+    let request_line = lines.next().unwrap_or_default();
+    let mut parts = request_line.split_whitespace();
+    let method = parts.next().unwrap_or_default().to_owned();
+    let path = parts.next().unwrap_or_default().to_owned();
+    let mut content_length = None;
+    let mut chunked = false;
+    let mut close = false;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let (name, value) = (name.trim().to_ascii_lowercase(), value.trim());
+        match name.as_str() {
+            "content-length" => content_length = Some(value.parse::<usize>()?),
+            "transfer-encoding" => chunked = value.to_ascii_lowercase().contains("chunked"),
+            "connection" => close = value.eq_ignore_ascii_case("close"),
+            _ => {}
+        }
+    }
+    let body = if chunked {
+        let mut body = Vec::new();
+        loop {
+            let line_end = loop {
+                if let Some(p) = find_crlf(buf, 0) {
+                    break p;
+                }
+                ensure!(
+                    read_more(stream, buf).await?,
+                    "push gateway: eof in chunk size"
+                );
+            };
+            let size_line = String::from_utf8_lossy(&buf[..line_end]).into_owned();
+            let size_hex = size_line.split(';').next().unwrap_or_default().trim();
+            let size = usize::from_str_radix(size_hex, 16)
+                .with_context(|| format!("push gateway: bad chunk size {size_line:?}"))?;
+            buf.drain(..line_end + 2);
+            if size == 0 {
+                // Trailers (ignored) up to an empty line.
+                loop {
+                    let end = loop {
+                        if let Some(p) = find_crlf(buf, 0) {
+                            break p;
+                        }
+                        ensure!(
+                            read_more(stream, buf).await?,
+                            "push gateway: eof in trailers"
+                        );
+                    };
+                    buf.drain(..end + 2);
+                    if end == 0 {
+                        break;
+                    }
+                }
+                break;
+            }
+            while buf.len() < size + 2 {
+                ensure!(read_more(stream, buf).await?, "push gateway: eof in chunk");
+            }
+            body.extend_from_slice(&buf[..size]);
+            buf.drain(..size + 2);
+        }
+        body
+    } else {
+        let len = content_length.unwrap_or(0);
+        while buf.len() < len {
+            ensure!(read_more(stream, buf).await?, "push gateway: eof in body");
+        }
+        buf.drain(..len).collect()
+    };
+    let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    Ok(Some((PushRequest { method, path, body }, !close)))
+}
+
+async fn serve_push_connection(
+    mut stream: tokio::net::TcpStream,
+    received: std::sync::Arc<Mutex<Vec<PushRequest>>>,
+) -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut buf = Vec::new();
+    while let Some((request, keep_alive)) = read_push_request(&mut stream, &mut buf).await? {
+        received.lock().unwrap().push(request);
+        let body = r#"{"rejected":[]}"#;
+        let connection = if keep_alive { "keep-alive" } else { "close" };
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             connection: {connection}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(response.as_bytes()).await?;
+        stream.flush().await?;
+        if !keep_alive {
+            break;
+        }
+    }
+    Ok(())
+}
+
+impl PushGateway {
+    /// Binds 127.0.0.1 on a free port and starts answering.
+    pub async fn start() -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("push gateway: cannot bind 127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let received = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let sink = received.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let sink = sink.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = serve_push_connection(stream, sink).await {
+                        eprintln!("push gateway connection error: {e:#}");
+                    }
+                });
+            }
+        });
+        Ok(Self {
+            addr,
+            received,
+            accept,
+        })
+    }
+
+    /// The URL to register as a pusher's `data.url`.
+    pub fn notify_url(&self) -> String {
+        format!("http://{}/_matrix/push/v1/notify", self.addr)
+    }
+
+    /// Everything received so far, in arrival order.
+    pub fn requests(&self) -> Vec<PushRequest> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Waits (at most [`WAIT`]) for a request matching `pred`; returns it.
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        mut pred: impl FnMut(&PushRequest) -> bool,
+    ) -> Result<PushRequest> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(found) = self.requests().into_iter().find(|r| pred(r)) {
+                return Ok(found);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "push gateway: gave up after {WAIT:?} waiting for {what}; received: {:#?}",
+                    self.requests()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extra_config_is_split_at_its_first_table() {
+        let extra = "presence.enabled = false\n# a comment = with an equals sign\n\
+                     [rate_limits] # trailing comment\nmessage_burst = 3\n\n[ user_directory ]\n\
+                     search_all_users = true\n";
+        let (prelude, rest, tables) = split_extra_config(extra);
+        assert_eq!(
+            prelude,
+            "presence.enabled = false\n# a comment = with an equals sign\n"
+        );
+        assert!(rest.starts_with("[rate_limits] # trailing comment\n"));
+        assert!(rest.ends_with("search_all_users = true\n"));
+        let want: BTreeSet<String> = ["presence", "rate_limits", "user_directory"]
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(tables, want);
+        assert_eq!(toml_table_header("[[a.b]]").as_deref(), Some("a.b"));
+        assert_eq!(toml_table_header("key = [1, 2]"), None);
+    }
+
+    #[tokio::test]
+    async fn a_second_rate_limits_table_is_refused_before_starting() {
+        let options = ServerOptions {
+            extra_config: "[rate_limits]\nmessage_burst = 3\n".to_owned(),
+            ..Default::default()
+        };
+        let err = TestServer::start_with(options)
+            .await
+            .err()
+            .expect("a duplicate [rate_limits] table must be refused");
+        assert!(
+            err.to_string().contains("rate_limits: true"),
+            "unexpected error: {err:#}"
+        );
+    }
 }

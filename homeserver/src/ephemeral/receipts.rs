@@ -83,6 +83,9 @@ impl Receipts {
         if receipt_type != PUBLIC && receipt_type != PRIVATE {
             return Err(Error::invalid_param(format!("unknown receipt type {receipt_type}")));
         }
+        if thread == Some("") {
+            return Err(Error::invalid_param("thread_id must be \"main\" or an event ID"));
+        }
         let thread = thread.unwrap_or("");
         if !thread.is_empty() && thread != "main" && !thread.starts_with('$') {
             return Err(Error::invalid_param("thread_id must be \"main\" or an event ID"));

@@ -288,7 +288,7 @@ impl Rooms {
         }
         if let Some(target) = redaction_target {
             self.unstage_relation(&mut batch, &target);
-            let redacted = self.redacted_copy(&rules, &target, &object)?;
+            let redacted = self.redacted_copy(&rules, &target, &object, &event_id, &room_id)?;
             batch.put(EVENTS, target.event_id.as_bytes(), &redacted);
         }
         self.stream.record(&mut batch, pos);
@@ -321,11 +321,29 @@ impl Rooms {
         Ok(Some(target))
     }
 
-    fn redacted_copy(&self, rules: &RoomVersionRules, target: &StoredEvent, because: &CanonicalJsonObject) -> Result<StoredEvent> {
+    /// The target with the room version's redaction algorithm applied and
+    /// the redaction, in client format, as its `unsigned.redacted_because`.
+    fn redacted_copy(
+        &self,
+        rules: &RoomVersionRules,
+        target: &StoredEvent,
+        redaction: &CanonicalJsonObject,
+        redaction_id: &ruma::EventId,
+        room_id: &RoomId,
+    ) -> Result<StoredEvent> {
         let object: CanonicalJsonObject =
             serde_json::from_str(target.pdu.get()).map_err(|e| Error::Unknown(e.to_string()))?;
-        let mut because = because.clone();
-        because.insert("event_id".into(), CanonicalJsonValue::String(target.event_id.to_string()));
+        let mut because = CanonicalJsonObject::new();
+        for key in ["type", "content", "sender", "origin_server_ts", "redacts"] {
+            if let Some(v) = redaction.get(key) {
+                because.insert(key.into(), v.clone());
+            }
+        }
+        because.insert("event_id".into(), CanonicalJsonValue::String(redaction_id.to_string()));
+        because.insert("room_id".into(), CanonicalJsonValue::String(room_id.to_string()));
+        if !because.contains_key("redacts") {
+            because.insert("redacts".into(), CanonicalJsonValue::String(target.event_id.to_string()));
+        }
         let redacted = ruma::canonical_json::redact(
             object,
             &rules.redaction,
