@@ -50,6 +50,10 @@ pub enum Error {
     Unknown(String),
     #[error("too many requests")]
     LimitExceeded { retry_after_ms: u64 },
+    #[error("{0}")]
+    InvalidSignature(String),
+    #[error("this is not the current backup version")]
+    WrongRoomKeysVersion { current_version: Option<String> },
     #[error("the profile would exceed 64 KiB")]
     ProfileTooLarge,
     #[error("you already sent this annotation")]
@@ -105,6 +109,8 @@ impl Error {
             LimitExceeded { .. } => (StatusCode::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED"),
             DuplicateAnnotation => (StatusCode::BAD_REQUEST, "M_DUPLICATE_ANNOTATION"),
             ProfileTooLarge => (StatusCode::BAD_REQUEST, "M_PROFILE_TOO_LARGE"),
+            InvalidSignature(_) => (StatusCode::BAD_REQUEST, "M_INVALID_SIGNATURE"),
+            WrongRoomKeysVersion { .. } => (StatusCode::FORBIDDEN, "M_WRONG_ROOM_KEYS_VERSION"),
             Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN"),
         }
     }
@@ -113,6 +119,7 @@ impl Error {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let (status, errcode) = self.status_and_code();
+        tracing::debug!("request failed: {errcode} {self}");
         let body = match &self {
             Error::Uia(state) => state.clone(),
             Error::Storage(e) => {
@@ -121,6 +128,9 @@ impl IntoResponse for Error {
             }
             Error::UnknownToken { soft_logout } => {
                 json!({"errcode": errcode, "error": self.to_string(), "soft_logout": soft_logout})
+            }
+            Error::WrongRoomKeysVersion { current_version } => {
+                json!({"errcode": errcode, "error": self.to_string(), "current_version": current_version})
             }
             Error::LimitExceeded { retry_after_ms } => {
                 json!({"errcode": errcode, "error": self.to_string(), "retry_after_ms": retry_after_ms})

@@ -5,6 +5,7 @@ pub mod accounts;
 pub mod api;
 pub mod config;
 pub mod directory;
+pub mod e2ee;
 pub mod ephemeral;
 pub mod error;
 pub mod profiles;

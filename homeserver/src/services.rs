@@ -9,6 +9,7 @@ use crate::{
     accounts::{Accounts, random_string, uia::UiaSessions},
     config::{Config, RegistrationMode},
     directory::{public_rooms::PublicRooms, users::UserDirectory},
+    e2ee::E2ee,
     ephemeral::{presence::Presence, receipts::Receipts, typing::Typing},
     error::Result,
     profiles::Profiles,
@@ -39,6 +40,7 @@ pub struct Services {
     pub public_rooms: PublicRooms,
     pub user_directory: UserDirectory,
     pub rate_limiter: RateLimiter,
+    pub e2ee: E2ee,
     pub store: Store,
     /// The token `m.login.registration_token` accepts in `token` mode.
     pub registration_token: Option<String>,
@@ -73,6 +75,8 @@ impl Services {
             account_data.clone(),
             config.presence_enabled,
         );
+        let accounts = Accounts::new(store.clone(), &config.server_name);
+        let e2ee = E2ee::new(store.clone(), stream.clone(), notifier.clone(), rooms.clone(), accounts.clone());
         let sync = SyncService {
             rooms: rooms.clone(),
             account_data: account_data.clone(),
@@ -80,6 +84,7 @@ impl Services {
             receipts: receipts.clone(),
             presence: presence.clone(),
             push: push.clone(),
+            e2ee: e2ee.clone(),
             store: store.clone(),
             stream,
             notifier,
@@ -107,7 +112,8 @@ impl Services {
             _ => None,
         };
         Ok(Services {
-            accounts: Accounts::new(store.clone(), &config.server_name),
+            accounts,
+            e2ee,
             uia: UiaSessions::default(),
             filters: Filters::new(store.clone()),
             typing,
@@ -125,6 +131,15 @@ impl Services {
             registration_token,
             config,
         })
+    }
+}
+
+impl Services {
+    /// Deletes devices with everything hanging off them: tokens, keys,
+    /// to-device inbox; users who share a room hear of the change.
+    pub async fn remove_devices(&self, user: &ruma::UserId, devices: &[&str]) -> Result<()> {
+        self.accounts.delete_devices(user, devices)?;
+        self.e2ee.remove_devices(user, devices).await
     }
 }
 

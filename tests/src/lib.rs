@@ -330,10 +330,12 @@ impl TestServer {
         let mut cmd = Command::new(&bin);
         cmd.arg("--config").arg(self.config_path());
         // Our config file is the whole truth: drop stray BELLWIRE_* settings
-        // inherited from the environment of whoever runs the tests.
+        // inherited from the environment of whoever runs the tests. The log
+        // filter is not a setting; it passes through for debugging.
         for (key, _) in std::env::vars_os() {
             if let Some(k) = key.to_str()
                 && k.starts_with("BELLWIRE_")
+                && k != "BELLWIRE_LOG"
             {
                 cmd.env_remove(k);
             }
@@ -540,13 +542,19 @@ impl TestServer {
             .context("no user id after login")?
             .to_owned();
         let localpart = user_id.localpart().to_owned();
-        Ok(User {
+        let user = User {
             client,
             user_id,
             localpart,
             password: password.to_owned(),
             seen: Mutex::new(Seen::default()),
-        })
+        };
+        // A real client syncs right after logging in, and that first sync
+        // is when matrix-sdk uploads the device's E2EE keys. Without it a
+        // user could send encrypted messages from a device nobody can find,
+        // and replies to it would be undecryptable.
+        user.sync_once().await.with_context(|| format!("first sync of {}'s new device", user.user_id))?;
+        Ok(user)
     }
 }
 
@@ -594,7 +602,14 @@ pub struct SeenEvent {
     pub sender: String,
     pub event_type: String,
     pub state_key: Option<String>,
+    /// The event as the client sees it: for an encrypted event that could be
+    /// decrypted, the decrypted event (`type` `m.room.message`, ...).
     pub json: Value,
+    /// It arrived as `m.room.encrypted` and the client decrypted it.
+    pub decrypted: bool,
+    /// It arrived as `m.room.encrypted` and the client could not decrypt it
+    /// (then `json` is the encrypted event).
+    pub undecryptable: bool,
 }
 
 impl SeenEvent {
@@ -640,6 +655,29 @@ impl Seen {
             .any(|e| e.room_id == room && e.sender == sender.as_str() && e.body() == Some(body))
     }
 
+    /// The timeline event with id `event_id`, if seen.
+    pub fn event(&self, event_id: &str) -> Option<&SeenEvent> {
+        self.events
+            .iter()
+            .find(|e| e.event_id.as_deref() == Some(event_id))
+    }
+
+    /// Whether `sender`'s text `body` arrived in `room` encrypted and was
+    /// decrypted by the client.
+    pub fn has_decrypted_text(&self, room: &RoomId, sender: &UserId, body: &str) -> bool {
+        self.events.iter().any(|e| {
+            e.room_id == room && e.sender == sender.as_str() && e.decrypted && e.body() == Some(body)
+        })
+    }
+
+    /// Encrypted events of `room` the client could not decrypt.
+    pub fn undecryptable(&self, room: &RoomId) -> Vec<&SeenEvent> {
+        self.events
+            .iter()
+            .filter(|e| e.room_id == room && e.undecryptable)
+            .collect()
+    }
+
     /// The latest membership of `user` in `room` seen in a timeline.
     pub fn membership(&self, room: &RoomId, user: &UserId) -> Option<String> {
         self.events
@@ -660,7 +698,9 @@ fn timeline_json(ev: &TimelineEvent) -> Value {
     serde_json::from_str(ev.raw().json().get()).unwrap_or(Value::Null)
 }
 
-fn seen_event(room_id: &RoomId, json: Value) -> SeenEvent {
+fn seen_event(room_id: &RoomId, ev: &TimelineEvent) -> SeenEvent {
+    use matrix_sdk::deserialized_responses::TimelineEventKind;
+    let json = timeline_json(ev);
     let s = |k: &str| json.get(k).and_then(Value::as_str).map(str::to_owned);
     SeenEvent {
         room_id: room_id.to_owned(),
@@ -668,6 +708,8 @@ fn seen_event(room_id: &RoomId, json: Value) -> SeenEvent {
         sender: s("sender").unwrap_or_default(),
         event_type: s("type").unwrap_or_default(),
         state_key: s("state_key"),
+        decrypted: matches!(ev.kind, TimelineEventKind::Decrypted(_)),
+        undecryptable: matches!(ev.kind, TimelineEventKind::UnableToDecrypt { .. }),
         json,
     }
 }
@@ -694,6 +736,15 @@ impl User {
         self.client.access_token().expect("logged in")
     }
 
+    /// The device id of this client's session.
+    pub fn device_id(&self) -> String {
+        self.client
+            .device_id()
+            .expect("logged in")
+            .as_str()
+            .to_owned()
+    }
+
     /// The client's view of `room_id` (known after createRoom/join or sync).
     pub fn room(&self, room_id: &RoomId) -> Result<Room> {
         self.client
@@ -712,13 +763,13 @@ impl User {
         for (room_id, update) in &resp.rooms.joined {
             seen.joined.insert(room_id.clone());
             for ev in &update.timeline.events {
-                seen.events.push(seen_event(room_id, timeline_json(ev)));
+                seen.events.push(seen_event(room_id, ev));
             }
         }
         for (room_id, update) in &resp.rooms.left {
             seen.left.insert(room_id.clone());
             for ev in &update.timeline.events {
-                seen.events.push(seen_event(room_id, timeline_json(ev)));
+                seen.events.push(seen_event(room_id, ev));
             }
         }
         for (room_id, update) in &resp.rooms.invited {
@@ -750,6 +801,27 @@ impl User {
             .with_context(|| format!("{}: /sync failed", self.user_id))?;
         self.record(&resp);
         Ok(resp)
+    }
+
+    /// Waits until sync has delivered `sender`'s text `body` in `room` as an
+    /// encrypted event that this client decrypted.
+    pub async fn wait_for_decrypted_text(
+        &self,
+        room: &RoomId,
+        sender: &UserId,
+        body: &str,
+    ) -> Result<()> {
+        self.sync_until(
+            &format!("encrypted message {body:?} from {sender} in {room}, decrypted"),
+            |s| s.has_decrypted_text(room, sender, body),
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "undecryptable events seen in {room}: {:#?}",
+                self.seen().undecryptable(room)
+            )
+        })
     }
 
     /// Syncs until `done` holds for what this user has seen, or fails after
@@ -1386,6 +1458,12 @@ impl RawSync {
         self.since.as_deref()
     }
 
+    /// Sets the `since` token of the next request, e.g. to repeat a request
+    /// whose answer the client did not acknowledge.
+    pub fn set_since(&mut self, since: Option<String>) {
+        self.since = since;
+    }
+
     /// One /sync request long-polling at most `timeout_ms`; advances `since`
     /// and records the response.
     pub async fn once(&mut self, timeout_ms: u64) -> Result<Value> {
@@ -1533,6 +1611,489 @@ impl User {
         }
         Ok(room_id)
     }
+}
+
+// ---------------------------------------------------------------------------
+// End-to-end encryption: several clients syncing together, hand-made keys
+// ---------------------------------------------------------------------------
+
+/// Syncs every client in `users` in turn (each a long-poll of at most 500 ms,
+/// so their outgoing E2EE requests go out too) until `check` returns
+/// `Ok(true)`; `check` runs before the first round. Fails after [`WAIT`]
+/// naming `what` and the last error `check` returned. For flows where each
+/// step needs the other side's reaction (verification, key sharing).
+pub async fn sync_all_until<F, Fut>(users: &[&User], what: &str, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    sync_all_until_some(users, what, || {
+        let done = check();
+        async move { Ok(done.await?.then_some(())) }
+    })
+    .await
+}
+
+/// Like [`sync_all_until`], for a `check` that yields a value once ready
+/// (`Ok(Some(value))`); returns that value.
+pub async fn sync_all_until_some<T, F, Fut>(users: &[&User], what: &str, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let deadline = Instant::now() + WAIT;
+    let mut last_err = None;
+    loop {
+        match check().await {
+            Ok(Some(found)) => return Ok(found),
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if Instant::now() >= deadline {
+            let who: Vec<&str> = users.iter().map(|u| u.user_id.as_str()).collect();
+            bail!(
+                "gave up after {WAIT:?} syncing {who:?} waiting for {what} (last error: {last_err:?})"
+            );
+        }
+        for user in users {
+            user.sync_once().await?;
+        }
+    }
+}
+
+/// The bytes a Matrix signature covers: the canonical JSON (sorted keys, no
+/// insignificant whitespace) of `value` without `signatures` and `unsigned`.
+pub fn signable_json(value: &Value) -> Result<String> {
+    let mut value = value.clone();
+    if let Some(object) = value.as_object_mut() {
+        object.remove("signatures");
+        object.remove("unsigned");
+    }
+    let canonical = matrix_sdk::ruma::CanonicalJsonValue::try_from(value)
+        .context("value cannot be turned into canonical JSON")?;
+    Ok(canonical.to_string())
+}
+
+/// An ed25519 key pair with the key id it signs under (`ed25519:<device id>`
+/// for a device key, `ed25519:<public key>` for a cross-signing key).
+#[derive(Clone)]
+pub struct SigningKey {
+    keypair: matrix_sdk::encryption::vodozemac::Ed25519Keypair,
+    key_id: String,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SigningKey {
+    /// A fresh device signing key, `ed25519:<device_id>`.
+    pub fn for_device(device_id: &str) -> Self {
+        Self {
+            keypair: matrix_sdk::encryption::vodozemac::Ed25519Keypair::new(),
+            key_id: format!("ed25519:{device_id}"),
+        }
+    }
+
+    /// A fresh cross-signing key, `ed25519:<its own public key>`.
+    pub fn cross_signing() -> Self {
+        let keypair = matrix_sdk::encryption::vodozemac::Ed25519Keypair::new();
+        let key_id = format!("ed25519:{}", keypair.public_key().to_base64());
+        Self { keypair, key_id }
+    }
+
+    /// Unpadded base64 of the public key.
+    pub fn public_key(&self) -> String {
+        self.keypair.public_key().to_base64()
+    }
+
+    /// `ed25519:<id>`
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    /// The signature of `value` (see [`signable_json`]), unpadded base64.
+    pub fn signature(&self, value: &Value) -> Result<String> {
+        let bytes = signable_json(value)?;
+        Ok(self.keypair.sign(bytes.as_bytes()).to_base64())
+    }
+
+    /// Adds this key's signature of `value` as `signatures.<user>.<key id>`,
+    /// keeping any signatures already there.
+    pub fn sign(&self, user: &str, value: &mut Value) -> Result<()> {
+        let signature = self.signature(value)?;
+        let object = value.as_object_mut().context("only objects can be signed")?;
+        let signatures = object.entry("signatures").or_insert_with(|| json!({}));
+        let by_user = signatures
+            .as_object_mut()
+            .context("`signatures` is not an object")?
+            .entry(user)
+            .or_insert_with(|| json!({}));
+        by_user
+            .as_object_mut()
+            .context("`signatures.<user>` is not an object")?
+            .insert(self.key_id.clone(), Value::String(signature));
+        Ok(())
+    }
+}
+
+/// A cross-signing key object: `user_id`, `usage: [usage]`, `keys` with
+/// `key`'s public key, signed by `signer` (if any).
+pub fn cross_signing_key(
+    user: &str,
+    usage: &str,
+    key: &SigningKey,
+    signer: Option<&SigningKey>,
+) -> Result<Value> {
+    let mut value = json!({
+        "user_id": user,
+        "usage": [usage],
+        "keys": {key.key_id(): key.public_key()},
+    });
+    if let Some(signer) = signer {
+        signer.sign(user, &mut value)?;
+    }
+    Ok(value)
+}
+
+/// A user's three cross-signing keys, generated locally.
+#[derive(Clone, Debug)]
+pub struct CrossSigningKeys {
+    pub master: SigningKey,
+    pub self_signing: SigningKey,
+    pub user_signing: SigningKey,
+}
+
+impl Default for CrossSigningKeys {
+    fn default() -> Self {
+        Self::generate()
+    }
+}
+
+impl CrossSigningKeys {
+    pub fn generate() -> Self {
+        Self {
+            master: SigningKey::cross_signing(),
+            self_signing: SigningKey::cross_signing(),
+            user_signing: SigningKey::cross_signing(),
+        }
+    }
+
+    /// The master key object (unsigned).
+    pub fn master_key(&self, user: &str) -> Result<Value> {
+        cross_signing_key(user, "master", &self.master, None)
+    }
+
+    /// The self-signing key object, signed by the master key.
+    pub fn self_signing_key(&self, user: &str) -> Result<Value> {
+        cross_signing_key(user, "self_signing", &self.self_signing, Some(&self.master))
+    }
+
+    /// The user-signing key object, signed by the master key.
+    pub fn user_signing_key(&self, user: &str) -> Result<Value> {
+        cross_signing_key(user, "user_signing", &self.user_signing, Some(&self.master))
+    }
+
+    /// A `/keys/device_signing/upload` body with all three keys.
+    pub fn upload_body(&self, user: &str) -> Result<Value> {
+        Ok(json!({
+            "master_key": self.master_key(user)?,
+            "self_signing_key": self.self_signing_key(user)?,
+            "user_signing_key": self.user_signing_key(user)?,
+        }))
+    }
+}
+
+/// A device logged in over raw HTTP with keys made by the test (no Olm
+/// machine behind it): for checking the key endpoints' exact behaviour.
+#[derive(Clone, Debug)]
+pub struct FakeDevice {
+    pub user_id: String,
+    pub device_id: String,
+    pub token: String,
+    /// The device's ed25519 key, `ed25519:<device_id>`.
+    pub signing: SigningKey,
+    /// Unpadded base64 of the device's curve25519 identity key.
+    pub curve25519: String,
+}
+
+/// Unpadded base64 of a fresh random curve25519 public key.
+pub fn random_curve25519_key() -> String {
+    use matrix_sdk::encryption::vodozemac::{Curve25519PublicKey, Curve25519SecretKey};
+    Curve25519PublicKey::from(&Curve25519SecretKey::new()).to_base64()
+}
+
+impl FakeDevice {
+    /// Logs `localpart` (password [`password_for`]) in over raw HTTP as a new
+    /// device and makes keys for it (nothing is uploaded yet).
+    pub async fn login(http: &Http, localpart: &str) -> Result<Self> {
+        let r = http.login(localpart, &password_for(localpart)).await?;
+        r.expect_ok()
+            .with_context(|| format!("raw login as {localpart}"))?;
+        let s = |k: &str| {
+            r.json[k]
+                .as_str()
+                .map(str::to_owned)
+                .with_context(|| format!("/login answer without {k}: {}", r.text))
+        };
+        let device_id = s("device_id")?;
+        Ok(Self {
+            user_id: s("user_id")?,
+            signing: SigningKey::for_device(&device_id),
+            device_id,
+            token: s("access_token")?,
+            curve25519: random_curve25519_key(),
+        })
+    }
+
+    /// This device's `device_keys` object, self-signed.
+    pub fn device_keys(&self) -> Result<Value> {
+        let mut keys = json!({
+            "user_id": self.user_id,
+            "device_id": self.device_id,
+            "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+            "keys": {
+                format!("curve25519:{}", self.device_id): self.curve25519,
+                self.signing.key_id(): self.signing.public_key(),
+            },
+        });
+        self.signing.sign(&self.user_id, &mut keys)?;
+        Ok(keys)
+    }
+
+    /// A fresh `signed_curve25519` key object signed by this device; a
+    /// fallback key when `fallback`.
+    pub fn signed_curve25519(&self, fallback: bool) -> Result<Value> {
+        let mut key = json!({"key": random_curve25519_key()});
+        if fallback {
+            key["fallback"] = json!(true);
+        }
+        self.signing.sign(&self.user_id, &mut key)?;
+        Ok(key)
+    }
+
+    /// `{"signed_curve25519:<id>": key, ...}` with a fresh key per id.
+    pub fn one_time_keys(&self, ids: &[&str]) -> Result<Value> {
+        let mut map = serde_json::Map::new();
+        for id in ids {
+            map.insert(
+                format!("signed_curve25519:{id}"),
+                self.signed_curve25519(false)?,
+            );
+        }
+        Ok(Value::Object(map))
+    }
+
+    /// POST /keys/upload as this device.
+    pub async fn upload(&self, http: &Http, body: Value) -> Result<Reply> {
+        http.upload_keys(&self.token, body).await
+    }
+
+    /// The unclaimed one-time key counts from an empty /keys/upload
+    /// (an absent algorithm counts as 0, per the spec).
+    pub async fn one_time_key_count(&self, http: &Http, algorithm: &str) -> Result<u64> {
+        let r = self.upload(http, json!({})).await?;
+        r.expect_ok().context("empty /keys/upload")?;
+        let counts = r.json.get("one_time_key_counts").with_context(|| {
+            format!("/keys/upload answer without one_time_key_counts: {}", r.text)
+        })?;
+        Ok(counts.get(algorithm).and_then(Value::as_u64).unwrap_or(0))
+    }
+}
+
+impl Http {
+    /// POST /keys/upload
+    pub async fn upload_keys(&self, token: &str, body: Value) -> Result<Reply> {
+        self.post("/_matrix/client/v3/keys/upload", Some(token), body)
+            .await
+    }
+
+    /// POST /keys/query for all devices of `users`.
+    pub async fn query_keys(&self, token: &str, users: &[&str]) -> Result<Reply> {
+        let device_keys: serde_json::Map<String, Value> =
+            users.iter().map(|u| (u.to_string(), json!([]))).collect();
+        self.post(
+            "/_matrix/client/v3/keys/query",
+            Some(token),
+            json!({"device_keys": device_keys}),
+        )
+        .await
+    }
+
+    /// POST /keys/query for all devices of `users`; fails unless 200.
+    /// Returns the answer's JSON.
+    pub async fn query_keys_ok(&self, token: &str, users: &[&str]) -> Result<Value> {
+        let r = self.query_keys(token, users).await?;
+        r.expect_ok()
+            .with_context(|| format!("POST /keys/query for {users:?}"))?;
+        Ok(r.json)
+    }
+
+    /// POST /keys/claim for one key of `algorithm` of `user`'s `device`.
+    pub async fn claim_key(
+        &self,
+        token: &str,
+        user: &str,
+        device: &str,
+        algorithm: &str,
+    ) -> Result<Reply> {
+        self.post(
+            "/_matrix/client/v3/keys/claim",
+            Some(token),
+            json!({"one_time_keys": {user: {device: algorithm}}}),
+        )
+        .await
+    }
+
+    /// PUT /sendToDevice/{type}/{txn} with `{"messages": messages}`.
+    pub async fn send_to_device(
+        &self,
+        token: &str,
+        event_type: &str,
+        txn: &str,
+        messages: Value,
+    ) -> Result<Reply> {
+        self.put(
+            &format!(
+                "/_matrix/client/v3/sendToDevice/{}/{}",
+                enc(event_type),
+                enc(txn)
+            ),
+            Some(token),
+            json!({"messages": messages}),
+        )
+        .await
+    }
+
+    /// The `auth` object of an `m.login.password` UIA stage.
+    pub fn password_auth(user: &str, password: &str, session: Option<&str>) -> Value {
+        let mut auth = json!({
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": user},
+            "password": password,
+        });
+        if let Some(session) = session {
+            auth["session"] = json!(session);
+        }
+        auth
+    }
+
+    /// Sends `method path` with `body` as `token`; if the server answers
+    /// 401 with UIA flows, checks that `m.login.password` is offered and
+    /// retries once with `user`'s password in `auth` (keeping the session).
+    /// Returns the final answer.
+    pub async fn call_with_password_uia(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Value,
+        user: &str,
+        password: &str,
+    ) -> Result<Reply> {
+        let first = self
+            .call(method, path, Some(token), Body::Json(body.clone()))
+            .await?;
+        if first.status != 401 {
+            return Ok(first);
+        }
+        let offers_password = first.json["flows"].as_array().is_some_and(|flows| {
+            flows
+                .iter()
+                .any(|f| f["stages"] == json!(["m.login.password"]))
+        });
+        ensure!(
+            offers_password,
+            "{method} {path}: 401 without a single-stage m.login.password flow: {}",
+            first.text
+        );
+        let session = first.json["session"].as_str();
+        let mut body = body;
+        body["auth"] = Self::password_auth(user, password, session);
+        self.call(method, path, Some(token), Body::Json(body)).await
+    }
+
+    /// DELETE /devices/{device} as `token`, completing UIA with `user`'s
+    /// password; fails unless the deletion succeeds.
+    pub async fn delete_device(
+        &self,
+        token: &str,
+        device: &str,
+        user: &str,
+        password: &str,
+    ) -> Result<()> {
+        let path = format!("/_matrix/client/v3/devices/{}", enc(device));
+        self.call_with_password_uia("DELETE", &path, token, json!({}), user, password)
+            .await?
+            .expect_ok()
+            .with_context(|| format!("DELETE {path} with password UIA"))?;
+        Ok(())
+    }
+}
+
+/// Checks that `value` carries a valid signature `signatures.<user>.<key_id>`
+/// by the ed25519 key `public_key` (unpadded base64).
+pub fn verify_signature(value: &Value, user: &str, key_id: &str, public_key: &str) -> Result<()> {
+    use matrix_sdk::encryption::vodozemac::{Ed25519PublicKey, Ed25519Signature};
+    let signature = value["signatures"][user][key_id]
+        .as_str()
+        .with_context(|| format!("no signature {user} {key_id} in {value}"))?;
+    let signature = Ed25519Signature::from_base64(signature)
+        .with_context(|| format!("signature {user} {key_id} is not ed25519 base64: {signature}"))?;
+    let key = Ed25519PublicKey::from_base64(public_key)
+        .with_context(|| format!("{public_key:?} is not an ed25519 public key"))?;
+    key.verify(signable_json(value)?.as_bytes(), &signature)
+        .with_context(|| format!("signature {user} {key_id} does not verify on {value}"))
+}
+
+/// The single `ed25519:<key>` entry of a key object's `keys`: (key id, key).
+pub fn only_ed25519_key(key_object: &Value) -> Result<(String, String)> {
+    let keys = key_object["keys"]
+        .as_object()
+        .with_context(|| format!("key object without `keys`: {key_object}"))?;
+    let mut ed = keys.iter().filter(|(id, _)| id.starts_with("ed25519:"));
+    let (id, key) = ed
+        .next()
+        .with_context(|| format!("no ed25519 key in {key_object}"))?;
+    ensure!(ed.next().is_none(), "more than one ed25519 key in {key_object}");
+    let key = key
+        .as_str()
+        .with_context(|| format!("key {id} is not a string"))?;
+    Ok((id.clone(), key.to_owned()))
+}
+
+/// `device_keys.<user>` of a /keys/query answer: device id -> keys
+/// (empty if the user is absent).
+pub fn queried_devices(query: &Value, user: &str) -> BTreeMap<String, Value> {
+    query["device_keys"][user]
+        .as_object()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default()
+}
+
+/// `to_device.events` of a raw /sync response.
+pub fn to_device_events(resp: &Value) -> Vec<&Value> {
+    resp.pointer("/to_device/events")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().collect())
+        .unwrap_or_default()
+}
+
+/// `device_lists.<field>` (`changed` or `left`) of a raw /sync response.
+pub fn device_list(resp: &Value, field: &str) -> Vec<String> {
+    resp.get("device_lists")
+        .and_then(|d| d.get(field))
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 // ---------------------------------------------------------------------------

@@ -60,6 +60,9 @@ pub(crate) const USER_ROOMS: Table<UserRoom> = Table::new("user_rooms");
 /// `(room, user) -> membership`, so membership fan-out needs no event loads.
 pub(crate) const ROOM_MEMBERS: Table<String> = Table::new("user_rooms_by_room");
 const TXNS: Table<OwnedEventId> = Table::new("txns");
+/// `(room, pos) -> (user, membership)`: membership changes in stream order,
+/// so device-list tracking can see who started or stopped sharing a room.
+pub(crate) const MEMBERSHIP_LOG: Table<(OwnedUserId, String)> = Table::new("membership_log");
 
 /// What a caller asks to add to a room.
 #[derive(Debug, Clone)]
@@ -278,6 +281,7 @@ impl Rooms {
                     &UserRoom { membership: membership.clone(), pos, event_id: event_id.clone(), is_direct, sender: sender.to_owned() },
                 );
                 batch.put(ROOM_MEMBERS, &keys::strs(&[room_id.as_str(), target.as_str()]), &membership);
+                batch.put(MEMBERSHIP_LOG, &timeline_key(&room_id, pos), &(target.clone(), membership.clone()));
                 wake.insert(target);
             }
         }

@@ -69,3 +69,18 @@ impl Rooms {
         Err(not_member())
     }
 }
+
+impl Rooms {
+    /// Membership changes in `room` with `since < pos <= upto`.
+    pub fn membership_changes(&self, room_id: &RoomId, since: u64, upto: u64) -> Result<Vec<(ruma::OwnedUserId, String)>> {
+        let prefix = keys::strs(&[room_id.as_str()]);
+        let from = timeline_key(room_id, since.saturating_add(1));
+        let until = timeline_key(room_id, upto.saturating_add(1));
+        Ok(self
+            .store
+            .scan(super::MEMBERSHIP_LOG, &prefix, &from, Some(&until), false, usize::MAX)?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect())
+    }
+}

@@ -53,6 +53,17 @@ pub const COLUMN_FAMILIES: &[&str] = &[
     "thread_latest",
     "public_rooms",
     "reports",
+    "membership_log",
+    "device_keys",
+    "one_time_keys",
+    "fallback_keys",
+    "cross_signing_keys",
+    "key_signatures",
+    "device_list_log",
+    "to_device",
+    "to_device_txns",
+    "backup_versions",
+    "backup_keys",
 ];
 
 /// A typed table: a column family whose values are JSON-encoded `V`.

@@ -15,6 +15,7 @@ use serde_json::{Map, Value, json};
 use crate::{
     account_data::AccountData,
     accounts::{Session, now_ms},
+    e2ee::E2ee,
     ephemeral::{presence::Presence, receipts::Receipts, typing::Typing},
     error::{Error, Result},
     push::{Push, notifications, rules as push_rules},
@@ -34,9 +35,27 @@ pub struct SyncRequest {
 }
 
 /// Parses a `since`/`from` token: `s<pos>` (sync) or `t<pos>` (pagination).
+/// A sync token may carry `_<pos>`, how far this device's to-device inbox
+/// was handed out when that was less than everything.
 pub fn parse_token(token: &str) -> Result<u64> {
-    let digits = token.strip_prefix('s').or_else(|| token.strip_prefix('t')).unwrap_or(token);
-    digits.parse().map_err(|_| Error::invalid_param("invalid stream token"))
+    Ok(parse_sync_token(token)?.0)
+}
+
+/// `(stream position, to-device position)` of a sync token.
+pub fn parse_sync_token(token: &str) -> Result<(u64, u64)> {
+    let body = token.strip_prefix('s').or_else(|| token.strip_prefix('t')).unwrap_or(token);
+    let bad = || Error::invalid_param("invalid stream token");
+    match body.split_once('_') {
+        None => {
+            let pos = body.parse().map_err(|_| bad())?;
+            Ok((pos, pos))
+        }
+        Some((pos, td)) => {
+            let pos: u64 = pos.parse().map_err(|_| bad())?;
+            let td: u64 = td.parse().map_err(|_| bad())?;
+            Ok((pos, td.min(pos)))
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -47,6 +66,7 @@ pub struct SyncService {
     pub(crate) receipts: Receipts,
     pub(crate) presence: Presence,
     pub(crate) push: Arc<Push>,
+    pub(crate) e2ee: E2ee,
     pub(crate) store: Store,
     pub(crate) stream: Arc<StreamPositions>,
     pub(crate) notifier: Arc<Notifier>,
@@ -66,14 +86,20 @@ impl SyncService {
     /// Answers at once when there is news (or on an initial sync); otherwise
     /// sleeps until the user's notifier fires or the timeout passes.
     pub async fn sync(&self, session: &Session, req: SyncRequest) -> Result<Value> {
-        let since = req.since.as_deref().map(parse_token).transpose()?;
+        let tokens = req.since.as_deref().map(parse_sync_token).transpose()?;
+        let since = tokens.map(|t| t.0);
+        let to_device_acked = tokens.map_or(0, |t| t.1);
+        // Syncing with a token acknowledges the to-device messages it covered.
+        if tokens.is_some() {
+            self.e2ee.ack_to_device(&session.user_id, session.device_id.as_str(), to_device_acked)?;
+        }
         self.presence.sync_started(&session.user_id, &req.set_presence).await?;
-        let result = self.sync_inner(session, since, &req).await;
+        let result = self.sync_inner(session, since, to_device_acked, &req).await;
         self.presence.sync_finished(&session.user_id);
         result
     }
 
-    async fn sync_inner(&self, session: &Session, since: Option<u64>, req: &SyncRequest) -> Result<Value> {
+    async fn sync_inner(&self, session: &Session, since: Option<u64>, to_device_acked: u64, req: &SyncRequest) -> Result<Value> {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(req.timeout_ms.min(self.max_timeout_ms));
         let notify = self.notifier.handle(&session.user_id);
         loop {
@@ -83,7 +109,7 @@ impl SyncService {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let upto = self.stream.current();
-            let (body, has_news) = self.build(session, since, upto, req)?;
+            let (body, has_news) = self.build(session, since, to_device_acked, upto, req)?;
             if has_news || since.is_none() || req.full_state || tokio::time::Instant::now() >= deadline {
                 return Ok(body);
             }
@@ -91,13 +117,13 @@ impl SyncService {
                 _ = &mut notified => {}
                 _ = tokio::time::sleep_until(deadline) => {
                     let upto = self.stream.current();
-                    return Ok(self.build(session, since, upto, req)?.0);
+                    return Ok(self.build(session, since, to_device_acked, upto, req)?.0);
                 }
             }
         }
     }
 
-    fn build(&self, session: &Session, since: Option<u64>, upto: u64, req: &SyncRequest) -> Result<(Value, bool)> {
+    fn build(&self, session: &Session, since: Option<u64>, to_device_acked: u64, upto: u64, req: &SyncRequest) -> Result<(Value, bool)> {
         let user = &session.user_id;
         let since_pos = since.unwrap_or(0);
         let filter = &req.filter;
@@ -157,12 +183,30 @@ impl SyncService {
             .filter(|e| !ignored.contains(e["sender"].as_str().unwrap_or_default()))
             .filter(|e| filter.presence.allows(e["type"].as_str().unwrap_or_default(), e["sender"].as_str().unwrap_or_default(), None))
             .collect();
-        let has_news = !join.is_empty() || !invite.is_empty() || !leave.is_empty() || !global.is_empty() || !presence.is_empty();
+        let device = session.device_id.as_str();
+        let (to_device, handed_out) = self.e2ee.pending_to_device(user, device, to_device_acked, upto)?;
+        let lists = match since {
+            Some(s) => self.e2ee.device_list_changes(user, s, upto)?,
+            None => Default::default(),
+        };
+        let has_news = !join.is_empty()
+            || !invite.is_empty()
+            || !leave.is_empty()
+            || !global.is_empty()
+            || !presence.is_empty()
+            || !to_device.is_empty()
+            || !lists.changed.is_empty()
+            || !lists.left.is_empty();
+        let next_batch = if handed_out < upto { format!("s{upto}_{handed_out}") } else { format!("s{upto}") };
         let body = json!({
-            "next_batch": format!("s{upto}"),
+            "next_batch": next_batch,
             "rooms": {"join": join, "invite": invite, "leave": leave, "knock": {}},
             "account_data": {"events": global},
             "presence": {"events": presence},
+            "to_device": {"events": to_device},
+            "device_lists": {"changed": lists.changed, "left": lists.left},
+            "device_one_time_keys_count": self.e2ee.one_time_key_counts(user, device)?,
+            "device_unused_fallback_key_types": self.e2ee.unused_fallback_key_types(user, device)?,
         });
         Ok((body, has_news))
     }

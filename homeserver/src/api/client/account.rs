@@ -159,7 +159,7 @@ async fn check_password(s: &AppState, user_id: &ruma::UserId, password: String) 
 }
 
 /// Completes `m.login.password` UIA for an action on the caller's own account.
-async fn require_password_uia(s: &AppState, session: &crate::accounts::Session, auth: Option<&AuthData>) -> Result<()> {
+pub(crate) async fn require_password_uia(s: &AppState, session: &crate::accounts::Session, auth: Option<&AuthData>) -> Result<()> {
     let Some(auth) = auth else { return Err(s.uia.challenge("m.login.password", None)) };
     s.uia.check_session(auth.session.as_deref())?;
     if auth.kind.as_deref() != Some("m.login.password") {
@@ -178,14 +178,14 @@ async fn require_password_uia(s: &AppState, session: &crate::accounts::Session, 
 }
 
 pub async fn logout(State(s): State<AppState>, Auth(session): Auth) -> Result<Json<Value>> {
-    s.accounts.delete_devices(&session.user_id, &[session.device_id.as_str()])?;
+    s.remove_devices(&session.user_id, &[session.device_id.as_str()]).await?;
     Ok(Json(json!({})))
 }
 
 pub async fn logout_all(State(s): State<AppState>, Auth(session): Auth) -> Result<Json<Value>> {
     let devices = s.accounts.devices(&session.user_id)?;
     let ids: Vec<&str> = devices.iter().map(|(d, _)| d.as_str()).collect();
-    s.accounts.delete_devices(&session.user_id, &ids)?;
+    s.remove_devices(&session.user_id, &ids).await?;
     Ok(Json(json!({})))
 }
 
@@ -209,7 +209,7 @@ pub async fn change_password(State(s): State<AppState>, Auth(session): Auth, Bod
         let devices = s.accounts.devices(&session.user_id)?;
         let others: Vec<&str> =
             devices.iter().map(|(d, _)| d.as_str()).filter(|d| *d != session.device_id.as_str()).collect();
-        s.accounts.delete_devices(&session.user_id, &others)?;
+        s.remove_devices(&session.user_id, &others).await?;
     }
     Ok(Json(json!({})))
 }
@@ -258,7 +258,7 @@ pub async fn delete_device(
         return Err(Error::not_found("unknown device"));
     }
     require_password_uia(&s, &session, body.auth.as_ref()).await?;
-    s.accounts.delete_devices(&session.user_id, &[device_id.as_str()])?;
+    s.remove_devices(&session.user_id, &[device_id.as_str()]).await?;
     Ok(Json(json!({})))
 }
 
@@ -271,6 +271,6 @@ pub struct DeleteDevices {
 pub async fn delete_devices(State(s): State<AppState>, Auth(session): Auth, Body(body): Body<DeleteDevices>) -> Result<Json<Value>> {
     require_password_uia(&s, &session, body.auth.as_ref()).await?;
     let ids: Vec<&str> = body.devices.iter().map(String::as_str).collect();
-    s.accounts.delete_devices(&session.user_id, &ids)?;
+    s.remove_devices(&session.user_id, &ids).await?;
     Ok(Json(json!({})))
 }

@@ -1,10 +1,12 @@
 //! Client-Server API routes (`/_matrix/client/{r0,v3}/...`) mapped to their handlers.
 
 pub mod account;
+pub mod backup;
 pub mod directory;
 pub mod discovery;
 pub mod ephemeral;
 pub mod events;
+pub mod keys;
 pub mod profile;
 pub mod push;
 pub mod relations;
@@ -117,6 +119,24 @@ pub fn routes() -> Router<AppState> {
         ("/rooms/{room_id}/report/{event_id}", post(directory::report_event)),
         ("/rooms/{room_id}/report", post(directory::report_room)),
         ("/users/{user_id}/report", post(directory::report_user)),
+        ("/keys/upload", post(keys::upload)),
+        ("/keys/query", post(keys::query)),
+        ("/keys/claim", post(keys::claim)),
+        ("/keys/changes", get(keys::changes)),
+        ("/keys/device_signing/upload", post(keys::device_signing_upload)),
+        ("/keys/signatures/upload", post(keys::signatures_upload)),
+        ("/sendToDevice/{event_type}/{txn_id}", put(keys::send_to_device)),
+        ("/room_keys/version", get(backup::latest_version).post(backup::create_version)),
+        (
+            "/room_keys/version/{version}",
+            get(backup::get_version).put(backup::put_version).delete(backup::delete_version),
+        ),
+        ("/room_keys/keys", get(backup::get_all).put(backup::put_all).delete(backup::delete_all)),
+        ("/room_keys/keys/{room_id}", get(backup::get_room).put(backup::put_room).delete(backup::delete_room)),
+        (
+            "/room_keys/keys/{room_id}/{session_id}",
+            get(backup::get_session).put(backup::put_session).delete(backup::delete_session),
+        ),
     ];
     for (path, method) in table {
         r = both(r, path, method);

@@ -1,0 +1,120 @@
+//! Device list changes: a log on the stream of users whose devices or cross-signing keys changed, and who must hear about it (everyone sharing a room, and the user's own devices).
+
+use std::collections::BTreeSet;
+
+use ruma::{OwnedUserId, UserId};
+
+use super::E2ee;
+use crate::{
+    error::Result,
+    storage::{Table, keys},
+};
+
+/// `pos -> user`.
+const DEVICE_LIST_LOG: Table<OwnedUserId> = Table::new("device_list_log");
+
+/// What /sync's `device_lists` (and /keys/changes) report.
+#[derive(Debug, Default)]
+pub struct DeviceListChanges {
+    pub changed: BTreeSet<OwnedUserId>,
+    pub left: BTreeSet<OwnedUserId>,
+}
+
+impl E2ee {
+    /// Records that `user`'s devices or keys changed and wakes everyone who
+    /// tracks them. Caller must not hold the stream writer lock.
+    pub async fn device_list_changed(&self, user: &UserId) -> Result<()> {
+        let _writer = self.stream.writer.lock().await;
+        self.device_list_changed_locked(user)
+    }
+
+    pub(crate) fn device_list_changed_locked(&self, user: &UserId) -> Result<()> {
+        let pos = self.stream.next();
+        let mut batch = self.store.batch();
+        batch.put(DEVICE_LIST_LOG, &keys::KeyBuf::new().u64(pos).into_vec(), &user.to_owned());
+        self.stream.record(&mut batch, pos);
+        batch.commit()?;
+        self.stream.publish(pos);
+        let mut wake = self.sharers(user)?;
+        wake.insert(user.to_owned());
+        self.notifier.wake(wake.iter().map(|u| u.as_ref()));
+        Ok(())
+    }
+
+    /// Users who share a joined room with `user`.
+    pub fn sharers(&self, user: &UserId) -> Result<BTreeSet<OwnedUserId>> {
+        let mut out = BTreeSet::new();
+        for room in self.rooms.joined_rooms(user)? {
+            out.extend(self.rooms.members_with(&room, &["join"])?);
+        }
+        out.remove(user);
+        Ok(out)
+    }
+
+    fn shares_room(&self, a: &UserId, b: &UserId) -> Result<bool> {
+        if a == b {
+            return Ok(true);
+        }
+        for room in self.rooms.joined_rooms(a)? {
+            if self.rooms.membership_of(&room, b)?.as_deref() == Some("join") {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Whose device lists `viewer` must refetch after `since` (up to
+    /// `upto`): users whose keys changed, users who started sharing a room
+    /// with the viewer; and in `left`, those who no longer share any.
+    pub fn device_list_changes(&self, viewer: &UserId, since: u64, upto: u64) -> Result<DeviceListChanges> {
+        let mut out = DeviceListChanges::default();
+        let from = keys::KeyBuf::new().u64(since.saturating_add(1)).into_vec();
+        let until = keys::KeyBuf::new().u64(upto.saturating_add(1)).into_vec();
+        for (_, user) in self.store.scan(DEVICE_LIST_LOG, &[], &from, Some(&until), false, usize::MAX)? {
+            if !out.changed.contains(&user) && self.shares_room(viewer, &user)? {
+                out.changed.insert(user);
+            }
+        }
+        let mut gone = BTreeSet::new();
+        for (room, ur) in self.rooms.user_rooms(viewer)? {
+            let viewer_moved = ur.pos > since && ur.pos <= upto;
+            match ur.membership.as_str() {
+                // The viewer joined: everyone there is new to track.
+                "join" if viewer_moved => out.changed.extend(self.rooms.members_with(&room, &["join"])?),
+                "join" => {
+                    for (user, membership) in self.rooms.membership_changes(&room, since, upto)? {
+                        match membership.as_str() {
+                            "join" => {
+                                out.changed.insert(user);
+                            }
+                            "leave" | "ban" => {
+                                gone.insert(user);
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                "leave" | "ban" if viewer_moved => gone.extend(self.rooms.members_with(&room, &["join"])?),
+                _ => {}
+            }
+        }
+        for user in gone {
+            if !self.shares_room(viewer, &user)? {
+                out.changed.remove(&user);
+                out.left.insert(user);
+            }
+        }
+        out.changed.remove(viewer);
+        out.left.remove(viewer);
+        // The viewer's own other devices must hear about the viewer's changes.
+        let own_changed = self
+            .store
+            .scan(DEVICE_LIST_LOG, &[], &from, Some(&until), false, usize::MAX)?
+            .into_iter()
+            .any(|(_, u)| u == viewer);
+        if own_changed {
+            out.changed.insert(viewer.to_owned());
+        }
+        Ok(out)
+    }
+}

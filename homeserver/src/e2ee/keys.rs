@@ -1,0 +1,243 @@
+//! Device keys, one-time keys and fallback keys: upload, query, claim, and removal with the device.
+
+use std::collections::BTreeMap;
+
+use ruma::{OwnedUserId, UserId};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use super::{E2ee, signatures};
+use crate::{
+    error::{Error, Result},
+    storage::{Batch, Table, keys},
+};
+
+/// `(user, device) -> signed device keys`, as uploaded. Users of any server
+/// share this layout, so remote device lists (federation) cache here too.
+pub(crate) const DEVICE_KEYS: Table<Value> = Table::new("device_keys");
+/// `(user, device, algorithm, key id) -> key`.
+const ONE_TIME_KEYS: Table<Value> = Table::new("one_time_keys");
+/// `(user, device, algorithm) -> fallback key`.
+const FALLBACK_KEYS: Table<FallbackKey> = Table::new("fallback_keys");
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct FallbackKey {
+    key_id: String,
+    key: Value,
+    used: bool,
+}
+
+/// The parts of POST /keys/upload.
+#[derive(Debug, Default, Deserialize)]
+pub struct Upload {
+    #[serde(default)]
+    pub device_keys: Option<Value>,
+    #[serde(default)]
+    pub one_time_keys: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub fallback_keys: Option<Map<String, Value>>,
+}
+
+/// Splits `algorithm:key_id` and checks it looks like one.
+fn split_key_id(id: &str) -> Result<(&str, &str)> {
+    match id.split_once(':') {
+        Some((alg, key)) if !alg.is_empty() && !key.is_empty() && id.len() <= 255 => Ok((alg, key)),
+        _ => Err(Error::invalid_param(format!("invalid key ID {id}"))),
+    }
+}
+
+/// A one-time or fallback key is a bare base64 string or a signed object
+/// with a `key` string.
+fn check_key_value(id: &str, v: &Value) -> Result<()> {
+    let ok = match v {
+        Value::String(s) => !s.is_empty(),
+        Value::Object(o) => o.get("key").and_then(Value::as_str).is_some_and(|k| !k.is_empty()),
+        _ => false,
+    };
+    if ok { Ok(()) } else { Err(Error::bad_json(format!("key {id} must be a string or an object with a key"))) }
+}
+
+fn validate_device_keys(user: &UserId, device: &str, dk: &Value) -> Result<()> {
+    let obj = dk.as_object().ok_or_else(|| Error::bad_json("device_keys must be an object"))?;
+    if obj.get("user_id").and_then(Value::as_str) != Some(user.as_str()) {
+        return Err(Error::invalid_param("device_keys.user_id is not yours"));
+    }
+    if obj.get("device_id").and_then(Value::as_str) != Some(device) {
+        return Err(Error::invalid_param("device_keys.device_id is not this device"));
+    }
+    if !obj.get("algorithms").is_some_and(|a| a.as_array().is_some_and(|a| a.iter().all(Value::is_string))) {
+        return Err(Error::bad_json("device_keys.algorithms must be a list of strings"));
+    }
+    let keys = obj.get("keys").and_then(Value::as_object).ok_or_else(|| Error::bad_json("device_keys.keys must be an object"))?;
+    if !keys.values().all(Value::is_string) {
+        return Err(Error::bad_json("device_keys.keys values must be strings"));
+    }
+    // The device signs its own keys with its ed25519 key; a device whose
+    // keys do not verify would only produce undecryptable messages.
+    let ed = keys.get(&format!("ed25519:{device}")).and_then(Value::as_str).ok_or_else(|| Error::bad_json("device_keys needs ed25519:<device_id>"))?;
+    if !signatures::verify(dk, user.as_str(), device, ed) {
+        return Err(Error::InvalidSignature("device_keys are not signed by the device's ed25519 key".into()));
+    }
+    Ok(())
+}
+
+fn dkey(user: &UserId, device: &str) -> Vec<u8> {
+    keys::strs(&[user.as_str(), device])
+}
+
+impl E2ee {
+    /// Stores what a device uploads and returns its one-time key counts.
+    pub async fn upload(&self, user: &UserId, device: &str, up: Upload) -> Result<BTreeMap<String, u64>> {
+        if let Some(dk) = &up.device_keys {
+            validate_device_keys(user, device, dk)?;
+        }
+        let mut batch = self.store.batch();
+        if let Some(otks) = &up.one_time_keys {
+            if otks.len() > 1000 {
+                return Err(Error::invalid_param("at most 1000 one-time keys per upload"));
+            }
+            for (id, v) in otks {
+                let (alg, key_id) = split_key_id(id)?;
+                check_key_value(id, v)?;
+                let k = keys::strs(&[user.as_str(), device, alg, key_id]);
+                match self.store.get(ONE_TIME_KEYS, &k)? {
+                    Some(old) if &old != v => {
+                        return Err(Error::invalid_param(format!("one-time key {id} already exists with another value")));
+                    }
+                    _ => batch.put(ONE_TIME_KEYS, &k, v),
+                }
+            }
+        }
+        if let Some(fbs) = &up.fallback_keys {
+            for (id, v) in fbs {
+                let (alg, key_id) = split_key_id(id)?;
+                check_key_value(id, v)?;
+                let fb = FallbackKey { key_id: key_id.to_owned(), key: v.clone(), used: false };
+                batch.put(FALLBACK_KEYS, &keys::strs(&[user.as_str(), device, alg]), &fb);
+            }
+        }
+        let mut changed = false;
+        if let Some(dk) = &up.device_keys {
+            let old = self.store.get(DEVICE_KEYS, &dkey(user, device))?;
+            // Keep signatures others (cross-signing) added to the same keys.
+            let same_keys = old.as_ref().is_some_and(|o| o.get("keys") == dk.get("keys"));
+            if !same_keys {
+                batch.put(DEVICE_KEYS, &dkey(user, device), dk);
+                changed = true;
+            }
+        }
+        batch.commit()?;
+        if changed {
+            self.device_list_changed(user).await?;
+        }
+        self.one_time_key_counts(user, device)
+    }
+
+    pub fn one_time_key_counts(&self, user: &UserId, device: &str) -> Result<BTreeMap<String, u64>> {
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        for (k, _) in self.store.scan_prefix(ONE_TIME_KEYS, &dkey(user, device))? {
+            if let Some(alg) = keys::split_strs(&k).and_then(|p| p.get(2).map(|s| s.to_string())) {
+                *counts.entry(alg).or_default() += 1;
+            }
+        }
+        // Clients read a missing signed_curve25519 as "unknown"; say 0.
+        counts.entry("signed_curve25519".into()).or_default();
+        Ok(counts)
+    }
+
+    pub fn unused_fallback_key_types(&self, user: &UserId, device: &str) -> Result<Vec<String>> {
+        Ok(self
+            .store
+            .scan_prefix(FALLBACK_KEYS, &dkey(user, device))?
+            .into_iter()
+            .filter(|(_, fb)| !fb.used)
+            .filter_map(|(k, _)| keys::split_strs(&k).and_then(|p| p.get(2).map(|s| s.to_string())))
+            .collect())
+    }
+
+    /// Device keys of `user` (all devices, or those listed), with the
+    /// signatures `viewer` may see merged in.
+    pub fn device_keys(&self, viewer: &UserId, user: &UserId, only: &[String]) -> Result<Map<String, Value>> {
+        let mut out = Map::new();
+        for (k, mut dk) in self.store.scan_prefix(DEVICE_KEYS, &keys::strs(&[user.as_str()]))? {
+            let Some(device) = keys::split_strs(&k).and_then(|p| p.get(1).map(|s| s.to_string())) else { continue };
+            if !only.is_empty() && !only.contains(&device) {
+                continue;
+            }
+            self.merge_signatures(viewer, user, &device, &mut dk)?;
+            if let Some(name) = self.device_display_name(user, &device)? {
+                dk["unsigned"] = json!({"device_display_name": name});
+            }
+            out.insert(device, dk);
+        }
+        Ok(out)
+    }
+
+    fn device_display_name(&self, user: &UserId, device: &str) -> Result<Option<String>> {
+        Ok(self.accounts.device(user, device)?.and_then(|d| d.display_name))
+    }
+
+    /// Hands out one key per requested device: a one-time key (each exactly
+    /// once), or the fallback key when none are left.
+    pub async fn claim(&self, wanted: &BTreeMap<OwnedUserId, BTreeMap<String, String>>) -> Result<Map<String, Value>> {
+        let _claims = self.claim_lock.lock().await;
+        let mut out = Map::new();
+        let mut batch = self.store.batch();
+        for (user, devices) in wanted {
+            let mut per_user = Map::new();
+            for (device, alg) in devices {
+                if let Some((id, key)) = self.claim_one(&mut batch, user, device, alg)? {
+                    per_user.insert(device.clone(), json!({ id: key }));
+                }
+            }
+            if !per_user.is_empty() {
+                out.insert(user.to_string(), Value::Object(per_user));
+            }
+        }
+        batch.commit()?;
+        Ok(out)
+    }
+
+    fn claim_one(&self, batch: &mut Batch<'_>, user: &UserId, device: &str, alg: &str) -> Result<Option<(String, Value)>> {
+        let prefix = keys::strs(&[user.as_str(), device, alg]);
+        if let Some((k, key)) = self.store.scan(ONE_TIME_KEYS, &prefix, &prefix, None, false, 1)?.pop() {
+            batch.delete(ONE_TIME_KEYS, &k);
+            let key_id = keys::split_strs(&k).and_then(|p| p.get(3).map(|s| s.to_string())).unwrap_or_default();
+            return Ok(Some((format!("{alg}:{key_id}"), key)));
+        }
+        let fk = keys::strs(&[user.as_str(), device, alg]);
+        if let Some(mut fb) = self.store.get(FALLBACK_KEYS, &fk)? {
+            let id = format!("{alg}:{}", fb.key_id);
+            let key = fb.key.clone();
+            if !fb.used {
+                fb.used = true;
+                batch.put(FALLBACK_KEYS, &fk, &fb);
+            }
+            return Ok(Some((id, key)));
+        }
+        Ok(None)
+    }
+
+    /// Forgets everything E2EE about devices that are being deleted.
+    pub async fn remove_devices(&self, user: &UserId, devices: &[&str]) -> Result<()> {
+        let mut batch = self.store.batch();
+        let mut had_keys = false;
+        for d in devices {
+            let k = dkey(user, d);
+            had_keys |= self.store.contains(DEVICE_KEYS, &k)?;
+            batch.delete(DEVICE_KEYS, &k);
+            for (key, _) in self.store.scan_prefix(ONE_TIME_KEYS, &k)? {
+                batch.delete(ONE_TIME_KEYS, &key);
+            }
+            for (key, _) in self.store.scan_prefix(FALLBACK_KEYS, &k)? {
+                batch.delete(FALLBACK_KEYS, &key);
+            }
+            self.stage_to_device_removal(&mut batch, user, d)?;
+        }
+        batch.commit()?;
+        if had_keys {
+            self.device_list_changed(user).await?;
+        }
+        Ok(())
+    }
+}

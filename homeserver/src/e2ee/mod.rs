@@ -1,0 +1,35 @@
+//! End-to-end encryption support: device and one-time keys, cross-signing, to-device messages, device list changes and key backup. The server only moves keys; it never sees plaintext.
+
+pub mod backup;
+pub mod cross_signing;
+pub mod device_lists;
+pub mod keys;
+pub mod signatures;
+pub mod to_device;
+
+use std::sync::Arc;
+
+use crate::{
+    accounts::Accounts,
+    rooms::Rooms,
+    storage::Store,
+    sync::stream::{Notifier, StreamPositions},
+};
+
+/// Shared state of the E2EE services.
+#[derive(Clone)]
+pub struct E2ee {
+    pub(crate) store: Store,
+    pub(crate) stream: Arc<StreamPositions>,
+    pub(crate) notifier: Arc<Notifier>,
+    pub(crate) rooms: Rooms,
+    pub(crate) accounts: Accounts,
+    /// Serialises one-time key claims so no key is ever handed out twice.
+    pub(crate) claim_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl E2ee {
+    pub fn new(store: Store, stream: Arc<StreamPositions>, notifier: Arc<Notifier>, rooms: Rooms, accounts: Accounts) -> Self {
+        E2ee { store, stream, notifier, rooms, accounts, claim_lock: Default::default() }
+    }
+}

@@ -1,0 +1,129 @@
+//! To-device messages: a per-device inbox on the stream, filled by /sendToDevice (idempotent per transaction) and emptied only once the client acknowledges a sync.
+
+use ruma::UserId;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use super::E2ee;
+use crate::{
+    error::{Error, Result},
+    storage::{Batch, Table, keys},
+};
+
+/// Largest content of one to-device message: an Olm-encrypted room key is
+/// a few KiB; anything near this is abuse.
+pub const MAX_CONTENT_BYTES: usize = 65_536;
+/// Messages handed to one device per sync; the rest wait for the next.
+const PER_SYNC: usize = 100;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ToDevice {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub sender: String,
+    pub content: Value,
+}
+
+/// `(user, device, pos) -> message`.
+const TO_DEVICE: Table<ToDevice> = Table::new("to_device");
+/// `(sender, sender device, txn ID) -> true`.
+const TO_DEVICE_TXNS: Table<bool> = Table::new("to_device_txns");
+
+fn inbox_key(user: &UserId, device: &str, pos: u64) -> Vec<u8> {
+    keys::KeyBuf::new().str(user.as_str()).str(device).u64(pos).into_vec()
+}
+
+impl E2ee {
+    /// Queues `messages` (`user -> device or "*" -> content`). Unknown
+    /// users and devices are skipped, as the spec allows; other servers'
+    /// users wait for federation.
+    pub async fn send_to_device(&self, sender: &UserId, sender_device: &str, txn: &str, kind: &str, messages: Map<String, Value>) -> Result<()> {
+        for per_user in messages.values() {
+            let per_user = per_user.as_object().ok_or_else(|| Error::bad_json("messages must map user IDs to objects"))?;
+            for content in per_user.values() {
+                if !content.is_object() {
+                    return Err(Error::bad_json("each to-device message content must be an object"));
+                }
+                if serde_json::to_vec(content).map(|b| b.len()).unwrap_or(usize::MAX) > MAX_CONTENT_BYTES {
+                    return Err(Error::TooLarge { limit: MAX_CONTENT_BYTES });
+                }
+            }
+        }
+        let _writer = self.stream.writer.lock().await;
+        let txn_key = keys::strs(&[sender.as_str(), sender_device, txn]);
+        if self.store.contains(TO_DEVICE_TXNS, &txn_key)? {
+            return Ok(());
+        }
+        let pos = self.stream.next();
+        let mut batch = self.store.batch();
+        let mut wake = Vec::new();
+        for (user, per_user) in &messages {
+            let Ok(user) = ruma::OwnedUserId::try_from(user.as_str()) else { continue };
+            if user.server_name() != self.rooms.server_name {
+                continue;
+            }
+            let Some(per_user) = per_user.as_object() else { continue };
+            let devices = self.accounts.devices(&user)?;
+            for (device, content) in per_user {
+                let message = ToDevice { kind: kind.to_owned(), sender: sender.to_string(), content: content.clone() };
+                let targets: Vec<&str> = if device == "*" {
+                    devices.iter().map(|(d, _)| d.as_str()).collect()
+                } else if devices.iter().any(|(d, _)| d.as_str() == device) {
+                    vec![device.as_str()]
+                } else {
+                    Vec::new()
+                };
+                for d in targets {
+                    batch.put(TO_DEVICE, &inbox_key(&user, d, pos), &message);
+                }
+            }
+            wake.push(user);
+        }
+        batch.put(TO_DEVICE_TXNS, &txn_key, &true);
+        self.stream.record(&mut batch, pos);
+        batch.commit()?;
+        self.stream.publish(pos);
+        self.notifier.wake(wake.iter().map(|u| u.as_ref()));
+        Ok(())
+    }
+
+    /// Drops what the device has acknowledged (everything up to `acked`).
+    pub fn ack_to_device(&self, user: &UserId, device: &str, acked: u64) -> Result<()> {
+        let prefix = keys::strs(&[user.as_str(), device]);
+        let until = inbox_key(user, device, acked.saturating_add(1));
+        let done = self.store.scan(TO_DEVICE, &prefix, &prefix, Some(&until), false, usize::MAX)?;
+        if done.is_empty() {
+            return Ok(());
+        }
+        let mut batch = self.store.batch();
+        for (k, _) in done {
+            batch.delete(TO_DEVICE, &k);
+        }
+        Ok(batch.commit()?)
+    }
+
+    /// Messages after `acked` up to `upto`, at most a page, and the
+    /// position the client acknowledges by syncing with the next token.
+    pub fn pending_to_device(&self, user: &UserId, device: &str, acked: u64, upto: u64) -> Result<(Vec<Value>, u64)> {
+        let prefix = keys::strs(&[user.as_str(), device]);
+        let from = inbox_key(user, device, acked.saturating_add(1));
+        let until = inbox_key(user, device, upto.saturating_add(1));
+        let rows = self.store.scan(TO_DEVICE, &prefix, &from, Some(&until), false, PER_SYNC + 1)?;
+        let truncated = rows.len() > PER_SYNC;
+        let mut last = acked;
+        let mut events = Vec::new();
+        for (k, m) in rows.into_iter().take(PER_SYNC) {
+            last = keys::trailing_u64(&k).unwrap_or(last);
+            events.push(json!({"type": m.kind, "sender": m.sender, "content": m.content}));
+        }
+        // Everything up to `upto` was handed out unless the page was full.
+        Ok((events, if truncated { last } else { upto }))
+    }
+
+    pub(crate) fn stage_to_device_removal(&self, batch: &mut Batch<'_>, user: &UserId, device: &str) -> Result<()> {
+        for (k, _) in self.store.scan_prefix(TO_DEVICE, &keys::strs(&[user.as_str(), device]))? {
+            batch.delete(TO_DEVICE, &k);
+        }
+        Ok(())
+    }
+}
