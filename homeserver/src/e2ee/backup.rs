@@ -214,3 +214,22 @@ impl E2ee {
         Ok(json!({"etag": b.etag.to_string(), "count": self.key_count(user, n)?}))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::better;
+
+    #[test]
+    fn verified_then_lower_index_then_fewer_forwards_wins() {
+        let k = |verified: bool, index: u64, forwarded: u64| {
+            json!({"is_verified": verified, "first_message_index": index, "forwarded_count": forwarded, "session_data": {}})
+        };
+        assert!(better(&k(true, 9, 9), &k(false, 0, 0)));
+        assert!(!better(&k(false, 0, 0), &k(true, 9, 9)));
+        assert!(better(&k(false, 1, 5), &k(false, 2, 0)));
+        assert!(better(&k(false, 2, 0), &k(false, 2, 1)));
+        assert!(!better(&k(false, 2, 1), &k(false, 2, 1)), "an equal key keeps the stored one");
+    }
+}

@@ -241,3 +241,61 @@ impl E2ee {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use serde_json::{Map, json};
+
+    use super::Upload;
+    use crate::test_support::world;
+
+    #[tokio::test]
+    async fn one_time_keys_go_once_then_the_fallback_key() {
+        let w = world();
+        let (alice, bob) = (w.user("alice"), w.user("bob"));
+        let mut otks = Map::new();
+        for i in 0..3 {
+            otks.insert(format!("signed_curve25519:K{i}"), json!({"key": format!("otk{i}"), "signatures": {}}));
+        }
+        let mut fallback = Map::new();
+        fallback.insert("signed_curve25519:F".into(), json!({"key": "fb", "fallback": true, "signatures": {}}));
+        let up = Upload { device_keys: None, one_time_keys: Some(otks), fallback_keys: Some(fallback) };
+        let counts = w.s.e2ee.upload(&bob, "PHONE", up).await.unwrap();
+        assert_eq!(counts.get("signed_curve25519"), Some(&3));
+
+        let want: BTreeMap<_, _> = [(bob.clone(), BTreeMap::from([("PHONE".to_owned(), "signed_curve25519".to_owned())]))].into();
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let got = w.s.e2ee.claim(&want).await.unwrap();
+            let keys = got[bob.as_str()]["PHONE"].as_object().unwrap().clone();
+            seen.extend(keys.keys().cloned());
+        }
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), 3, "every claim got a different one-time key");
+        assert_eq!(w.s.e2ee.unused_fallback_key_types(&bob, "PHONE").unwrap(), ["signed_curve25519"]);
+        let got = w.s.e2ee.claim(&want).await.unwrap();
+        assert!(got[bob.as_str()]["PHONE"].get("signed_curve25519:F").is_some(), "then the fallback key");
+        assert!(w.s.e2ee.unused_fallback_key_types(&bob, "PHONE").unwrap().is_empty());
+        // A device that is gone has nothing to claim.
+        w.s.e2ee.remove_devices(&bob, &["PHONE"]).await.unwrap();
+        assert!(w.s.e2ee.claim(&want).await.unwrap().is_empty());
+        let _ = alice;
+    }
+
+    #[tokio::test]
+    async fn a_one_time_key_id_cannot_change_value() {
+        let w = world();
+        let bob = w.user("bob");
+        let up = |v: &str| {
+            let mut otks = Map::new();
+            otks.insert("signed_curve25519:K".into(), json!({"key": v}));
+            Upload { device_keys: None, one_time_keys: Some(otks), fallback_keys: None }
+        };
+        w.s.e2ee.upload(&bob, "D", up("a")).await.unwrap();
+        w.s.e2ee.upload(&bob, "D", up("a")).await.unwrap();
+        assert!(w.s.e2ee.upload(&bob, "D", up("b")).await.is_err());
+    }
+}

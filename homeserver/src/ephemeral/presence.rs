@@ -114,26 +114,12 @@ impl Presence {
         Ok(())
     }
 
-    /// Local users who share a joined room with `user`.
     pub fn sharers(&self, user: &UserId) -> Result<BTreeSet<OwnedUserId>> {
-        let mut out = BTreeSet::new();
-        for room in self.rooms.joined_rooms(user)? {
-            out.extend(self.rooms.members_with(&room, &["join"])?);
-        }
-        out.remove(user);
-        Ok(out)
+        self.rooms.sharers(user)
     }
 
     pub fn shares_room(&self, a: &UserId, b: &UserId) -> Result<bool> {
-        if a == b {
-            return Ok(true);
-        }
-        for room in self.rooms.joined_rooms(a)? {
-            if self.rooms.membership_of(&room, b)?.as_deref() == Some("join") {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        self.rooms.shares_room(a, b)
     }
 
     /// The presence content `viewer` may see of `user` (offline with nothing

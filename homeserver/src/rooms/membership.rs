@@ -103,6 +103,29 @@ impl Rooms {
         }
     }
 
+    /// Local users who share a joined room with `user`.
+    pub fn sharers(&self, user: &UserId) -> Result<std::collections::BTreeSet<ruma::OwnedUserId>> {
+        let mut out = std::collections::BTreeSet::new();
+        for room in self.joined_rooms(user)? {
+            out.extend(self.members_with(&room, &["join"])?);
+        }
+        out.remove(user);
+        Ok(out)
+    }
+
+    /// Whether `a` and `b` are both joined to some room (a user shares with themselves).
+    pub fn shares_room(&self, a: &UserId, b: &UserId) -> Result<bool> {
+        if a == b {
+            return Ok(true);
+        }
+        for room in self.joined_rooms(a)? {
+            if self.membership_of(&room, b)?.as_deref() == Some("join") {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     pub fn joined_rooms(&self, user: &UserId) -> Result<Vec<OwnedRoomId>> {
         Ok(self.user_rooms(user)?.into_iter().filter(|(_, ur)| ur.membership == "join").map(|(r, _)| r).collect())
     }
