@@ -52,11 +52,10 @@ impl E2ee {
     /// needs user-interactive auth (re-uploading the same keys does not).
     pub fn cross_signing_replaces(&self, user: &UserId, up: &CrossSigningUpload) -> Result<bool> {
         for (kind, new) in up.by_kind() {
-            if let (Some(new), Some(old)) = (new, self.cross_signing_key(user, kind)?) {
-                if new.get("keys") != old.get("keys") {
+            if let (Some(new), Some(old)) = (new, self.cross_signing_key(user, kind)?)
+                && new.get("keys") != old.get("keys") {
                     return Ok(true);
                 }
-            }
         }
         Ok(false)
     }
@@ -195,11 +194,10 @@ impl E2ee {
                     .get(DEVICE_KEYS, &keys::strs(&[signer.as_str(), name]))?
                     .and_then(|dk| dk.get("keys").and_then(|k| k.get(sig_key_id)).and_then(Value::as_str).map(str::to_owned)),
             };
-            if let Some(public) = public {
-                if signatures::verify(object, signer.as_str(), name, &public) {
+            if let Some(public) = public
+                && signatures::verify(object, signer.as_str(), name, &public) {
                     good.push((sig_key_id.clone(), sig.to_owned()));
                 }
-            }
         }
         if good.is_empty() {
             return Err(Error::InvalidSignature("no signature verifies with the signer's key".into()));

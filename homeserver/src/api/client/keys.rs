@@ -47,11 +47,10 @@ pub async fn query(State(s): State<AppState>, Auth(session): Auth, Body(body): B
             self_signing.insert(user.to_string(), k);
         }
         // Only the owner ever sees their user-signing key.
-        if user == viewer {
-            if let Some(k) = s.e2ee.cross_signing_for(viewer, user, "user_signing")? {
+        if user == viewer
+            && let Some(k) = s.e2ee.cross_signing_for(viewer, user, "user_signing")? {
                 user_signing.insert(user.to_string(), k);
             }
-        }
     }
     Ok(Json(json!({
         "device_keys": devices,
