@@ -553,7 +553,9 @@ impl TestServer {
         // is when matrix-sdk uploads the device's E2EE keys. Without it a
         // user could send encrypted messages from a device nobody can find,
         // and replies to it would be undecryptable.
-        user.sync_once().await.with_context(|| format!("first sync of {}'s new device", user.user_id))?;
+        user.sync_once()
+            .await
+            .with_context(|| format!("first sync of {}'s new device", user.user_id))?;
         Ok(user)
     }
 }
@@ -666,7 +668,10 @@ impl Seen {
     /// decrypted by the client.
     pub fn has_decrypted_text(&self, room: &RoomId, sender: &UserId, body: &str) -> bool {
         self.events.iter().any(|e| {
-            e.room_id == room && e.sender == sender.as_str() && e.decrypted && e.body() == Some(body)
+            e.room_id == room
+                && e.sender == sender.as_str()
+                && e.decrypted
+                && e.body() == Some(body)
         })
     }
 
@@ -873,6 +878,15 @@ impl User {
             s.has_text(room, sender, body)
         })
         .await
+        .with_context(|| {
+            let seen = self.seen();
+            let undecryptable = seen.undecryptable(room);
+            if undecryptable.is_empty() {
+                String::from("no undecryptable events were seen")
+            } else {
+                format!("undecryptable events seen in {room}: {undecryptable:#?}")
+            }
+        })
     }
 
     /// Joins `room` (by id) through the SDK; the room must be known, e.g. from
@@ -1726,7 +1740,9 @@ impl SigningKey {
     /// keeping any signatures already there.
     pub fn sign(&self, user: &str, value: &mut Value) -> Result<()> {
         let signature = self.signature(value)?;
-        let object = value.as_object_mut().context("only objects can be signed")?;
+        let object = value
+            .as_object_mut()
+            .context("only objects can be signed")?;
         let signatures = object.entry("signatures").or_insert_with(|| json!({}));
         let by_user = signatures
             .as_object_mut()
@@ -1899,7 +1915,10 @@ impl FakeDevice {
         let r = self.upload(http, json!({})).await?;
         r.expect_ok().context("empty /keys/upload")?;
         let counts = r.json.get("one_time_key_counts").with_context(|| {
-            format!("/keys/upload answer without one_time_key_counts: {}", r.text)
+            format!(
+                "/keys/upload answer without one_time_key_counts: {}",
+                r.text
+            )
         })?;
         Ok(counts.get(algorithm).and_then(Value::as_u64).unwrap_or(0))
     }
@@ -2059,7 +2078,10 @@ pub fn only_ed25519_key(key_object: &Value) -> Result<(String, String)> {
     let (id, key) = ed
         .next()
         .with_context(|| format!("no ed25519 key in {key_object}"))?;
-    ensure!(ed.next().is_none(), "more than one ed25519 key in {key_object}");
+    ensure!(
+        ed.next().is_none(),
+        "more than one ed25519 key in {key_object}"
+    );
     let key = key
         .as_str()
         .with_context(|| format!("key {id} is not a string"))?;

@@ -73,7 +73,7 @@ impl E2ee {
             let Some(key) = key else { continue };
             check_shape(user, kind, key)?;
             if kind != "master" {
-                let m = master.as_ref().ok_or_else(|| Error::invalid_param("upload a master key first"))?;
+                let m = master.as_ref().ok_or_else(|| Error::MissingParam("no master signing key is available: upload one first".into()))?;
                 let (name, public) = signatures::cross_signing_key(m).ok_or_else(|| Error::bad_json("stored master key is malformed"))?;
                 if !signatures::verify(key, user.as_str(), &name, &public) {
                     return Err(Error::InvalidSignature(format!("{kind} key is not signed by the master key")));
