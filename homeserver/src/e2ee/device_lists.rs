@@ -35,18 +35,10 @@ impl E2ee {
         self.stream.record(&mut batch, pos);
         batch.commit()?;
         self.stream.publish(pos);
-        let mut wake = self.sharers(user)?;
+        let mut wake = self.rooms.sharers(user)?;
         wake.insert(user.to_owned());
         self.notifier.wake(wake.iter().map(|u| u.as_ref()));
         Ok(())
-    }
-
-    fn sharers(&self, user: &UserId) -> Result<BTreeSet<OwnedUserId>> {
-        self.rooms.sharers(user)
-    }
-
-    fn shares_room(&self, a: &UserId, b: &UserId) -> Result<bool> {
-        self.rooms.shares_room(a, b)
     }
 
     /// Whose device lists `viewer` must refetch after `since` (up to
@@ -57,7 +49,7 @@ impl E2ee {
         let from = keys::KeyBuf::new().u64(since.saturating_add(1)).into_vec();
         let until = keys::KeyBuf::new().u64(upto.saturating_add(1)).into_vec();
         for (_, user) in self.store.scan(DEVICE_LIST_LOG, &[], &from, Some(&until), false, usize::MAX)? {
-            if !out.changed.contains(&user) && self.shares_room(viewer, &user)? {
+            if !out.changed.contains(&user) && self.rooms.shares_room(viewer, &user)? {
                 out.changed.insert(user);
             }
         }
@@ -85,7 +77,7 @@ impl E2ee {
             }
         }
         for user in gone {
-            if !self.shares_room(viewer, &user)? {
+            if !self.rooms.shares_room(viewer, &user)? {
                 out.changed.remove(&user);
                 out.left.insert(user);
             }

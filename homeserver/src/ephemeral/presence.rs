@@ -1,7 +1,7 @@
 //! Presence (online / unavailable / offline, status message, last activity), shared only with users who share a room and never for users who hide it.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::HashMap,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -108,18 +108,10 @@ impl Presence {
         self.stream.record(&mut batch, pos);
         batch.commit()?;
         self.stream.publish(pos);
-        let mut wake = self.sharers(user)?;
+        let mut wake = self.rooms.sharers(user)?;
         wake.insert(user.to_owned());
         self.notifier.wake(wake.iter().map(|u| u.as_ref()));
         Ok(())
-    }
-
-    pub fn sharers(&self, user: &UserId) -> Result<BTreeSet<OwnedUserId>> {
-        self.rooms.sharers(user)
-    }
-
-    pub fn shares_room(&self, a: &UserId, b: &UserId) -> Result<bool> {
-        self.rooms.shares_room(a, b)
     }
 
     /// The presence content `viewer` may see of `user` (offline with nothing
@@ -154,7 +146,7 @@ impl Presence {
         }
         let users: Vec<OwnedUserId> = match since {
             None => {
-                let mut all: Vec<OwnedUserId> = self.sharers(viewer)?.into_iter().collect();
+                let mut all: Vec<OwnedUserId> = self.rooms.sharers(viewer)?.into_iter().collect();
                 all.push(viewer.to_owned());
                 all.into_iter().filter(|u| self.record(u).ok().flatten().is_some_and(|r| r.pos <= upto)).collect()
             }
@@ -164,7 +156,7 @@ impl Presence {
                 let changed = self.store.scan(PRESENCE_LOG, &[], &from, Some(&until), false, usize::MAX)?;
                 let mut out = Vec::new();
                 for (_, u) in changed {
-                    if self.shares_room(viewer, &u)? {
+                    if self.rooms.shares_room(viewer, &u)? {
                         out.push(u);
                     }
                 }

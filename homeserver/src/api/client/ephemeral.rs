@@ -130,7 +130,7 @@ pub async fn get_presence(State(s): State<AppState>, Auth(session): Auth, P(user
     if s.profiles.get(&user)?.is_none() {
         return Err(Error::not_found("no such user"));
     }
-    if !s.presence.shares_room(&session.user_id, &user)? {
+    if !s.rooms.shares_room(&session.user_id, &user)? {
         return Err(Error::forbidden("you do not share a room with this user"));
     }
     let mut c = s.presence.content_for(&session.user_id, &user)?;
