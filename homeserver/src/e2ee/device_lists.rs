@@ -48,8 +48,11 @@ impl E2ee {
         let mut out = DeviceListChanges::default();
         let from = keys::KeyBuf::new().u64(since.saturating_add(1)).into_vec();
         let until = keys::KeyBuf::new().u64(upto.saturating_add(1)).into_vec();
+        let mut own_changed = false;
         for (_, user) in self.store.scan(DEVICE_LIST_LOG, &[], &from, Some(&until), false, usize::MAX)? {
-            if !out.changed.contains(&user) && self.rooms.shares_room(viewer, &user)? {
+            if user == viewer {
+                own_changed = true;
+            } else if !out.changed.contains(&user) && self.rooms.shares_room(viewer, &user)? {
                 out.changed.insert(user);
             }
         }
@@ -85,11 +88,6 @@ impl E2ee {
         out.changed.remove(viewer);
         out.left.remove(viewer);
         // The viewer's own other devices must hear about the viewer's changes.
-        let own_changed = self
-            .store
-            .scan(DEVICE_LIST_LOG, &[], &from, Some(&until), false, usize::MAX)?
-            .into_iter()
-            .any(|(_, u)| u == viewer);
         if own_changed {
             out.changed.insert(viewer.to_owned());
         }
