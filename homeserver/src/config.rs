@@ -47,6 +47,33 @@ struct RawConfig {
     user_directory: RawUserDirectory,
     #[serde(default)]
     directory: RawDirectory,
+    #[serde(default)]
+    media: RawMedia,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMedia {
+    path: Option<String>,
+    max_upload_bytes: Option<u64>,
+    user_quota_bytes: Option<u64>,
+    max_image_pixels: Option<u64>,
+    legacy_unauthenticated_downloads: Option<bool>,
+    url_previews: Option<bool>,
+    url_preview_allow_private: Option<bool>,
+}
+
+/// The media repository's settings.
+#[derive(Debug, Clone)]
+pub struct MediaConfig {
+    pub path: PathBuf,
+    pub max_upload_bytes: u64,
+    /// 0: no quota.
+    pub user_quota_bytes: u64,
+    pub max_image_pixels: u64,
+    pub legacy_unauthenticated_downloads: bool,
+    pub url_previews: bool,
+    pub url_preview_allow_private: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -163,6 +190,7 @@ pub struct Config {
     /// User directory searches every local user, not only those the searcher shares a room with.
     pub user_directory_search_all: bool,
     pub publish_policy: PublishPolicy,
+    pub media: MediaConfig,
 }
 
 /// `BELLWIRE_*` variables that are not config keys: the log filter, and
@@ -249,7 +277,28 @@ impl Config {
             login: rate("login", rl.login_per_second, rl.login_burst, (0.5, 5.0))?,
             registration: rate("registration", rl.registration_per_second, rl.registration_burst, (0.2, 5.0))?,
         };
+        let database_path = PathBuf::from(raw.database.path.clone().unwrap_or_else(|| "./data/bellwire.db".into()));
+        let m = &raw.media;
+        let media_path = match &m.path {
+            Some(p) => PathBuf::from(p),
+            // Beside the database, so one data directory holds everything.
+            None => database_path.parent().map(|p| p.join("media")).unwrap_or_else(|| PathBuf::from("./data/media")),
+        };
+        let max_upload_bytes = m.max_upload_bytes.unwrap_or(50 * 1024 * 1024);
+        if max_upload_bytes == 0 {
+            return Err(invalid("media.max_upload_bytes", "must be positive".into()));
+        }
+        let media = MediaConfig {
+            path: media_path,
+            max_upload_bytes,
+            user_quota_bytes: m.user_quota_bytes.unwrap_or(0),
+            max_image_pixels: m.max_image_pixels.unwrap_or(32 * 1024 * 1024),
+            legacy_unauthenticated_downloads: m.legacy_unauthenticated_downloads.unwrap_or(true),
+            url_previews: m.url_previews.unwrap_or(false),
+            url_preview_allow_private: m.url_preview_allow_private.unwrap_or(false),
+        };
         Ok(Config {
+            media,
             rate_limits,
             presence_enabled: raw.presence.enabled.unwrap_or(true),
             user_directory_search_all: raw.user_directory.search_all_users.unwrap_or(false),
@@ -259,7 +308,7 @@ impl Config {
             default_room_version,
             max_request_bytes: usize::try_from(max_request_bytes)
                 .map_err(|_| invalid("max_request_bytes", "too large".into()))?,
-            database_path: PathBuf::from(raw.database.path.unwrap_or_else(|| "./data/bellwire.db".into())),
+            database_path,
             sync_writes: raw.database.sync_writes.unwrap_or(false),
             registration_mode: mode,
             registration_token: token,

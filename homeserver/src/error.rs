@@ -52,6 +52,12 @@ pub enum Error {
     LimitExceeded { retry_after_ms: u64 },
     #[error("{0}")]
     InvalidSignature(String),
+    #[error("this media has already been uploaded")]
+    CannotOverwriteMedia,
+    #[error("the media has not been uploaded yet")]
+    NotYetUploaded,
+    #[error("requested range not satisfiable")]
+    RangeNotSatisfiable,
     #[error("this is not the current backup version")]
     WrongRoomKeysVersion { current_version: Option<String> },
     #[error("the profile would exceed 64 KiB")]
@@ -110,6 +116,9 @@ impl Error {
             DuplicateAnnotation => (StatusCode::BAD_REQUEST, "M_DUPLICATE_ANNOTATION"),
             ProfileTooLarge => (StatusCode::BAD_REQUEST, "M_PROFILE_TOO_LARGE"),
             InvalidSignature(_) => (StatusCode::BAD_REQUEST, "M_INVALID_SIGNATURE"),
+            CannotOverwriteMedia => (StatusCode::CONFLICT, "M_CANNOT_OVERWRITE_MEDIA"),
+            NotYetUploaded => (StatusCode::GATEWAY_TIMEOUT, "M_NOT_YET_UPLOADED"),
+            RangeNotSatisfiable => (StatusCode::RANGE_NOT_SATISFIABLE, "M_UNKNOWN"),
             WrongRoomKeysVersion { .. } => (StatusCode::FORBIDDEN, "M_WRONG_ROOM_KEYS_VERSION"),
             Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN"),
         }

@@ -10,6 +10,7 @@ use crate::{
     config::{Config, RegistrationMode},
     directory::{public_rooms::PublicRooms, users::UserDirectory},
     e2ee::E2ee,
+    media::Media,
     ephemeral::{presence::Presence, receipts::Receipts, typing::Typing},
     error::Result,
     profiles::Profiles,
@@ -41,6 +42,9 @@ pub struct Services {
     pub user_directory: UserDirectory,
     pub rate_limiter: RateLimiter,
     pub e2ee: E2ee,
+    pub media: Media,
+    /// Serialises PUTs into reserved media IDs.
+    pub media_put_lock: tokio::sync::Mutex<()>,
     pub store: Store,
     /// The token `m.login.registration_token` accepts in `token` mode.
     pub registration_token: Option<String>,
@@ -114,6 +118,8 @@ impl Services {
         Ok(Services {
             accounts,
             e2ee,
+            media: Media::new(store.clone(), config.media.clone(), config.server_name.clone())?,
+            media_put_lock: tokio::sync::Mutex::new(()),
             uia: UiaSessions::default(),
             filters: Filters::new(store.clone()),
             typing,

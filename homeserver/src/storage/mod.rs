@@ -64,6 +64,9 @@ pub const COLUMN_FAMILIES: &[&str] = &[
     "to_device_txns",
     "backup_versions",
     "backup_keys",
+    "media",
+    "media_usage",
+    "media_thumbnails",
 ];
 
 /// A typed table: a column family whose values are JSON-encoded `V`.
