@@ -254,7 +254,6 @@ pub struct ThumbnailQuery {
     width: Option<String>,
     height: Option<String>,
     method: Option<String>,
-    #[allow(dead_code)]
     animated: Option<String>,
     timeout_ms: Option<u64>,
 }
@@ -271,6 +270,10 @@ async fn thumbnail_inner(s: &AppState, server: &str, id: &str, q: &ThumbnailQuer
     let w = dimension(q.width.as_deref(), "width")?;
     let h = dimension(q.height.as_deref(), "height")?;
     let method = Method::parse(q.method.as_deref().unwrap_or("scale"))?;
+    // Animated thumbnails are optional in the spec; the flag must still be a boolean.
+    if q.animated.as_deref().is_some_and(|a| a != "true" && a != "false") {
+        return Err(Error::invalid_param("animated must be true or false"));
+    }
     let rec = find(&s.media, server, id, q.timeout_ms).await?;
     if legacy && !rec.legacy_ok {
         return Err(Error::not_found("this media is only served by the authenticated endpoints"));

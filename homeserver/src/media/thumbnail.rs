@@ -43,14 +43,12 @@ const SIZES: [(u32, u32, Method); 5] = [
     (800, 600, Method::Scale),
 ];
 
-/// The size class that serves a request for `w`x`h` with `method`.
+/// The size class that serves a request for `w`x`h`: the smallest standard
+/// box that covers it, made with the method asked for (a crop stays a crop,
+/// so the client gets the shape it wants).
 pub fn size_class(w: u32, h: u32, method: Method) -> (u32, u32, Method) {
-    SIZES
-        .iter()
-        .copied()
-        .find(|(sw, sh, m)| *m == method && *sw >= w && *sh >= h)
-        .or_else(|| SIZES.iter().copied().find(|(sw, sh, _)| *sw >= w && *sh >= h))
-        .unwrap_or(SIZES[SIZES.len() - 1])
+    let (sw, sh, _) = SIZES.iter().copied().find(|(sw, sh, _)| *sw >= w && *sh >= h).unwrap_or(SIZES[SIZES.len() - 1]);
+    (sw, sh, method)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -139,6 +137,7 @@ mod tests {
         assert_eq!(size_class(40, 40, Method::Crop), (96, 96, Method::Crop));
         assert_eq!(size_class(300, 200, Method::Scale), (320, 240, Method::Scale));
         assert_eq!(size_class(100, 100, Method::Scale), (320, 240, Method::Scale));
+        assert_eq!(size_class(320, 240, Method::Crop), (320, 240, Method::Crop));
         assert_eq!(size_class(5000, 5000, Method::Scale), (800, 600, Method::Scale));
     }
 
