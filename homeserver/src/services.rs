@@ -43,8 +43,6 @@ pub struct Services {
     pub rate_limiter: RateLimiter,
     pub e2ee: E2ee,
     pub media: Media,
-    /// Serialises PUTs into reserved media IDs.
-    pub media_put_lock: tokio::sync::Mutex<()>,
     pub store: Store,
     /// The token `m.login.registration_token` accepts in `token` mode.
     pub registration_token: Option<String>,
@@ -119,7 +117,6 @@ impl Services {
             accounts,
             e2ee,
             media: Media::new(store.clone(), config.media.clone(), config.server_name.clone())?,
-            media_put_lock: tokio::sync::Mutex::new(()),
             uia: UiaSessions::default(),
             filters: Filters::new(store.clone()),
             typing,

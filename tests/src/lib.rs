@@ -2363,6 +2363,678 @@ impl PushGateway {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Media repository: raw bytes over HTTP, mxc URIs, test images
+// ---------------------------------------------------------------------------
+
+/// Prefix of the authenticated media endpoints (download, thumbnail, config,
+/// preview_url).
+pub const MEDIA_V1: &str = "/_matrix/client/v1/media";
+/// Prefix of the legacy media endpoints (upload, unauthenticated download).
+pub const MEDIA_V3: &str = "/_matrix/media/v3";
+
+/// An HTTP answer whose body is kept as raw bytes (downloads, thumbnails).
+#[derive(Clone, Debug)]
+pub struct BytesReply {
+    pub status: u16,
+    /// Response headers, names lower-cased, in the order received.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl BytesReply {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body parsed as JSON (Null if it is not JSON).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    /// The body for error messages: text cut at 300 bytes, or the first
+    /// bytes in hex when it is binary.
+    pub fn preview(&self) -> String {
+        let cut = self.body.len().min(300);
+        let head = &self.body[..cut];
+        let text = match std::str::from_utf8(head) {
+            Ok(text) => text.to_owned(),
+            // A multi-byte character cut in two is still text.
+            Err(e) if e.valid_up_to() + 4 > cut && e.error_len().is_none() => {
+                String::from_utf8_lossy(&head[..e.valid_up_to()]).into_owned()
+            }
+            Err(_) => {
+                let n = cut.min(16);
+                return format!(
+                    "<{} bytes of binary, starting {:02x?}>",
+                    self.body.len(),
+                    &self.body[..n]
+                );
+            }
+        };
+        if cut < self.body.len() {
+            format!("{text}... ({} bytes in all)", self.body.len())
+        } else {
+            text
+        }
+    }
+
+    /// The answer as a [`Reply`] (body as lossy UTF-8 text and JSON).
+    pub fn reply(&self) -> Reply {
+        Reply {
+            status: self.status,
+            text: String::from_utf8_lossy(&self.body).into_owned(),
+            json: self.json(),
+            headers: self.headers.clone(),
+        }
+    }
+
+    /// Fails unless this is exactly `status` with `errcode` (see
+    /// [`Reply::expect_error`]).
+    pub fn expect_error(&self, status: u16, errcode: &str) -> Result<&Self> {
+        self.reply().expect_error(status, errcode)?;
+        Ok(self)
+    }
+
+    /// Fails unless this is `status` with one of `errcodes`.
+    pub fn expect_error_in(&self, status: u16, errcodes: &[&str]) -> Result<&Self> {
+        self.reply().expect_error_in(status, errcodes)?;
+        Ok(self)
+    }
+
+    /// Fails unless the status is `status`.
+    pub fn expect_status(&self, status: u16) -> Result<&Self> {
+        ensure!(
+            self.status == status,
+            "expected {status}, got {} {}",
+            self.status,
+            self.preview()
+        );
+        Ok(self)
+    }
+
+    /// Fails unless the status is 200.
+    pub fn expect_ok(&self) -> Result<&Self> {
+        self.expect_status(200)
+    }
+
+    /// Fails unless header `name` is present; returns its value.
+    pub fn expect_header(&self, name: &str) -> Result<&str> {
+        self.header(name).with_context(|| {
+            format!(
+                "no {name} header in the {} answer; headers: {:?}",
+                self.status, self.headers
+            )
+        })
+    }
+}
+
+/// An `mxc://<server name>/<media id>` content URI.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mxc {
+    pub server_name: String,
+    pub media_id: String,
+}
+
+impl std::fmt::Display for Mxc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "mxc://{}/{}", self.server_name, self.media_id)
+    }
+}
+
+impl Mxc {
+    /// Parses `mxc://server/id`; the media id must be the spec's
+    /// `[A-Za-z0-9_-]+`.
+    pub fn parse(uri: &str) -> Result<Self> {
+        let rest = uri
+            .strip_prefix("mxc://")
+            .with_context(|| format!("{uri:?} is not an mxc:// URI"))?;
+        let (server_name, media_id) = rest
+            .split_once('/')
+            .with_context(|| format!("{uri:?} has no media id"))?;
+        ensure!(!server_name.is_empty(), "{uri:?} has no server name");
+        ensure!(
+            !media_id.is_empty()
+                && media_id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
+            "media id {media_id:?} of {uri:?} is not [A-Za-z0-9_-]+"
+        );
+        Ok(Self {
+            server_name: server_name.to_owned(),
+            media_id: media_id.to_owned(),
+        })
+    }
+
+    /// A made-up id on `localhost` that no upload produced.
+    pub fn unknown() -> Self {
+        Self {
+            server_name: SERVER_NAME.to_owned(),
+            media_id: "bellwireTestsNoSuchMedia0123456789".to_owned(),
+        }
+    }
+
+    /// `{serverName}/{mediaId}`, each segment percent-encoded.
+    pub fn segments(&self) -> String {
+        format!("{}/{}", enc(&self.server_name), enc(&self.media_id))
+    }
+
+    /// The authenticated download path.
+    pub fn download_path(&self) -> String {
+        format!("{MEDIA_V1}/download/{}", self.segments())
+    }
+
+    /// The legacy (unauthenticated) download path.
+    pub fn legacy_download_path(&self) -> String {
+        format!("{MEDIA_V3}/download/{}", self.segments())
+    }
+
+    /// The authenticated thumbnail path with `query` (e.g.
+    /// `width=96&height=96&method=crop`).
+    pub fn thumbnail_path(&self, query: &str) -> String {
+        format!("{MEDIA_V1}/thumbnail/{}?{query}", self.segments())
+    }
+
+    /// The legacy thumbnail path with `query`.
+    pub fn legacy_thumbnail_path(&self, query: &str) -> String {
+        format!("{MEDIA_V3}/thumbnail/{}?{query}", self.segments())
+    }
+
+    /// The matrix-sdk form of this URI.
+    pub fn to_sdk(&self) -> Result<matrix_sdk::ruma::OwnedMxcUri> {
+        let uri: matrix_sdk::ruma::OwnedMxcUri = self.to_string().into();
+        uri.validate()
+            .with_context(|| format!("matrix-sdk refuses {self}"))?;
+        Ok(uri)
+    }
+}
+
+impl Http {
+    /// Sends `method path` with `body` as raw bytes and exactly the given
+    /// extra `headers` (no Content-Type unless one is among them), keeping
+    /// the answer's body as bytes.
+    pub async fn call_bytes(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Result<BytesReply> {
+        let method = reqwest::Method::from_bytes(method.as_bytes())?;
+        let mut req = self
+            .client
+            .request(method.clone(), format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        if let Some(body) = body {
+            req = req.body(body);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("{method} {path}"))?;
+        let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_ascii_lowercase(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let body = resp
+            .bytes()
+            .await
+            .with_context(|| format!("{method} {path}: reading body"))?
+            .to_vec();
+        Ok(BytesReply {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// GET `path` with extra `headers` (e.g. `Range`), body kept as bytes.
+    pub async fn get_bytes(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Result<BytesReply> {
+        self.call_bytes("GET", path, token, headers, None).await
+    }
+
+    /// POST /_matrix/media/v3/upload with `bytes`, `content_type` as the
+    /// Content-Type (`None`: no such header) and `filename` as the query
+    /// parameter.
+    pub async fn upload_media(
+        &self,
+        token: &str,
+        content_type: Option<&str>,
+        filename: Option<&str>,
+        bytes: Vec<u8>,
+    ) -> Result<BytesReply> {
+        let mut path = format!("{MEDIA_V3}/upload");
+        if let Some(name) = filename {
+            path.push_str(&format!("?filename={}", enc(name)));
+        }
+        let headers: Vec<(&str, &str)> = content_type
+            .map(|ct| vec![("content-type", ct)])
+            .unwrap_or_default();
+        self.call_bytes("POST", &path, Some(token), &headers, Some(bytes))
+            .await
+    }
+
+    /// Like [`Http::upload_media`] with a Content-Type, failing unless the
+    /// server answers 200 with a `content_uri` on this server; returns it.
+    pub async fn upload_media_ok(
+        &self,
+        token: &str,
+        content_type: &str,
+        filename: Option<&str>,
+        bytes: Vec<u8>,
+    ) -> Result<Mxc> {
+        let len = bytes.len();
+        let r = self
+            .upload_media(token, Some(content_type), filename, bytes)
+            .await?;
+        r.expect_ok()
+            .with_context(|| format!("uploading {len} bytes of {content_type} as {filename:?}"))?;
+        let json = r.json();
+        let uri = json["content_uri"]
+            .as_str()
+            .with_context(|| format!("upload answer without content_uri: {}", r.preview()))?;
+        let mxc = Mxc::parse(uri)?;
+        ensure!(
+            mxc.server_name == SERVER_NAME,
+            "an upload to {SERVER_NAME} got a content URI of another server: {uri}"
+        );
+        Ok(mxc)
+    }
+}
+
+impl Http {
+    /// Writes `head` (a raw HTTP/1.1 request line and headers, ending with
+    /// an empty line) and then `body` on a fresh TCP connection to this
+    /// server, and returns everything that came back until the server closed
+    /// the connection or went quiet for a second after answering. For
+    /// framing no HTTP client library sends (chunked bodies that never end,
+    /// lying Content-Length, no body at all). Write errors are ignored: the
+    /// server may answer and close before reading everything. Fails if
+    /// nothing at all comes back within [`WAIT`].
+    pub async fn raw_exchange(&self, head: &str, body: &[u8]) -> Result<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self
+            .base
+            .strip_prefix("http://")
+            .with_context(|| format!("not an http:// base URL: {}", self.base))?;
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("cannot connect to {addr}"))?;
+        let (mut reader, mut writer) = stream.split();
+        let read = async {
+            let mut got = Vec::new();
+            let mut chunk = [0u8; 8192];
+            loop {
+                let idle = if got.is_empty() {
+                    WAIT
+                } else {
+                    Duration::from_secs(1)
+                };
+                match tokio::time::timeout(idle, reader.read(&mut chunk)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => break,
+                    Ok(Ok(n)) => got.extend_from_slice(&chunk[..n]),
+                    Err(_) if got.is_empty() => {
+                        bail!("raw request: no answer within {WAIT:?}")
+                    }
+                    Err(_) => break,
+                }
+            }
+            Ok(got)
+        };
+        let write = async {
+            if writer.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            for part in body.chunks(16 * 1024) {
+                if writer.write_all(part).await.is_err() {
+                    return;
+                }
+            }
+            let _ = writer.flush().await;
+        };
+        let (got, ()) = tokio::join!(read, write);
+        Ok(String::from_utf8_lossy(&got?).into_owned())
+    }
+}
+
+/// The status code of a raw HTTP/1.1 answer (see [`Http::raw_exchange`]).
+pub fn raw_status(answer: &str) -> Result<u16> {
+    answer
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("not an HTTP/1.1 answer: {answer:?}"))
+}
+
+impl TestServer {
+    /// Starts a server whose config has a `[media]` table with `settings`
+    /// (TOML lines such as `max_upload_bytes = 1048576`).
+    pub async fn start_with_media(settings: &str) -> Result<Self> {
+        Self::start_with(ServerOptions {
+            extra_config: format!("[media]\n{settings}\n"),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Where the server keeps media files when the config sets no
+    /// `[media] path`: a `media` directory beside the database directory.
+    pub fn default_media_dir(&self) -> PathBuf {
+        self.dir.path().join("media")
+    }
+
+    /// Peak resident set size (`VmHWM` of `/proc/<pid>/status`) of the
+    /// running server, in KiB.
+    pub fn peak_rss_kib(&self) -> Result<u64> {
+        let pid = self.pid().context("the server is not running")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .with_context(|| format!("cannot read /proc/{pid}/status"))?;
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .with_context(|| format!("no VmHWM line in /proc/{pid}/status"))?;
+        line.trim_start_matches("VmHWM:")
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .with_context(|| format!("cannot parse {line:?}"))
+    }
+}
+
+/// Regular files under `dir`, recursively (none if it does not exist).
+pub fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot list {}", d.display())),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                todo.push(entry.path());
+            } else if kind.is_file() {
+                out.push(entry.path());
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// `len` deterministic pseudo-random bytes (xorshift64*) from `seed`: a
+/// payload no codec would compress or mistake for anything.
+pub fn pseudo_random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        out.extend_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// The colour of pixel (x, y) of [`test_image`]: red grows left to right,
+/// green top to bottom, blue is constant.
+pub fn test_image_colour(x: u32, y: u32, width: u32, height: u32) -> [u8; 3] {
+    let r = (u64::from(x) * 255 / u64::from(width.max(2) - 1)).min(255) as u8;
+    let g = (u64::from(y) * 255 / u64::from(height.max(2) - 1)).min(255) as u8;
+    [r, g, 128]
+}
+
+/// A `width`x`height` RGB gradient (see [`test_image_colour`]) encoded as
+/// PNG or JPEG.
+pub fn test_image(width: u32, height: u32, format: image::ImageFormat) -> Result<Vec<u8>> {
+    let img = image::RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb(test_image_colour(x, y, width, height))
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgb8(img)
+        .write_to(&mut out, format)
+        .with_context(|| format!("encoding a {width}x{height} {format:?}"))?;
+    Ok(out.into_inner())
+}
+
+/// Decodes a PNG or JPEG (format from its magic bytes).
+pub fn decode_image(bytes: &[u8]) -> Result<image::DynamicImage> {
+    image::load_from_memory(bytes).with_context(|| {
+        format!(
+            "not a decodable PNG/JPEG ({} bytes, starting {:02x?})",
+            bytes.len(),
+            &bytes[..bytes.len().min(16)]
+        )
+    })
+}
+
+/// CRC-32 (IEEE, as PNG chunks use it).
+pub fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            let mask = (crc & 1).wrapping_neg();
+            crc = (crc >> 1) ^ (0xEDB8_8320 & mask);
+        }
+    }
+    !crc
+}
+
+fn png_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+    out.extend_from_slice(
+        &u32::try_from(data.len())
+            .expect("small chunk")
+            .to_be_bytes(),
+    );
+    let start = out.len();
+    out.extend_from_slice(kind);
+    out.extend_from_slice(data);
+    let crc = crc32(&out[start..]);
+    out.extend_from_slice(&crc.to_be_bytes());
+}
+
+/// A PNG built by hand whose header declares `width`x`height` 8-bit RGBA
+/// pixels, with correct CRCs. Its IDAT is one stored (uncompressed) zlib
+/// block of zero bytes: the whole image when that fits in 65535 bytes (so a
+/// small size gives a valid, fully transparent picture), otherwise only the
+/// first 65535 bytes: a few hundred bytes on the wire whose header asks a
+/// naive decoder for `width * height * 4` bytes of memory.
+pub fn hand_made_png(width: u32, height: u32) -> Vec<u8> {
+    let row = 1 + 4 * u64::from(width);
+    let raw_len = (row * u64::from(height)).min(65_535) as usize;
+    let raw = vec![0u8; raw_len];
+    // zlib: CMF/FLG (deflate, 32K window, no dictionary, check bits ok),
+    // one final stored block, then the Adler-32 of the raw bytes.
+    let mut zlib = vec![0x78, 0x01, 0x01];
+    let len = u16::try_from(raw_len).expect("stored block length");
+    zlib.extend_from_slice(&len.to_le_bytes());
+    zlib.extend_from_slice(&(!len).to_le_bytes());
+    zlib.extend_from_slice(&raw);
+    let (mut a, mut b) = (1u32, 0u32);
+    for &byte in &raw {
+        a = (a + u32::from(byte)) % 65_521;
+        b = (b + a) % 65_521;
+    }
+    zlib.extend_from_slice(&((b << 16) | a).to_be_bytes());
+
+    let mut png = vec![0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
+    let mut ihdr = Vec::with_capacity(13);
+    ihdr.extend_from_slice(&width.to_be_bytes());
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    // bit depth 8, colour type 6 (RGBA), deflate, adaptive filter, no interlace
+    ihdr.extend_from_slice(&[8, 6, 0, 0, 0]);
+    png_chunk(&mut png, b"IHDR", &ihdr);
+    png_chunk(&mut png, b"IDAT", &zlib);
+    png_chunk(&mut png, b"IEND", &[]);
+    png
+}
+
+/// A real baseline JPEG (a small [`test_image`]) whose SOF0 header is
+/// patched to declare `width`x`height`: the decoder's first look says
+/// "huge", the data behind it is small.
+pub fn jpeg_claiming(width: u16, height: u16) -> Result<Vec<u8>> {
+    let mut jpeg = test_image(64, 48, image::ImageFormat::Jpeg)?;
+    let sof = jpeg
+        .windows(2)
+        .position(|w| w == [0xFF, 0xC0])
+        .context("the encoded JPEG has no baseline SOF0 marker")?;
+    // FF C0, length (2), precision (1), height (2), width (2)
+    ensure!(jpeg.len() > sof + 9, "truncated SOF0 segment");
+    jpeg[sof + 5..sof + 7].copy_from_slice(&height.to_be_bytes());
+    jpeg[sof + 7..sof + 9].copy_from_slice(&width.to_be_bytes());
+    Ok(jpeg)
+}
+
+/// The dimensions an image's header declares, read without decoding it.
+pub fn declared_dimensions(bytes: &[u8]) -> Result<(u32, u32)> {
+    image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()?
+        .into_dimensions()
+        .context("cannot read the image header")
+}
+
+/// Splits a header value at `;` outside double quotes.
+fn split_header_params(value: &str) -> Vec<String> {
+    let mut parts = vec![String::new()];
+    let (mut quoted, mut escaped) = (false, false);
+    for c in value.chars() {
+        let current = parts.last_mut().expect("never empty");
+        if escaped {
+            escaped = false;
+            current.push(c);
+        } else if quoted && c == '\\' {
+            escaped = true;
+            current.push(c);
+        } else if c == '"' {
+            quoted = !quoted;
+            current.push(c);
+        } else if c == ';' && !quoted {
+            parts.push(String::new());
+        } else {
+            current.push(c);
+        }
+    }
+    parts.into_iter().map(|p| p.trim().to_owned()).collect()
+}
+
+/// Decodes `%XX` escapes (RFC 5987 `ext-value` payloads).
+fn percent_decode(s: &str) -> Result<Vec<u8>> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s
+                .get(i + 1..i + 3)
+                .with_context(|| format!("truncated %-escape in {s:?}"))?;
+            out.push(
+                u8::from_str_radix(hex, 16).with_context(|| format!("bad %-escape in {s:?}"))?,
+            );
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// Parses a `Content-Disposition` value into its lower-cased type (`inline`,
+/// `attachment`) and its file name: `filename*` (RFC 6266 / 5987, UTF-8)
+/// when present, else the (possibly quoted) `filename`.
+pub fn parse_content_disposition(value: &str) -> Result<(String, Option<String>)> {
+    let parts = split_header_params(value);
+    let kind = parts[0].to_ascii_lowercase();
+    ensure!(
+        !kind.is_empty() && !kind.contains('='),
+        "Content-Disposition {value:?} does not start with a disposition type"
+    );
+    let (mut plain, mut extended) = (None, None);
+    for param in &parts[1..] {
+        if param.is_empty() {
+            continue;
+        }
+        let (name, raw) = param
+            .split_once('=')
+            .with_context(|| format!("parameter {param:?} of {value:?} has no value"))?;
+        let (name, raw) = (name.trim().to_ascii_lowercase(), raw.trim());
+        match name.as_str() {
+            "filename" => {
+                let unquoted = match raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+                    Some(inner) => {
+                        let mut out = String::new();
+                        let mut chars = inner.chars();
+                        while let Some(c) = chars.next() {
+                            if c == '\\' {
+                                out.extend(chars.next());
+                            } else {
+                                out.push(c);
+                            }
+                        }
+                        out
+                    }
+                    None => raw.to_owned(),
+                };
+                plain = Some(unquoted);
+            }
+            "filename*" => {
+                let (charset, rest) = raw
+                    .split_once('\'')
+                    .with_context(|| format!("filename* of {value:?} has no charset"))?;
+                ensure!(
+                    charset.eq_ignore_ascii_case("utf-8"),
+                    "filename* of {value:?} is not UTF-8"
+                );
+                let (_language, encoded) = rest
+                    .split_once('\'')
+                    .with_context(|| format!("filename* of {value:?} has no language part"))?;
+                let decoded = String::from_utf8(percent_decode(encoded)?)
+                    .with_context(|| format!("filename* of {value:?} is not UTF-8"))?;
+                extended = Some(decoded);
+            }
+            _ => {}
+        }
+    }
+    Ok((kind, extended.or(plain)))
+}
+
+impl BytesReply {
+    /// The parsed `Content-Disposition` header: (type, file name); fails if
+    /// the header is missing or malformed.
+    pub fn disposition(&self) -> Result<(String, Option<String>)> {
+        parse_content_disposition(self.expect_header("content-disposition")?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2386,6 +3058,42 @@ mod tests {
         assert_eq!(tables, want);
         assert_eq!(toml_table_header("[[a.b]]").as_deref(), Some("a.b"));
         assert_eq!(toml_table_header("key = [1, 2]"), None);
+    }
+
+    #[test]
+    fn content_disposition_is_parsed() {
+        let (kind, name) = parse_content_disposition("inline; filename=\"cat.png\"").unwrap();
+        assert_eq!(
+            (kind.as_str(), name.as_deref()),
+            ("inline", Some("cat.png"))
+        );
+        let (kind, name) =
+            parse_content_disposition("Attachment; filename=\"a\\\"; b.html\"").unwrap();
+        assert_eq!(
+            (kind.as_str(), name.as_deref()),
+            ("attachment", Some("a\"; b.html"))
+        );
+        let (_, name) = parse_content_disposition(
+            "inline; filename=\"caf.png\"; filename*=UTF-8''caf%C3%A9.png",
+        )
+        .unwrap();
+        assert_eq!(name.as_deref(), Some("café.png"));
+        let (kind, name) = parse_content_disposition("attachment").unwrap();
+        assert_eq!((kind.as_str(), name), ("attachment", None));
+        assert!(parse_content_disposition("filename=x").is_err());
+    }
+
+    #[test]
+    fn hand_made_pngs_are_valid_images() {
+        let png = hand_made_png(64, 48);
+        let img = decode_image(&png).unwrap();
+        assert_eq!((img.width(), img.height()), (64, 48));
+        let bomb = hand_made_png(100_000, 100_000);
+        assert!(bomb.len() < 70_000);
+        assert_eq!(declared_dimensions(&bomb).unwrap(), (100_000, 100_000));
+        let jpeg = jpeg_claiming(65_000, 65_000).unwrap();
+        assert_eq!(declared_dimensions(&jpeg).unwrap(), (65_000, 65_000));
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
     }
 
     #[tokio::test]

@@ -53,6 +53,45 @@ impl ChunkSource for BodyChunks {
     }
 }
 
+/// How much of a refused upload is read and thrown away so the client gets
+/// to see the error instead of a broken pipe (RFC 9112 section 9.6); past
+/// this the connection is simply closed.
+const DRAIN_CAP: usize = 64 * 1024 * 1024;
+
+async fn drain(mut chunks: BodyChunks) {
+    let mut seen = 0;
+    while let Ok(Some(c)) = chunks.next_chunk().await {
+        seen += c.len();
+        if seen > DRAIN_CAP {
+            break;
+        }
+    }
+}
+
+/// Answers a refused upload at once, while a background task reads and
+/// discards what the client still sends (bounded in size and time), so
+/// the client sees the error and not a broken pipe.
+fn refuse(e: Error, chunks: BodyChunks) -> Response {
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(30), drain(chunks)).await;
+    });
+    let mut resp = e.into_response();
+    // The body is being drained, so the connection stays usable.
+    resp.headers_mut().remove(header::CONNECTION);
+    resp
+}
+
+/// Stores the request body as media, or refuses it (see `refuse`).
+async fn receive(s: &AppState, user: &ruma::UserId, id: Option<&str>, filename: Option<String>, req: Request) -> std::result::Result<String, Response> {
+    let ct = content_type(req.headers());
+    let declared = declared_length(req.headers());
+    let mut chunks = BodyChunks(req.into_body());
+    if let Err(e) = s.media.check_declared(user, declared) {
+        return Err(refuse(e, chunks));
+    }
+    s.media.store_upload(user, id, ct, filename, &mut chunks).await.map_err(|e| refuse(e, chunks))
+}
+
 #[derive(Deserialize)]
 pub struct UploadQuery {
     filename: Option<String>,
@@ -73,12 +112,14 @@ fn check_filename(name: &Option<String>) -> Result<()> {
     Ok(())
 }
 
-pub async fn upload(State(s): State<AppState>, Auth(session): Auth, Q(q): Q<UploadQuery>, req: Request) -> Result<Json<Value>> {
-    check_filename(&q.filename)?;
-    s.media.check_declared(&session.user_id, declared_length(req.headers()))?;
-    let ct = content_type(req.headers());
-    let id = s.media.store_upload(&session.user_id, None, ct, q.filename, BodyChunks(req.into_body())).await?;
-    Ok(Json(json!({"content_uri": format!("mxc://{}/{id}", s.media.server_name())})))
+pub async fn upload(State(s): State<AppState>, Auth(session): Auth, Q(q): Q<UploadQuery>, req: Request) -> Response {
+    if let Err(e) = check_filename(&q.filename) {
+        return refuse(e, BodyChunks(req.into_body()));
+    }
+    match receive(&s, &session.user_id, None, q.filename, req).await {
+        Ok(id) => Json(json!({"content_uri": format!("mxc://{}/{id}", s.media.server_name())})).into_response(),
+        Err(resp) => resp,
+    }
 }
 
 pub async fn create(State(s): State<AppState>, Auth(session): Auth) -> Result<Json<Value>> {
@@ -92,16 +133,24 @@ pub async fn upload_to(
     P((server, id)): P<(String, String)>,
     Q(q): Q<UploadQuery>,
     req: Request,
-) -> Result<Json<Value>> {
-    check_filename(&q.filename)?;
-    s.media.check_reserved(&session.user_id, &server, &id)?;
-    s.media.check_declared(&session.user_id, declared_length(req.headers()))?;
-    let ct = content_type(req.headers());
-    // Re-checked after the body is in: two racing PUTs must not both land.
-    let _guard = s.media_put_lock.lock().await;
-    s.media.check_reserved(&session.user_id, &server, &id)?;
-    s.media.store_upload(&session.user_id, Some(&id), ct, q.filename, BodyChunks(req.into_body())).await?;
-    Ok(Json(json!({})))
+) -> Response {
+    if let Err(e) = check_filename(&q.filename) {
+        return refuse(e, BodyChunks(req.into_body()));
+    }
+    // Two racing PUTs into one ID must not both land: the second is told
+    // the ID is taken while the first is still receiving.
+    let claimed = s.media.claim_upload(&id);
+    let check = match &claimed {
+        Some(_) => s.media.check_reserved(&session.user_id, &server, &id),
+        None => Err(Error::CannotOverwriteMedia),
+    };
+    if let Err(e) = check {
+        return refuse(e, BodyChunks(req.into_body()));
+    }
+    match receive(&s, &session.user_id, Some(&id), q.filename, req).await {
+        Ok(_) => Json(json!({})).into_response(),
+        Err(resp) => resp,
+    }
 }
 
 pub async fn config(State(s): State<AppState>, Auth(_session): Auth) -> Json<Value> {

@@ -57,6 +57,20 @@ pub struct Media {
     server_name: OwnedServerName,
     /// Bounds concurrent image decodes (each may need tens of MiB).
     pub(crate) decoders: Arc<tokio::sync::Semaphore>,
+    /// Reserved IDs whose upload is being received right now.
+    receiving: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+}
+
+/// Marks a reserved ID as being received until dropped.
+pub struct UploadClaim {
+    id: String,
+    receiving: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+}
+
+impl Drop for UploadClaim {
+    fn drop(&mut self) {
+        self.receiving.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+    }
 }
 
 fn media_key(server: &str, id: &str) -> Vec<u8> {
@@ -78,7 +92,13 @@ impl Media {
                 let _ = std::fs::remove_file(e.path());
             }
         }
-        Ok(Media { store, config: Arc::new(config), server_name, decoders: Arc::new(tokio::sync::Semaphore::new(2)) })
+        Ok(Media {
+            store,
+            config: Arc::new(config),
+            server_name,
+            decoders: Arc::new(tokio::sync::Semaphore::new(2)),
+            receiving: Default::default(),
+        })
     }
 
     pub fn server_name(&self) -> &str {
@@ -152,6 +172,12 @@ impl Media {
         Ok((id, expires))
     }
 
+    /// Claims a reserved ID for one upload at a time (`None`: another is running).
+    pub fn claim_upload(&self, id: &str) -> Option<UploadClaim> {
+        let mut set = self.receiving.lock().unwrap_or_else(|p| p.into_inner());
+        set.insert(id.to_owned()).then(|| UploadClaim { id: id.to_owned(), receiving: self.receiving.clone() })
+    }
+
     /// Checks that `user` may upload into a reserved ID.
     pub fn check_reserved(&self, user: &UserId, server: &str, id: &str) -> Result<()> {
         if server != self.server_name.as_str() {
@@ -176,7 +202,7 @@ impl Media {
         id: Option<&str>,
         content_type: Option<String>,
         filename: Option<String>,
-        mut chunks: S,
+        chunks: &mut S,
     ) -> Result<String>
     where
         S: ChunkSource,
