@@ -1,26 +1,8 @@
 #!/usr/bin/env bash
-# One-shot: start a fresh release Bellwire on 127.0.0.1 (empty data dir, open registration,
-# rate limits off), run bench/media_bench.py against it with --pid, then stop it by its PID.
+# One-shot: start a fresh release Bellwire (see start_bellwire.sh; 100 MiB
+# upload limit), run bench/media_bench.py against it with --pid, then stop it.
 #   bench/run_bellwire_media_bench.sh --files 40 --size-mib 5 --out bench/results/media.json
 set -euo pipefail
-BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ROOT="$(cd "$BENCH_DIR/.." && pwd)"
-TARGET="${CARGO_TARGET_DIR:-$HOME/.cache/bellwire/target}"
-BIN="${BELLWIRE_BIN:-$TARGET/release/bellwire}"
-if [ ! -x "$BIN" ]; then
-  (cd "$ROOT" && ./scripts/prereqs.sh && CARGO_TARGET_DIR="$TARGET" cargo build --release -p bellwire --bin bellwire)
-fi
-DATA="$(mktemp -d)"
-OUT="$DATA/stdout"
-BELLWIRE_LISTEN=127.0.0.1:0 BELLWIRE_DATABASE__PATH="$DATA/db" BELLWIRE_REGISTRATION__MODE=open BELLWIRE_RATE_LIMITS__ENABLED=false \
-  BELLWIRE_MEDIA__MAX_UPLOAD_BYTES=104857600 BELLWIRE_LOG=warn "$BIN" >"$OUT" 2>"$DATA/stderr" &
-PID=$!
-trap 'kill "$PID" 2>/dev/null; wait "$PID" 2>/dev/null; rm -rf "$DATA"' EXIT
-for _ in $(seq 100); do
-  grep -q 'listening on' "$OUT" 2>/dev/null && break
-  sleep 0.1
-done
-ADDR="$(sed -n 's/^bellwire: listening on //p' "$OUT")"
-[ -n "$ADDR" ] || { echo "Bellwire did not start:" >&2; cat "$DATA/stderr" >&2; exit 1; }
-SHA="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+export BELLWIRE_MEDIA__MAX_UPLOAD_BYTES=104857600
+source "$(dirname "${BASH_SOURCE[0]}")/start_bellwire.sh"
 "$BENCH_DIR/media_bench.py" --url "http://$ADDR" --pid "$PID" --label "bellwire $SHA" "$@"
