@@ -49,6 +49,9 @@ pub struct MediaRecord {
 const MEDIA: Table<MediaRecord> = Table::new("media");
 /// `user -> bytes uploaded`.
 const MEDIA_USAGE: Table<u64> = Table::new("media_usage");
+/// `(user, media ID) -> expiry`: the user's open reservations, so counting
+/// them never scans all media.
+const MEDIA_PENDING: Table<u64> = Table::new("media_pending");
 
 #[derive(Clone)]
 pub struct Media {
@@ -146,17 +149,22 @@ impl Media {
 
     /// Reserves a media ID to upload into later (`/create`).
     pub fn create(&self, user: &UserId) -> Result<(String, u64)> {
-        let pending = self
-            .store
-            .scan_prefix(MEDIA, &keys::strs(&[self.server_name.as_str()]))?
-            .into_iter()
-            .filter(|(_, r)| r.pending && r.uploader == user.as_str() && r.expires_ts.is_some_and(|t| t >= now_ms()))
-            .count();
-        if pending >= MAX_PENDING_PER_USER {
+        let now = now_ms();
+        let mut batch = self.store.batch();
+        let mut open = 0;
+        for (k, expires) in self.store.scan_prefix(MEDIA_PENDING, &keys::strs(&[user.as_str()]))? {
+            if expires < now {
+                batch.delete(MEDIA_PENDING, &k);
+            } else {
+                open += 1;
+            }
+        }
+        if open >= MAX_PENDING_PER_USER {
+            batch.commit()?;
             return Err(Error::LimitExceeded { retry_after_ms: 60_000 });
         }
         let id = random_string(24);
-        let expires = now_ms() + UNUSED_EXPIRY_MS;
+        let expires = now + UNUSED_EXPIRY_MS;
         let rec = MediaRecord {
             uploader: user.to_string(),
             content_type: None,
@@ -168,7 +176,9 @@ impl Media {
             expires_ts: Some(expires),
             legacy_ok: self.config.legacy_unauthenticated_downloads,
         };
-        self.store.put(MEDIA, &media_key(self.server_name.as_str(), &id), &rec)?;
+        batch.put(MEDIA, &media_key(self.server_name.as_str(), &id), &rec);
+        batch.put(MEDIA_PENDING, &keys::strs(&[user.as_str(), &id]), &expires);
+        batch.commit()?;
         Ok((id, expires))
     }
 
@@ -255,6 +265,7 @@ impl Media {
         let mut batch = self.store.batch();
         batch.put(MEDIA, &media_key(self.server_name.as_str(), &id), &rec);
         batch.put(MEDIA_USAGE, user.as_bytes(), &self.usage(user)?.saturating_add(size));
+        batch.delete(MEDIA_PENDING, &keys::strs(&[user.as_str(), &id]));
         batch.commit()?;
         Ok(id)
     }

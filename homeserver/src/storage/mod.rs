@@ -67,6 +67,7 @@ pub const COLUMN_FAMILIES: &[&str] = &[
     "media",
     "media_usage",
     "media_thumbnails",
+    "media_pending",
 ];
 
 /// A typed table: a column family whose values are JSON-encoded `V`.
