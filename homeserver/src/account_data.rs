@@ -64,6 +64,14 @@ impl AccountData {
         Ok(())
     }
 
+    /// Senders on the user's ignore list (`m.ignored_user_list`).
+    pub fn ignored_users(&self, user: &UserId) -> Result<std::collections::BTreeSet<String>> {
+        let list = self.get(user, None, "m.ignored_user_list")?;
+        Ok(list
+            .and_then(|l| l.get("ignored_users").and_then(Value::as_object).map(|m| m.keys().cloned().collect()))
+            .unwrap_or_default())
+    }
+
     /// Everything of `user`'s that changed in `(since, upto]` (all of it for 0).
     pub fn changed_since(&self, user: &UserId, since: u64, upto: u64) -> Result<Changes> {
         let mut out = Changes::default();

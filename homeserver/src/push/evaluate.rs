@@ -8,7 +8,7 @@ use std::{
 };
 
 use ruma::{
-    Int, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
+    Int, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UInt,
     power_levels::NotificationPowerLevels,
     push::{Action, PushConditionPowerLevelsCtx, PushConditionRoomCtx},
     room_version_rules::{RoomPowerLevelsRules, RoomVersionRules},
@@ -37,11 +37,6 @@ pub fn thread_of(content: &Value) -> Option<String> {
     (rel.get("rel_type")?.as_str()? == "m.thread").then(|| rel.get("event_id")?.as_str().map(str::to_owned)).flatten()
 }
 
-/// Whether `user` has put `sender` on their ignore list.
-pub fn ignores(push: &Push, user: &UserId, sender: &UserId) -> Result<bool> {
-    let list = push.account_data.get(user, None, "m.ignored_user_list")?;
-    Ok(list.is_some_and(|l| l.get("ignored_users").and_then(|m| m.get(sender.as_str())).is_some()))
-}
 
 /// Push rule conditions never wait on anything here (no thread-subscription
 /// callback is installed), so their futures finish on the first poll.
@@ -94,7 +89,7 @@ pub fn decide(push: &Push, rooms: &Rooms, room_id: &RoomId, pdu: &Pdu, raw: &Raw
     let thread = thread_of(&pdu.content_value());
     let mut out = Vec::new();
     for user in recipients {
-        if ignores(push, &user, &pdu.sender)? {
+        if push.account_data.ignored_users(&user)?.contains(pdu.sender.as_str()) {
             continue;
         }
         let ruleset = push.ruleset(&user)?;

@@ -74,14 +74,6 @@ pub struct SyncService {
     pub(crate) max_timeout_ms: u64,
 }
 
-/// Senders on the user's ignore list (`m.ignored_user_list`).
-pub fn ignored_users(account_data: &AccountData, user: &UserId) -> Result<BTreeSet<String>> {
-    let list = account_data.get(user, None, "m.ignored_user_list")?;
-    Ok(list
-        .and_then(|l| l.get("ignored_users").and_then(Value::as_object).map(|m| m.keys().cloned().collect()))
-        .unwrap_or_default())
-}
-
 impl SyncService {
     /// Answers at once when there is news (or on an initial sync); otherwise
     /// sleeps until the user's notifier fires or the timeout passes.
@@ -128,7 +120,7 @@ impl SyncService {
         let since_pos = since.unwrap_or(0);
         let filter = &req.filter;
         let changes = self.account_data.changed_since(user, since_pos, upto)?;
-        let ignored = ignored_users(&self.account_data, user)?;
+        let ignored = self.account_data.ignored_users(user)?;
         let mut join = Map::new();
         let mut invite = Map::new();
         let mut leave = Map::new();

@@ -15,7 +15,7 @@ use crate::{
     error::{Error, Result},
     ratelimit::Action,
     rooms::{NewEvent, Txn, pdu::{StoredEvent, client_event, parse_event_id}},
-    sync::{ignored_users, parse_token},
+    sync::parse_token,
 };
 
 pub async fn send(
@@ -221,7 +221,7 @@ pub async fn messages(State(s): State<AppState>, Auth(session): Auth, P(room): P
     };
     let now = now_ms();
     let device = Some(session.device_id.as_str());
-    let ignored = ignored_users(&s.account_data, &session.user_id)?;
+    let ignored = s.account_data.ignored_users(&session.user_id)?;
     let chunk: Vec<Value> = events
         .iter()
         .map(|e| s.rooms.client_event_for(e, &session.user_id, device, visible, now))
@@ -275,7 +275,7 @@ pub async fn context(
     let after = s.rooms.timeline_range(&room, ev.pos, visible, false, limit - limit / 2)?;
     let now = now_ms();
     let device = Some(session.device_id.as_str());
-    let ignored = ignored_users(&s.account_data, &session.user_id)?;
+    let ignored = s.account_data.ignored_users(&session.user_id)?;
     let fmt = |list: &[StoredEvent]| -> Vec<Value> {
         list.iter()
             .map(|e| s.rooms.client_event_for(e, &session.user_id, device, visible, now))

@@ -11,7 +11,6 @@ use crate::{
         extract::{Auth, P, Q, room_id},
     },
     error::{Error, Result},
-    sync::ignored_users,
 };
 
 #[derive(Deserialize)]
@@ -59,7 +58,7 @@ async fn relations_inner(
         limit,
         visible,
     )?;
-    let ignored = ignored_users(&s.account_data, &session.user_id)?;
+    let ignored = s.account_data.ignored_users(&session.user_id)?;
     let now = now_ms();
     let device = Some(session.device_id.as_str());
     let chunk: Vec<Value> = events
