@@ -1127,16 +1127,7 @@ impl Http {
             .await
             .with_context(|| format!("{method} {path}"))?;
         let status = resp.status().as_u16();
-        let headers = resp
-            .headers()
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_ascii_lowercase(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect();
+        let headers = header_list(&resp);
         let text = resp
             .text()
             .await
@@ -2584,16 +2575,7 @@ impl Http {
             .await
             .with_context(|| format!("{method} {path}"))?;
         let status = resp.status().as_u16();
-        let headers = resp
-            .headers()
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_ascii_lowercase(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect();
+        let headers = header_list(&resp);
         let body = resp
             .bytes()
             .await
@@ -3111,4 +3093,12 @@ mod tests {
             "unexpected error: {err:#}"
         );
     }
+}
+
+/// A response's headers as `(lower-case name, value)` pairs, in order.
+fn header_list(resp: &reqwest::Response) -> Vec<(String, String)> {
+    resp.headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_ascii_lowercase(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect()
 }
