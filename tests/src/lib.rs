@@ -1105,16 +1105,7 @@ impl Http {
         headers: &[(&str, &str)],
         body: Body,
     ) -> Result<Reply> {
-        let method = reqwest::Method::from_bytes(method.as_bytes())?;
-        let mut req = self
-            .client
-            .request(method.clone(), format!("{}{path}", self.base));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        for (name, value) in headers {
-            req = req.header(*name, *value);
-        }
+        let mut req = self.request(method, path, token, headers)?;
         req = match body {
             Body::None => req,
             Body::Json(v) => req
@@ -2546,6 +2537,19 @@ impl Mxc {
 }
 
 impl Http {
+    /// A request to `path` on this server with the token and extra headers set.
+    fn request(&self, method: &str, path: &str, token: Option<&str>, headers: &[(&str, &str)]) -> Result<reqwest::RequestBuilder> {
+        let method = reqwest::Method::from_bytes(method.as_bytes())?;
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        Ok(req)
+    }
+
     /// Sends `method path` with `body` as raw bytes and exactly the given
     /// extra `headers` (no Content-Type unless one is among them), keeping
     /// the answer's body as bytes.
@@ -2557,16 +2561,7 @@ impl Http {
         headers: &[(&str, &str)],
         body: Option<Vec<u8>>,
     ) -> Result<BytesReply> {
-        let method = reqwest::Method::from_bytes(method.as_bytes())?;
-        let mut req = self
-            .client
-            .request(method.clone(), format!("{}{path}", self.base));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        for (name, value) in headers {
-            req = req.header(*name, *value);
-        }
+        let mut req = self.request(method, path, token, headers)?;
         if let Some(body) = body {
             req = req.body(body);
         }
@@ -3017,6 +3012,14 @@ impl BytesReply {
     }
 }
 
+/// A response's headers as `(lower-case name, value)` pairs, in order.
+fn header_list(resp: &reqwest::Response) -> Vec<(String, String)> {
+    resp.headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_ascii_lowercase(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -3093,12 +3096,4 @@ mod tests {
             "unexpected error: {err:#}"
         );
     }
-}
-
-/// A response's headers as `(lower-case name, value)` pairs, in order.
-fn header_list(resp: &reqwest::Response) -> Vec<(String, String)> {
-    resp.headers()
-        .iter()
-        .map(|(k, v)| (k.as_str().to_ascii_lowercase(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-        .collect()
 }
