@@ -39,6 +39,8 @@ use matrix_sdk::{
 };
 use serde_json::{Value, json};
 
+pub mod tls;
+
 /// How long any single "wait until X happens" may take.
 pub const WAIT: Duration = Duration::from_secs(20);
 /// How long the server may take to print its ready line.
