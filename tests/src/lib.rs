@@ -39,6 +39,7 @@ use matrix_sdk::{
 };
 use serde_json::{Value, json};
 
+pub mod federation;
 pub mod tls;
 
 /// How long any single "wait until X happens" may take.
@@ -49,8 +50,12 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// The line prefix the server prints on stdout once it accepts connections.
 pub const READY_PREFIX: &str = "bellwire: listening on ";
-/// Every test server uses this server name.
+/// The server name of every test server that does not set
+/// [`ServerOptions::server_name`].
 pub const SERVER_NAME: &str = "localhost";
+/// The line a federating server prints on stdout once its TLS listener is
+/// up, before [`READY_PREFIX`].
+pub const FEDERATION_READY_PREFIX: &str = "bellwire: federation listening on ";
 
 // ---------------------------------------------------------------------------
 // Server process
@@ -59,6 +64,9 @@ pub const SERVER_NAME: &str = "localhost";
 /// Settings written into the config file of a test server.
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
+    /// `server_name`; `None` means [`SERVER_NAME`]. A federating server's
+    /// name carries its federation port (`localhost:PORT`).
+    pub server_name: Option<String>,
     /// `default_room_version`; `None` leaves the server's own default.
     pub default_room_version: Option<String>,
     /// `max_request_bytes`; `None` leaves the server's own default.
@@ -84,6 +92,7 @@ pub struct ServerOptions {
 impl Default for ServerOptions {
     fn default() -> Self {
         Self {
+            server_name: None,
             default_room_version: None,
             max_request_bytes: None,
             registration_mode: "open".to_owned(),
@@ -100,6 +109,9 @@ pub struct TestServer {
     options: ServerOptions,
     child: Option<Child>,
     addr: Option<SocketAddr>,
+    /// The address of the federation (TLS) listener the running process
+    /// announced, if it federates.
+    federation_addr: Option<SocketAddr>,
     starts: u32,
 }
 
@@ -205,6 +217,7 @@ impl TestServer {
             options,
             child: None,
             addr: None,
+            federation_addr: None,
             starts: 0,
         };
         server.write_config()?;
@@ -218,6 +231,27 @@ impl TestServer {
             Some(addr) => format!("http://{addr}"),
             None => panic!("the test server is not running"),
         }
+    }
+
+    /// This server's name (`server_name` in its config).
+    pub fn server_name(&self) -> &str {
+        self.options.server_name.as_deref().unwrap_or(SERVER_NAME)
+    }
+
+    /// `@localpart:<this server's name>`
+    pub fn user_id(&self, localpart: &str) -> OwnedUserId {
+        UserId::parse(format!("@{localpart}:{}", self.server_name())).expect("valid user id")
+    }
+
+    /// The federation (TLS) listener's address as the running process
+    /// announced it; `None` if the server does not federate.
+    pub fn federation_addr(&self) -> Option<SocketAddr> {
+        self.federation_addr
+    }
+
+    /// The options this server was started with.
+    pub fn options(&self) -> &ServerOptions {
+        &self.options
     }
 
     /// The directory holding config, database and logs.
@@ -263,7 +297,7 @@ impl TestServer {
     fn write_config(&self) -> Result<()> {
         let o = &self.options;
         let mut cfg = String::new();
-        cfg.push_str(&format!("server_name = {}\n", toml_str(SERVER_NAME)));
+        cfg.push_str(&format!("server_name = {}\n", toml_str(self.server_name())));
         cfg.push_str(&format!("listen = {}\n", toml_str("127.0.0.1:0")));
         if let Some(v) = &o.default_room_version {
             cfg.push_str(&format!("default_room_version = {}\n", toml_str(v)));
@@ -352,23 +386,29 @@ impl TestServer {
 
         // A thread reads stdout for the ready line and keeps draining it
         // afterwards so the server can never block on a full pipe.
-        let (tx, rx) = tokio::sync::oneshot::channel::<String>();
+        // The federation listener's line comes before the ready line and is
+        // handed over with it.
+        let (tx, rx) = tokio::sync::oneshot::channel::<(String, Option<String>)>();
         std::thread::spawn(move || {
             let mut tx = Some(tx);
+            let mut federation = None;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 let _ = writeln!(stdout_log, "{line}");
+                if let Some(rest) = line.strip_prefix(FEDERATION_READY_PREFIX) {
+                    federation = Some(rest.trim().to_owned());
+                }
                 if let Some(rest) = line.strip_prefix(READY_PREFIX)
                     && let Some(tx) = tx.take()
                 {
-                    let _ = tx.send(rest.trim().to_owned());
+                    let _ = tx.send((rest.trim().to_owned(), federation.take()));
                 }
             }
         });
         self.child = Some(child);
 
-        let addr = match tokio::time::timeout(READY_TIMEOUT, rx).await {
-            Ok(Ok(addr)) => addr,
+        let (addr, federation_addr) = match tokio::time::timeout(READY_TIMEOUT, rx).await {
+            Ok(Ok(lines)) => lines,
             Ok(Err(_)) => {
                 // stdout closed without the ready line: the process ended.
                 let status = self.wait_exit(Duration::from_secs(5)).await;
@@ -389,6 +429,12 @@ impl TestServer {
             .parse()
             .with_context(|| format!("ready line has no socket address: {READY_PREFIX}{addr}"))?;
         self.addr = Some(addr);
+        self.federation_addr = match federation_addr {
+            Some(a) => Some(a.parse().with_context(|| {
+                format!("federation line has no socket address: {FEDERATION_READY_PREFIX}{a}")
+            })?),
+            None => None,
+        };
         Ok(())
     }
 
@@ -402,6 +448,7 @@ impl TestServer {
                 Ok(Some(status)) => {
                     self.child = None;
                     self.addr = None;
+                    self.federation_addr = None;
                     return Some(status);
                 }
                 Ok(None) if Instant::now() < deadline => {
@@ -464,7 +511,7 @@ impl TestServer {
 
     /// A raw HTTP helper pointed at this server.
     pub fn http(&self) -> Http {
-        Http::new(&self.url())
+        Http::new(&self.url()).for_server(self.server_name())
     }
 
     /// A matrix-sdk client for this server, not logged in, with an in-memory
@@ -1065,6 +1112,9 @@ impl Reply {
 pub struct Http {
     pub base: String,
     client: reqwest::Client,
+    /// The name of the server behind `base`: uploads must answer content
+    /// URIs on it. [`SERVER_NAME`] unless set with [`Http::for_server`].
+    pub server_name: String,
 }
 
 /// A raw request body.
@@ -1084,7 +1134,14 @@ impl Http {
         Self {
             base: base.trim_end_matches('/').to_owned(),
             client,
+            server_name: SERVER_NAME.to_owned(),
         }
+    }
+
+    /// The same helper for a server named `server_name`.
+    pub fn for_server(mut self, server_name: &str) -> Self {
+        self.server_name = server_name.to_owned();
+        self
     }
 
     /// Sends `method path` (path starting with `/_matrix/...`).
@@ -1580,7 +1637,7 @@ impl RawSync {
 impl User {
     /// A raw HTTP helper pointed at this user's homeserver.
     pub fn http(&self) -> Http {
-        Http::new(self.client.homeserver().as_str())
+        Http::new(self.client.homeserver().as_str()).for_server(self.user_id.server_name().as_str())
     }
 
     /// A raw /sync loop with this user's access token.
@@ -1694,6 +1751,15 @@ impl SigningKey {
         Self {
             keypair: matrix_sdk::encryption::vodozemac::Ed25519Keypair::new(),
             key_id: format!("ed25519:{device_id}"),
+        }
+    }
+
+    /// A fresh key signing under `key_id` (`ed25519:<name>`), e.g. a
+    /// server's signing key.
+    pub fn named(key_id: &str) -> Self {
+        Self {
+            keypair: matrix_sdk::encryption::vodozemac::Ed25519Keypair::new(),
+            key_id: key_id.to_owned(),
         }
     }
 
@@ -2637,8 +2703,9 @@ impl Http {
             .with_context(|| format!("upload answer without content_uri: {}", r.preview()))?;
         let mxc = Mxc::parse(uri)?;
         ensure!(
-            mxc.server_name == SERVER_NAME,
-            "an upload to {SERVER_NAME} got a content URI of another server: {uri}"
+            mxc.server_name == self.server_name,
+            "an upload to {} got a content URI of another server: {uri}",
+            self.server_name
         );
         Ok(mxc)
     }
