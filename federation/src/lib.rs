@@ -3,6 +3,10 @@
 //! The homeserver persists what this crate produces; nothing here does I/O,
 //! so every rule is unit-testable on its own.
 
+pub mod discovery;
+pub mod request_auth;
+pub mod server_keys;
+
 use ruma::{
     CanonicalJsonObject, OwnedEventId, OwnedRoomId, RoomVersionId,
     room_version_rules::RoomVersionRules,
@@ -19,6 +23,10 @@ pub enum FederationError {
     UnsupportedRoomVersion(RoomVersionId),
     #[error("invalid identifier: {0}")]
     Id(#[from] ruma::IdParseError),
+    #[error("bad request authentication: {0}")]
+    BadAuth(String),
+    #[error("event fails verification: {0}")]
+    Unverified(#[from] ruma::signatures::VerificationError),
 }
 
 /// A server's Ed25519 signing key with its key version (`ed25519:<version>`).
@@ -74,6 +82,51 @@ pub fn hash_sign_and_id(
     ruma::signatures::hash_and_sign_event(origin, &key.pair, pdu, &rules.redaction)?;
     let hash = ruma::signatures::reference_hash(pdu, rules)?;
     Ok(OwnedEventId::try_from(format!("${hash}"))?)
+}
+
+/// Which servers' signatures an incoming PDU needs (the sender's, and for
+/// some membership events the authorising server's).
+pub fn servers_to_verify(pdu: &CanonicalJsonObject, rules: &RoomVersionRules) -> Result<Vec<String>, FederationError> {
+    Ok(ruma::signatures::required_server_signatures_to_verify_event(pdu, &rules.signatures)?
+        .into_iter()
+        .map(|s| s.to_string())
+        .collect())
+}
+
+/// The outcome of checking a received PDU's hashes and signatures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PduCheck {
+    /// Signatures and content hash match: keep the event as it is.
+    Valid,
+    /// Signatures match but the content hash does not: the spec says to
+    /// keep the redacted form.
+    Redact,
+}
+
+/// Checks a received PDU's signatures and content hash with the given
+/// public keys. A signature failure is an error: the event is dropped.
+pub fn check_pdu(
+    keys: &ruma::signatures::PublicKeyMap,
+    pdu: &CanonicalJsonObject,
+    rules: &RoomVersionRules,
+) -> Result<PduCheck, FederationError> {
+    match ruma::signatures::verify_event(keys, pdu, rules)? {
+        ruma::signatures::Verified::All => Ok(PduCheck::Valid),
+        ruma::signatures::Verified::Signatures => Ok(PduCheck::Redact),
+    }
+}
+
+/// A received PDU's event ID (its reference hash, room v3+).
+pub fn event_id_of(pdu: &CanonicalJsonObject, rules: &RoomVersionRules) -> Result<OwnedEventId, FederationError> {
+    let hash = ruma::signatures::reference_hash(pdu, rules)?;
+    Ok(OwnedEventId::try_from(format!("${hash}"))?)
+}
+
+/// Adds this server's signature to an event another server built (for
+/// invites and joins the resident server countersigns).
+pub fn countersign_event(pdu: &mut CanonicalJsonObject, origin: &str, key: &ServerKey, rules: &RoomVersionRules) -> Result<(), FederationError> {
+    ruma::signatures::sign_event(origin, &key.pair, pdu, &rules.redaction)?;
+    Ok(())
 }
 
 /// Room v12+: the room ID is the create event's reference hash with `!`.

@@ -49,6 +49,33 @@ struct RawConfig {
     directory: RawDirectory,
     #[serde(default)]
     media: RawMedia,
+    #[serde(default)]
+    federation: RawFederation,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFederation {
+    enabled: Option<bool>,
+    listen: Option<String>,
+    tls_certificate: Option<String>,
+    tls_private_key: Option<String>,
+    #[serde(default)]
+    trusted_ca_certificates: Vec<String>,
+    max_backoff_secs: Option<u64>,
+}
+
+/// The server-server API's settings; `None` in [`Config::federation`] when off.
+#[derive(Debug, Clone)]
+pub struct FederationConfig {
+    /// The TLS listener other servers reach (it serves the client API too).
+    pub listen: SocketAddr,
+    pub tls_certificate: PathBuf,
+    pub tls_private_key: PathBuf,
+    /// Extra roots trusted for outbound requests (a test or private CA).
+    pub trusted_ca_certificates: Vec<PathBuf>,
+    /// Longest wait between retries to an unreachable server.
+    pub max_backoff_secs: u64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -191,6 +218,7 @@ pub struct Config {
     pub user_directory_search_all: bool,
     pub publish_policy: PublishPolicy,
     pub media: MediaConfig,
+    pub federation: Option<FederationConfig>,
 }
 
 /// `BELLWIRE_*` variables that are not config keys: the log filter, and
@@ -297,7 +325,27 @@ impl Config {
             url_previews: m.url_previews.unwrap_or(false),
             url_preview_allow_private: m.url_preview_allow_private.unwrap_or(false),
         };
+        let f = &raw.federation;
+        let federation = if f.enabled.unwrap_or(false) {
+            let listen = f.listen.clone().unwrap_or_else(|| "0.0.0.0:8448".into());
+            let listen: SocketAddr = listen
+                .parse()
+                .map_err(|e| invalid("federation.listen", format!("expected ADDRESS:PORT: {e}")))?;
+            let need = |key: &str, v: &Option<String>| {
+                v.clone().map(PathBuf::from).ok_or_else(|| invalid(key, "required when federation is enabled".into()))
+            };
+            Some(FederationConfig {
+                listen,
+                tls_certificate: need("federation.tls_certificate", &f.tls_certificate)?,
+                tls_private_key: need("federation.tls_private_key", &f.tls_private_key)?,
+                trusted_ca_certificates: f.trusted_ca_certificates.iter().map(PathBuf::from).collect(),
+                max_backoff_secs: f.max_backoff_secs.unwrap_or(600).max(1),
+            })
+        } else {
+            None
+        };
         Ok(Config {
+            federation,
             media,
             rate_limits,
             presence_enabled: raw.presence.enabled.unwrap_or(true),

@@ -17,6 +17,7 @@ pub mod rooms;
 pub mod services;
 pub mod storage;
 pub mod sync;
+pub mod tls;
 #[cfg(test)]
 mod test_support;
 
@@ -34,6 +35,8 @@ pub enum StartError {
     Listen { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("server failed: {0}")]
     Serve(std::io::Error),
+    #[error("federation TLS: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// Opens the store, builds the services and serves until SIGINT/SIGTERM.
@@ -45,7 +48,27 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         .map_err(|source| StartError::Database { path: config.database_path.display().to_string(), source })?;
     let addr = config.listen;
     let services = Arc::new(services::Services::build(config, store)?);
+    let federation = services.config.federation.clone();
     let app = api::router(services);
+    if let Some(f) = federation {
+        let tls = tls::server_config(&f.tls_certificate, &f.tls_private_key)?;
+        let tcp = tokio::net::TcpListener::bind(f.listen)
+            .await
+            .map_err(|source| StartError::Listen { addr: f.listen, source })?;
+        let bound = tcp.local_addr().map_err(StartError::Serve)?;
+        let listener = tls::TlsListener::new(tcp, tls).map_err(StartError::Serve)?;
+        println!("bellwire: federation listening on {bound}");
+        let app = app.clone();
+        tokio::spawn(async move {
+            use axum::serve::ListenerExt;
+            // tap_io only to get axum's ConnectInfo<SocketAddr> for a custom listener.
+            let listener = listener.tap_io(|_| {});
+            let served = axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).await;
+            if let Err(e) = served {
+                tracing::error!("federation listener stopped: {e}");
+            }
+        });
+    }
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })?;
     let bound = listener.local_addr().map_err(StartError::Serve)?;
     // Tests and scripts read this exact line to learn the port.
