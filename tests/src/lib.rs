@@ -41,6 +41,7 @@ use serde_json::{Value, json};
 
 pub mod federation;
 pub mod tls;
+pub mod synapse;
 
 /// How long any single "wait until X happens" may take.
 pub const WAIT: Duration = Duration::from_secs(20);
