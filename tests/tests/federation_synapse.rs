@@ -1,0 +1,574 @@
+//! Federation with Synapse, the reference homeserver: a Bellwire and a
+//! Synapse on loopback, each named `localhost:PORT` and presenting a
+//! certificate from the same throw-away CA, share rooms. Their users only
+//! talk to their own server through matrix-sdk clients; everything that
+//! crosses over goes through the server-server API.
+//!
+//! Synapse comes from the venv of `scripts/install-synapse.sh`
+//! (`BELLWIRE_SYNAPSE_PYTHON`); without it these tests fail and say so.
+//! When a story fails, the tail of both servers' logs is printed.
+
+use std::collections::BTreeSet;
+
+use anyhow::{Context, Result, ensure};
+use bellwire_tests::{
+    TestServer, User, WAIT, enc,
+    federation::{Federation, port_of},
+    sync_all_until,
+    synapse::SynapseServer,
+};
+use matrix_sdk::ruma::{
+    DeviceId, OwnedRoomId, RoomId, RoomVersionId, UserId,
+    api::client::room::create_room::{self, v3::RoomPreset},
+};
+use serde_json::Value;
+
+const MEGOLM: &str = "m.megolm.v1.aes-sha2";
+
+// ---------------------------------------------------------------------------
+// The two servers
+// ---------------------------------------------------------------------------
+
+/// A federating Bellwire and a Synapse trusting the same test CA.
+struct Pair {
+    /// Owns the CA and Bellwire's certificate; declared first so it outlives
+    /// nothing it is needed for (fields drop in order).
+    federation: Federation,
+    bellwire: TestServer,
+    synapse: SynapseServer,
+}
+
+impl Pair {
+    async fn start() -> Result<Self> {
+        let federation = Federation::new()?;
+        let bellwire = federation.start_server("bellwire").await?;
+        let synapse = SynapseServer::start(federation.ca()).await?;
+        Ok(Self {
+            federation,
+            bellwire,
+            synapse,
+        })
+    }
+
+    /// Passes `result` through; on failure first prints what both servers
+    /// logged, so the federation request that went wrong can be read off.
+    fn report(&self, result: Result<()>) -> Result<()> {
+        if result.is_err() {
+            let bw = self.bellwire.stderr_log();
+            let bw_lines: Vec<&str> = bw.lines().collect();
+            eprintln!(
+                "---- Bellwire {} stderr ({}), last 150 lines ----\n{}\n\
+                 ---- Synapse {} homeserver.log ({}), last 150 lines ----\n{}\n---- end ----",
+                self.bellwire.server_name(),
+                self.bellwire.stderr_path().display(),
+                bw_lines[bw_lines.len().saturating_sub(150)..].join("\n"),
+                self.synapse.server_name(),
+                self.synapse.log_path().display(),
+                self.synapse.log_tail(150),
+            );
+        }
+        result
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+/// `content` of `room`'s `m.room.create` event as `user`'s own server has it.
+async fn create_content(user: &User, room: &RoomId) -> Result<Value> {
+    let r = user
+        .http()
+        .state(&user.access_token(), room.as_str(), "m.room.create", "")
+        .await?;
+    r.expect_ok()
+        .with_context(|| format!("{}'s server: m.room.create of {room}", user.user_id))?;
+    Ok(r.json)
+}
+
+/// `room`'s version as `user`'s server reports it (`"1"` when absent).
+async fn room_version(user: &User, room: &RoomId) -> Result<String> {
+    let content = create_content(user, room).await?;
+    Ok(content
+        .get("room_version")
+        .and_then(Value::as_str)
+        .unwrap_or("1")
+        .to_owned())
+}
+
+/// Polls `user`'s server until it lists exactly `want` as joined to `room`.
+async fn wait_for_joined_members(user: &User, room: &RoomId, want: &[&UserId]) -> Result<()> {
+    let want: BTreeSet<String> = want.iter().map(|u| u.to_string()).collect();
+    let mut last = BTreeSet::new();
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::time::Instant::now() < deadline {
+        match user.joined_members(room).await {
+            Ok(members) if members == want => return Ok(()),
+            Ok(members) => last = members,
+            Err(_) => {}
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    anyhow::bail!(
+        "{}'s server never listed {want:?} as the joined members of {room}; last answer {last:?}",
+        user.user_id
+    )
+}
+
+/// Syncs `user` until their membership event for `member` in `room` says
+/// `membership`.
+async fn wait_for_membership(
+    user: &User,
+    room: &RoomId,
+    member: &UserId,
+    membership: &str,
+) -> Result<()> {
+    user.sync_until(&format!("{member}'s {membership} in {room}"), |s| {
+        s.membership(room, member).as_deref() == Some(membership)
+    })
+    .await
+}
+
+/// The `m.room.name` of an invite's stripped state.
+fn invite_room_name(stripped: &[Value]) -> Option<&str> {
+    stripped
+        .iter()
+        .find(|e| e["type"] == "m.room.name")
+        .and_then(|e| e.pointer("/content/name"))
+        .and_then(Value::as_str)
+}
+
+/// Creates a private room named `name` (room version `version`, or the
+/// server's default) inviting `guests`; returns its id.
+async fn create_room(
+    owner: &User,
+    name: &str,
+    version: Option<RoomVersionId>,
+    guests: &[&User],
+) -> Result<OwnedRoomId> {
+    let mut request = create_room::v3::Request::new();
+    request.name = Some(name.to_owned());
+    request.preset = Some(RoomPreset::PrivateChat);
+    request.room_version = version;
+    request.invite = guests.iter().map(|g| g.user_id.clone()).collect();
+    let room = owner
+        .client
+        .create_room(request)
+        .await
+        .with_context(|| format!("{} creating room {name:?}", owner.user_id))?;
+    Ok(room.room_id().to_owned())
+}
+
+/// `guest` receives the invite to `room` (named `name`) from `host`, joins
+/// (through the host's server), and both servers then list both as joined.
+async fn accept_invite(host: &User, guest: &User, room: &RoomId, name: &str) -> Result<()> {
+    let stripped = guest
+        .wait_for_invite(room)
+        .await
+        .with_context(|| format!("{}'s invite crossing to {}", host.user_id, guest.user_id))?;
+    ensure!(
+        invite_room_name(&stripped) == Some(name),
+        "{}'s invite does not show the room name {name:?}; stripped state: {stripped:#?}",
+        guest.user_id
+    );
+    guest.join(room).await?;
+    wait_for_membership(host, room, &guest.user_id, "join")
+        .await
+        .with_context(|| format!("{} seeing {}'s join", host.user_id, guest.user_id))?;
+    let both = [&*host.user_id, &*guest.user_id];
+    wait_for_joined_members(host, room, &both).await?;
+    wait_for_joined_members(guest, room, &both).await?;
+    Ok(())
+}
+
+/// `a` says `to_b`, `b` reads it; `b` answers `to_a`, `a` reads it. Each
+/// also sees their own message come back in order with the other's.
+async fn chat(room: &RoomId, a: &User, to_b: &str, b: &User, to_a: &str) -> Result<()> {
+    a.send_text(room, to_b).await?;
+    b.wait_for_text(room, &a.user_id, to_b)
+        .await
+        .with_context(|| format!("{to_b:?} crossing from {} to {}", a.user_id, b.user_id))?;
+    b.send_text(room, to_a).await?;
+    a.wait_for_text(room, &b.user_id, to_a)
+        .await
+        .with_context(|| format!("{to_a:?} crossing from {} to {}", b.user_id, a.user_id))?;
+    for user in [a, b] {
+        let texts: Vec<String> = user
+            .seen()
+            .texts(room)
+            .into_iter()
+            .map(|(_, body)| body)
+            .collect();
+        let first = texts.iter().position(|t| t == to_b);
+        let second = texts.iter().position(|t| t == to_a);
+        ensure!(
+            matches!((first, second), (Some(f), Some(s)) if f < s),
+            "{} should see {to_b:?} before {to_a:?}, saw {texts:?}",
+            user.user_id
+        );
+    }
+    Ok(())
+}
+
+/// Syncs `user` until their client has the keys of `owner`'s `device`
+/// (learned through device list updates and /keys/query, which for a remote
+/// user crosses federation).
+async fn wait_until_device_known(user: &User, owner: &User) -> Result<()> {
+    let device = owner.device_id();
+    let device_id = <&DeviceId>::from(device.as_str());
+    sync_all_until(
+        &[user],
+        &format!("{}'s client to know {}'s device {device}", user.user_id, owner.user_id),
+        || async {
+            Ok(user
+                .client
+                .encryption()
+                .get_device(&owner.user_id, device_id)
+                .await?
+                .is_some())
+        },
+    )
+    .await
+}
+
+/// The server's copy of `event_id` (as `user` fetches it) is a megolm
+/// `m.room.encrypted` event without `plaintext` anywhere in it.
+async fn assert_encrypted_on_the_wire(
+    user: &User,
+    room: &RoomId,
+    event_id: &str,
+    plaintext: &str,
+) -> Result<()> {
+    let r = user
+        .http()
+        .event(&user.access_token(), room.as_str(), event_id)
+        .await?;
+    r.expect_ok()
+        .with_context(|| format!("{}'s server: GET event {event_id}", user.user_id))?;
+    ensure!(
+        r.json["type"] == "m.room.encrypted"
+            && r.json["content"]["algorithm"] == MEGOLM
+            && r.json["content"]["ciphertext"].is_string(),
+        "{}'s server holds {event_id} as something other than megolm ciphertext: {}",
+        user.user_id,
+        r.text
+    );
+    ensure!(
+        !r.text.contains(plaintext),
+        "the plaintext {plaintext:?} is on {}'s server: {}",
+        user.user_id,
+        r.text
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// The servers find each other
+// ---------------------------------------------------------------------------
+
+/// Before any room is shared: each server publishes its signing key over
+/// TLS with a certificate from the test CA, and Synapse, asked as a notary,
+/// fetches Bellwire's key itself and returns the same key Bellwire publishes
+/// (so Synapse's outbound federation reaches Bellwire and trusts its
+/// certificate).
+#[tokio::test(flavor = "multi_thread")]
+async fn synapse_and_bellwire_fetch_each_others_signing_keys() -> Result<()> {
+    let pair = Pair::start().await?;
+    let result = async {
+        let client = pair.federation.https_client()?;
+        let bw_name = pair.bellwire.server_name().to_owned();
+        let bw_port = port_of(&bw_name)?;
+
+        let own: Value = client
+            .get(format!("https://localhost:{bw_port}/_matrix/key/v2/server"))
+            .send()
+            .await
+            .context("GET Bellwire's /_matrix/key/v2/server over TLS")?
+            .json()
+            .await?;
+        ensure!(own["server_name"] == bw_name.as_str(), "Bellwire's key answer: {own}");
+        let bw_keys = own["verify_keys"]
+            .as_object()
+            .context("Bellwire publishes no verify_keys")?
+            .clone();
+        ensure!(!bw_keys.is_empty(), "Bellwire publishes no verify_keys: {own}");
+
+        let synapse_keys: Value = client
+            .get(format!("{}/_matrix/key/v2/server", pair.synapse.federation_url()))
+            .send()
+            .await
+            .context("GET Synapse's /_matrix/key/v2/server over TLS")?
+            .json()
+            .await?;
+        ensure!(
+            synapse_keys["server_name"] == pair.synapse.server_name(),
+            "Synapse's key answer: {synapse_keys}"
+        );
+
+        let query = format!(
+            "{}/_matrix/key/v2/query/{}",
+            pair.synapse.federation_url(),
+            enc(&bw_name)
+        );
+        let r = client
+            .get(&query)
+            .send()
+            .await
+            .with_context(|| format!("GET {query}"))?;
+        let status = r.status();
+        let notary: Value = r.json().await.context("Synapse's notary answer is not JSON")?;
+        ensure!(status == 200, "GET {query}: {status} {notary}");
+        let fetched = notary["server_keys"]
+            .as_array()
+            .and_then(|keys| keys.iter().find(|k| k["server_name"] == bw_name.as_str()))
+            .with_context(|| {
+                format!(
+                    "Synapse could not fetch Bellwire's keys: {notary}; Synapse log about \
+                     {bw_name}: {:#?}",
+                    pair.synapse.log_lines_with(&bw_name)
+                )
+            })?;
+        for (key_id, key) in &bw_keys {
+            ensure!(
+                fetched["verify_keys"][key_id] == *key,
+                "Synapse's copy of Bellwire's key {key_id} differs: {fetched} vs {own}"
+            );
+        }
+        ensure!(
+            fetched["signatures"][bw_name.as_str()].is_object()
+                && fetched["signatures"][pair.synapse.server_name()].is_object(),
+            "the notary answer carries Bellwire's own signature and Synapse's: {fetched}"
+        );
+        Ok(())
+    }
+    .await;
+    pair.report(result)
+}
+
+// ---------------------------------------------------------------------------
+// Rooms shared across the two servers
+// ---------------------------------------------------------------------------
+
+/// Alice on Bellwire opens a room (Bellwire's default version, 12) and
+/// invites Bob on Synapse. Bob sees the invite with the room's name, joins
+/// through Bellwire, and both servers agree who is in the room and on its
+/// version. They exchange messages, then Bob leaves and Alice sees him go.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_synapse_user_joins_a_bellwire_room_chats_and_leaves() -> Result<()> {
+    let pair = Pair::start().await?;
+    let result = async {
+        let alice = pair.bellwire.new_user("alice").await?;
+        let bob = pair.synapse.new_user("bob").await?;
+        ensure!(bob.user_id == pair.synapse.user_id("bob"), "{}", bob.user_id);
+
+        let name = "Harbour Watch";
+        let room = create_room(&alice, name, None, &[&bob]).await?;
+        ensure!(
+            room_version(&alice, &room).await? == "12",
+            "Bellwire's default room version should be 12: {}",
+            create_content(&alice, &room).await?
+        );
+        accept_invite(&alice, &bob, &room, name).await?;
+        ensure!(
+            room_version(&bob, &room).await? == "12",
+            "Synapse's copy of the room has another version: {}",
+            create_content(&bob, &room).await?
+        );
+        ensure!(
+            create_content(&bob, &room).await? == create_content(&alice, &room).await?,
+            "the servers disagree on the room's m.room.create content"
+        );
+
+        chat(
+            &room,
+            &alice,
+            "Bob, the fog is coming in over the harbour.",
+            &bob,
+            "I'll light the lamp on the north pier.",
+        )
+        .await?;
+        // A second exchange, after the servers have talked once already.
+        chat(
+            &room,
+            &bob,
+            "Lamp is lit.",
+            &alice,
+            "Thanks, I can see it from here.",
+        )
+        .await?;
+
+        bob.room(&room)?
+            .leave()
+            .await
+            .with_context(|| format!("{} leaving {room}", bob.user_id))?;
+        wait_for_membership(&alice, &room, &bob.user_id, "leave")
+            .await
+            .context("Alice seeing Bob's leave")?;
+        wait_for_joined_members(&alice, &room, &[&alice.user_id]).await?;
+        bob.sync_until(&format!("{room} in Bob's left rooms"), |s| s.left.contains(&room))
+            .await?;
+        Ok(())
+    }
+    .await;
+    pair.report(result)
+}
+
+/// Carol on Synapse opens a room (Synapse's default version, 12) and
+/// invites Dave on Bellwire. Dave joins through Synapse, they talk both
+/// ways, then Dave leaves and Carol sees him go.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bellwire_user_joins_a_synapse_room_chats_and_leaves() -> Result<()> {
+    let pair = Pair::start().await?;
+    let result = async {
+        let carol = pair.synapse.new_user("carol").await?;
+        let dave = pair.bellwire.new_user("dave").await?;
+        ensure!(dave.user_id == pair.bellwire.user_id("dave"), "{}", dave.user_id);
+
+        let name = "Lighthouse Keepers";
+        let room = create_room(&carol, name, None, &[&dave]).await?;
+        ensure!(
+            room_version(&carol, &room).await? == "12",
+            "Synapse's default room version should be 12: {}",
+            create_content(&carol, &room).await?
+        );
+        accept_invite(&carol, &dave, &room, name).await?;
+        ensure!(
+            create_content(&dave, &room).await? == create_content(&carol, &room).await?,
+            "the servers disagree on the room's m.room.create content: Bellwire {}, Synapse {}",
+            create_content(&dave, &room).await?,
+            create_content(&carol, &room).await?
+        );
+        // The room's name came over with the join's state.
+        let r = dave
+            .http()
+            .state(&dave.access_token(), room.as_str(), "m.room.name", "")
+            .await?;
+        r.expect_ok().context("Bellwire's copy of m.room.name")?;
+        ensure!(r.json["name"] == name, "Bellwire's m.room.name: {}", r.text);
+
+        chat(
+            &room,
+            &carol,
+            "Dave, welcome aboard. The logbook is on the desk.",
+            &dave,
+            "Found it, signing in now.",
+        )
+        .await?;
+        chat(&room, &dave, "Storm warning for tonight.", &carol, "Noted, shutters closed.")
+            .await?;
+
+        dave.room(&room)?
+            .leave()
+            .await
+            .with_context(|| format!("{} leaving {room}", dave.user_id))?;
+        wait_for_membership(&carol, &room, &dave.user_id, "leave")
+            .await
+            .context("Carol seeing Dave's leave")?;
+        wait_for_joined_members(&carol, &room, &[&carol.user_id]).await?;
+        dave.sync_until(&format!("{room} in Dave's left rooms"), |s| s.left.contains(&room))
+            .await?;
+        Ok(())
+    }
+    .await;
+    pair.report(result)
+}
+
+/// An older room version still in wide use: Erin on Synapse opens a
+/// version 10 room (room ids with a server part, event ids by reference
+/// hash, create event with `creator`) and Frank on Bellwire joins and chats.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bellwire_user_chats_in_a_version_10_room_on_synapse() -> Result<()> {
+    let pair = Pair::start().await?;
+    let result = async {
+        let erin = pair.synapse.new_user("erin").await?;
+        let frank = pair.bellwire.new_user("frank").await?;
+        let name = "Old Quay";
+        let room = create_room(&erin, name, Some(RoomVersionId::V10), &[&frank]).await?;
+        ensure!(
+            room.server_name().map(|s| s.as_str()) == Some(pair.synapse.server_name()),
+            "a version 10 room id names its server: {room}"
+        );
+        accept_invite(&erin, &frank, &room, name).await?;
+        ensure!(
+            room_version(&frank, &room).await? == "10",
+            "Bellwire's copy of the room: {}",
+            create_content(&frank, &room).await?
+        );
+        chat(
+            &room,
+            &frank,
+            "Is the old quay still in use?",
+            &erin,
+            "Only by the fishing boats.",
+        )
+        .await
+    }
+    .await;
+    pair.report(result)
+}
+
+// ---------------------------------------------------------------------------
+// End-to-end encryption across servers
+// ---------------------------------------------------------------------------
+
+/// Grace on Bellwire opens an encrypted DM with Heidi on Synapse. Each
+/// client learns the other's device across the federation (device lists,
+/// key queries and one-time key claims), the room key travels as to-device
+/// messages between the servers, and each side decrypts the other's
+/// message; both servers only ever hold ciphertext.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_encrypted_dm_between_bellwire_and_synapse_users() -> Result<()> {
+    let pair = Pair::start().await?;
+    let result = async {
+        let grace = pair.bellwire.new_user("grace").await?;
+        let heidi = pair.synapse.new_user("heidi").await?;
+
+        let room = grace
+            .client
+            .create_dm(&heidi.user_id)
+            .await
+            .context("Grace creating an encrypted DM with Heidi")?
+            .room_id()
+            .to_owned();
+        heidi.wait_for_invite(&room).await?;
+        heidi.join(&room).await?;
+        wait_for_membership(&grace, &room, &heidi.user_id, "join").await?;
+        let r = heidi
+            .http()
+            .state(&heidi.access_token(), room.as_str(), "m.room.encryption", "")
+            .await?;
+        r.expect_ok().context("Synapse's copy of m.room.encryption")?;
+        ensure!(r.json["algorithm"] == MEGOLM, "Synapse's m.room.encryption: {}", r.text);
+
+        wait_until_device_known(&grace, &heidi).await?;
+        wait_until_device_known(&heidi, &grace).await?;
+
+        let question = "Heidi, the spare key is under the third flowerpot.";
+        let question_id = grace.send_text(&room, question).await?;
+        heidi
+            .wait_for_decrypted_text(&room, &grace.user_id, question)
+            .await
+            .context("Heidi decrypting Grace's message")?;
+        assert_encrypted_on_the_wire(&heidi, &room, &question_id, question).await?;
+        assert_encrypted_on_the_wire(&grace, &room, &question_id, question).await?;
+
+        let answer = "Got it. I'll water the plants while I'm there.";
+        let answer_id = heidi.send_text(&room, answer).await?;
+        grace
+            .wait_for_decrypted_text(&room, &heidi.user_id, answer)
+            .await
+            .context("Grace decrypting Heidi's answer")?;
+        assert_encrypted_on_the_wire(&grace, &room, &answer_id, answer).await?;
+
+        ensure!(
+            grace.seen().undecryptable(&room).is_empty()
+                && heidi.seen().undecryptable(&room).is_empty(),
+            "undecryptable events: Grace {:#?}, Heidi {:#?}",
+            grace.seen().undecryptable(&room),
+            heidi.seen().undecryptable(&room)
+        );
+        Ok(())
+    }
+    .await;
+    pair.report(result)
+}
