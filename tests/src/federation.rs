@@ -116,7 +116,9 @@ impl Federation {
             key_path,
         } = self.ca.issue_localhost(self.dir.path(), stem)?;
         let path = |p: &Path| -> Result<String> {
-            Ok(toml_str(p.to_str().context("certificate path is not UTF-8")?))
+            Ok(toml_str(
+                p.to_str().context("certificate path is not UTF-8")?,
+            ))
         };
         let table = format!(
             "[federation]\nenabled = true\nlisten = {}\ntls_certificate = {}\n\
@@ -576,8 +578,12 @@ impl FakeRemote {
             let (name, key, requests) = (name.clone(), key.clone(), requests.clone());
             tokio::spawn(async move {
                 while let Ok((tcp, _)) = listener.accept().await {
-                    let (acceptor, name, key, requests) =
-                        (acceptor.clone(), name.clone(), key.clone(), requests.clone());
+                    let (acceptor, name, key, requests) = (
+                        acceptor.clone(),
+                        name.clone(),
+                        key.clone(),
+                        requests.clone(),
+                    );
                     tokio::spawn(async move {
                         let result = async {
                             let tls = tokio::time::timeout(WAIT, acceptor.accept(tcp))
@@ -682,14 +688,21 @@ mod tests {
         assert_eq!(a["hashes"]["sha256"], content_hash(&a).unwrap());
         let mut with_unsigned = a.clone();
         with_unsigned["unsigned"] = json!({"age": 5});
-        assert_eq!(content_hash(&with_unsigned).unwrap(), content_hash(&a).unwrap());
+        assert_eq!(
+            content_hash(&with_unsigned).unwrap(),
+            content_hash(&a).unwrap()
+        );
         assert_eq!(reference_event_id(&with_unsigned).unwrap(), id);
         let redacted = redacted_message(&a).unwrap();
         verify_signature(&redacted, "x", "ed25519:k1", &key.public_key()).unwrap();
         let mut b = a.clone();
         b["content"]["body"] = json!("tampered");
         assert_ne!(content_hash(&b).unwrap(), content_hash(&a).unwrap());
-        assert_eq!(reference_event_id(&b).unwrap(), id, "content is redacted away");
+        assert_eq!(
+            reference_event_id(&b).unwrap(),
+            id,
+            "content is redacted away"
+        );
         assert_eq!(port_of("localhost:8448").unwrap(), 8448);
     }
 
@@ -710,7 +723,9 @@ mod tests {
         let public = body["verify_keys"]["ed25519:fake"]["key"].as_str().unwrap();
         verify_signature(&body, remote.name(), "ed25519:fake", public).unwrap();
         let r = client
-            .get(format!("https://localhost:{port}/_matrix/federation/v1/version"))
+            .get(format!(
+                "https://localhost:{port}/_matrix/federation/v1/version"
+            ))
             .send()
             .await
             .unwrap();

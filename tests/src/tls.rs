@@ -47,8 +47,8 @@ fn write(path: &Path, contents: &str) -> Result<()> {
 impl TestCa {
     /// A fresh CA; writes `ca.pem` into `dir`.
     pub fn generate(dir: &Path) -> Result<TestCa> {
-        let mut params = CertificateParams::new(Vec::<String>::new())
-            .context("CA certificate parameters")?;
+        let mut params =
+            CertificateParams::new(Vec::<String>::new()).context("CA certificate parameters")?;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params
             .distinguished_name
@@ -137,7 +137,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ca = TestCa::generate(dir.path()).unwrap();
         let ca_pem = std::fs::read_to_string(ca.ca_pem_path()).unwrap();
-        assert!(ca_pem.starts_with("-----BEGIN CERTIFICATE-----"), "{ca_pem}");
+        assert!(
+            ca_pem.starts_with("-----BEGIN CERTIFICATE-----"),
+            "{ca_pem}"
+        );
         assert_eq!(ca_pem.matches("BEGIN CERTIFICATE").count(), 1);
         reqwest::Certificate::from_pem(ca_pem.as_bytes()).expect("CA certificate parses");
 
@@ -149,7 +152,10 @@ mod tests {
         assert_eq!(certs.len(), 2, "leaf then CA: {chain}");
         assert!(chain.ends_with(&ca_pem), "the chain must end with the CA");
         let key = std::fs::read_to_string(&leaf.key_path).unwrap();
-        assert!(key.starts_with("-----BEGIN PRIVATE KEY-----"), "PKCS#8: {key}");
+        assert!(
+            key.starts_with("-----BEGIN PRIVATE KEY-----"),
+            "PKCS#8: {key}"
+        );
         KeyPair::from_pem(&key).expect("the key parses back");
     }
 

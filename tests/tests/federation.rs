@@ -1,0 +1,1005 @@
+//! Federation user stories: two real Bellwire processes, each with its own
+//! users, sharing rooms over the server-server API (TLS, server names with
+//! ports, certificates from a throw-away CA). Alice lives on hs1, Bob on
+//! hs2; each only ever talks to their own server.
+//!
+//! Also: a remote server that lies. Transactions signed by an unknown or
+//! wrong key are refused, and events a server sends in someone else's name
+//! are rejected and never shown to anyone.
+
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use bellwire_tests::{
+    Body, MEDIA_V1, Mxc, RawSync, Reply, SigningKey, TestServer, User, enc, eventually,
+    federation::{
+        Federation, hash_and_sign_pdu, message_pdu, now_ms, port_of, unreachable_server_name,
+    },
+    password_for, sync_all_until, test_image, verify_signature,
+};
+use image::ImageFormat;
+use matrix_sdk::{
+    media::{MediaFormat, MediaRequestParameters},
+    ruma::{
+        DeviceId, OwnedEventId, OwnedRoomId, RoomId, UserId,
+        api::client::{
+            receipt::create_receipt::v3::ReceiptType,
+            room::create_room::{self, v3::RoomPreset},
+        },
+        events::{
+            receipt::ReceiptThread,
+            room::{
+                MediaSource,
+                message::{ImageMessageEventContent, MessageType, RoomMessageEventContent},
+            },
+        },
+    },
+};
+use serde_json::{Value, json};
+
+const V3: &str = "/_matrix/client/v3";
+const MEGOLM: &str = "m.megolm.v1.aes-sha2";
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+/// A federation of two servers, hs1 and hs2.
+async fn two_servers() -> Result<(Federation, TestServer, TestServer)> {
+    let federation = Federation::new()?;
+    let hs1 = federation.start_server("hs1").await?;
+    let hs2 = federation.start_server("hs2").await?;
+    ensure!(
+        hs1.server_name() != hs2.server_name(),
+        "two servers with one name: {}",
+        hs1.server_name()
+    );
+    Ok((federation, hs1, hs2))
+}
+
+/// Alice (on hs1) and Bob (on hs2), each registered on their own server.
+async fn alice_and_bob(hs1: &TestServer, hs2: &TestServer) -> Result<(User, User)> {
+    let alice = hs1.new_user("alice").await?;
+    let bob = hs2.new_user("bob").await?;
+    ensure!(
+        alice.user_id == hs1.user_id("alice") && bob.user_id == hs2.user_id("bob"),
+        "user ids carry their server's name: {} and {}",
+        alice.user_id,
+        bob.user_id
+    );
+    Ok((alice, bob))
+}
+
+fn ids(users: &[&User]) -> BTreeSet<String> {
+    users.iter().map(|u| u.user_id.to_string()).collect()
+}
+
+/// `owner` creates a private room named `name` and invites `guest` (on
+/// another server) with /invite; `guest` sees the invite through sync and
+/// joins through their own server; `owner` then sees the join.
+async fn share_room(owner: &User, guest: &User, name: &str) -> Result<OwnedRoomId> {
+    let mut request = create_room::v3::Request::new();
+    request.name = Some(name.to_owned());
+    request.preset = Some(RoomPreset::PrivateChat);
+    let room = owner
+        .client
+        .create_room(request)
+        .await
+        .with_context(|| format!("{} creating room {name:?}", owner.user_id))?;
+    let room_id = room.room_id().to_owned();
+    room.invite_user_by_id(&guest.user_id)
+        .await
+        .with_context(|| {
+            format!(
+                "{} inviting {} over federation",
+                owner.user_id, guest.user_id
+            )
+        })?;
+    guest
+        .wait_for_invite(&room_id)
+        .await
+        .context("the invite crosses to the guest's server")?;
+    guest
+        .join(&room_id)
+        .await
+        .context("the guest joins through their own server")?;
+    owner
+        .sync_until(&format!("{}'s join", guest.user_id), |s| {
+            s.membership(&room_id, &guest.user_id).as_deref() == Some("join")
+        })
+        .await?;
+    Ok(room_id)
+}
+
+/// `content.user_ids` of the last `m.typing` event for `room` in `resp`.
+fn typing_users(resp: &Value, room: &str) -> Option<Vec<String>> {
+    let ev = RawSync::ephemeral(resp, room, "m.typing").pop()?;
+    Some(
+        ev.pointer("/content/user_ids")?
+            .as_array()?
+            .iter()
+            .filter_map(|u| u.as_str().map(str::to_owned))
+            .collect(),
+    )
+}
+
+/// The `m.read` receipt of `user` for `event` in the `m.receipt` events of
+/// `room` in `resp`.
+fn read_receipt(resp: &Value, room: &str, event: &str, user: &str) -> Option<Value> {
+    RawSync::ephemeral(resp, room, "m.receipt")
+        .into_iter()
+        .find_map(|ev| {
+            ev.get("content")?
+                .get(event)?
+                .get("m.read")?
+                .get(user)
+                .cloned()
+        })
+}
+
+/// `(sender, body)` of every message in `room` per /messages, oldest first.
+async fn history(user: &User, room: &RoomId) -> Result<Vec<(String, String)>> {
+    let messages = user
+        .http()
+        .all_messages(&user.access_token(), room.as_str())
+        .await
+        .with_context(|| format!("{} paginating {room}", user.user_id))?;
+    Ok(messages
+        .iter()
+        .map(|m| {
+            (
+                m["sender"].as_str().unwrap_or_default().to_owned(),
+                m["content"]["body"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect())
+}
+
+/// Syncs `user` until their client has the device keys of `owner`'s
+/// `device` (for a remote owner: device list over federation).
+async fn wait_until_device_known(user: &User, owner: &UserId, device: &str) -> Result<()> {
+    let device_id = <&DeviceId>::from(device);
+    sync_all_until(
+        &[user],
+        &format!(
+            "{}'s client to know {owner}'s device {device}",
+            user.user_id
+        ),
+        || async {
+            Ok(user
+                .client
+                .encryption()
+                .get_device(owner, device_id)
+                .await?
+                .is_some())
+        },
+    )
+    .await
+}
+
+/// The event as `user`'s server holds it is an `m.room.encrypted` megolm
+/// event without `plaintext` anywhere in it.
+async fn assert_encrypted_on_the_wire(
+    user: &User,
+    room: &RoomId,
+    event_id: &str,
+    plaintext: &str,
+) -> Result<()> {
+    let r = user
+        .http()
+        .event(&user.access_token(), room.as_str(), event_id)
+        .await?;
+    r.expect_ok()
+        .with_context(|| format!("GET event {event_id} on {}'s server", user.user_id))?;
+    ensure!(
+        r.json["type"] == "m.room.encrypted"
+            && r.json["content"]["algorithm"] == MEGOLM
+            && r.json["content"]["ciphertext"].is_string(),
+        "event {event_id} on {}'s server is not a megolm m.room.encrypted event: {}",
+        user.user_id,
+        r.text
+    );
+    ensure!(
+        !r.text.contains(plaintext),
+        "the plaintext {plaintext:?} is readable on {}'s server: {}",
+        user.user_id,
+        r.text
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// The server's public face
+// ---------------------------------------------------------------------------
+
+/// Each server publishes its own signing key under its own name, signed by
+/// that key, on its TLS listener, where it also answers the federation
+/// version query and the client API.
+#[tokio::test(flavor = "multi_thread")]
+async fn servers_publish_signed_keys_over_tls() -> Result<()> {
+    let (federation, hs1, hs2) = two_servers().await?;
+    for server in [&hs1, &hs2] {
+        let name = server.server_name();
+        let https = federation.https(server)?;
+        let r = https.get("/_matrix/key/v2/server", None).await?;
+        r.expect_ok()
+            .with_context(|| format!("GET /_matrix/key/v2/server of {name}"))?;
+        ensure!(
+            r.json["server_name"] == name,
+            "{name} publishes keys under another name: {}",
+            r.text
+        );
+        let verify_keys = r.json["verify_keys"]
+            .as_object()
+            .with_context(|| format!("{name}: no verify_keys: {}", r.text))?;
+        let (key_id, key) = verify_keys
+            .iter()
+            .find(|(id, _)| id.starts_with("ed25519:"))
+            .with_context(|| format!("{name}: no ed25519 verify key: {}", r.text))?;
+        let key = key["key"]
+            .as_str()
+            .with_context(|| format!("{name}: verify key {key_id} has no `key`: {}", r.text))?;
+        verify_signature(&r.json, name, key_id, key)
+            .with_context(|| format!("{name}'s key response is signed by its own key"))?;
+        ensure!(
+            r.json["valid_until_ts"]
+                .as_u64()
+                .is_some_and(|ts| ts > now_ms()),
+            "{name}'s key is already expired: {}",
+            r.text
+        );
+
+        let r = https.get("/_matrix/federation/v1/version", None).await?;
+        r.expect_ok()
+            .with_context(|| format!("GET /_matrix/federation/v1/version of {name}"))?;
+        ensure!(
+            r.json["server"].is_object(),
+            "{name}: the version answer has no `server` object: {}",
+            r.text
+        );
+
+        // The same listener serves clients.
+        https
+            .assert_alive()
+            .await
+            .with_context(|| format!("the client API on {name}'s TLS listener"))?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Chat across servers
+// ---------------------------------------------------------------------------
+
+/// Alice (hs1) invites Bob (hs2) into a room; Bob sees the invite, joins,
+/// and they chat both ways. Each sees the other typing, and each sees the
+/// other's read receipt.
+#[tokio::test(flavor = "multi_thread")]
+async fn alice_and_bob_chat_type_and_read_across_servers() -> Result<()> {
+    let (_federation, hs1, hs2) = two_servers().await?;
+    let (alice, bob) = alice_and_bob(&hs1, &hs2).await?;
+
+    // The invite, as Bob's client sees it.
+    let mut request = create_room::v3::Request::new();
+    request.name = Some("Across the bay".to_owned());
+    request.preset = Some(RoomPreset::PrivateChat);
+    let room_id = alice
+        .client
+        .create_room(request)
+        .await?
+        .room_id()
+        .to_owned();
+    let room = room_id.as_str();
+    alice
+        .room(&room_id)?
+        .invite_user_by_id(&bob.user_id)
+        .await
+        .context("Alice invites Bob, who lives on another server")?;
+    let invite_state = bob.wait_for_invite(&room_id).await?;
+    let own_invite = invite_state
+        .iter()
+        .find(|e| e["type"] == "m.room.member" && e["state_key"] == bob.user_id.as_str())
+        .with_context(|| format!("Bob's invite has no member event for him: {invite_state:#?}"))?;
+    ensure!(
+        own_invite["content"]["membership"] == "invite"
+            && own_invite["sender"] == alice.user_id.as_str(),
+        "Bob's invite member event: {own_invite}"
+    );
+    ensure!(
+        invite_state
+            .iter()
+            .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Across the bay"),
+        "the invite shows the room's name: {invite_state:#?}"
+    );
+
+    // Bob accepts; both servers agree on who is in the room.
+    bob.join(&room_id).await?;
+    alice
+        .sync_until("Bob's join", |s| {
+            s.membership(&room_id, &bob.user_id).as_deref() == Some("join")
+        })
+        .await?;
+    let both = ids(&[&alice, &bob]);
+    ensure!(
+        alice.joined_members(&room_id).await? == both,
+        "hs1's member list: {:?}",
+        alice.memberships(&room_id).await?
+    );
+    ensure!(
+        bob.joined_members(&room_id).await? == both,
+        "hs2's member list: {:?}",
+        bob.memberships(&room_id).await?
+    );
+
+    // Messages both ways, in the same order on both sides.
+    let hello = "Hello from the west shore! 🌊";
+    let reply = "Greetings from the east shore";
+    let hello_id = alice.send_text(&room_id, hello).await?;
+    bob.wait_for_text(&room_id, &alice.user_id, hello).await?;
+    let reply_id = bob.send_text(&room_id, reply).await?;
+    alice.wait_for_text(&room_id, &bob.user_id, reply).await?;
+    let expected = vec![
+        (alice.user_id.to_string(), hello.to_owned()),
+        (bob.user_id.to_string(), reply.to_owned()),
+    ];
+    ensure!(
+        history(&alice, &room_id).await? == expected,
+        "hs1's history: {:?}",
+        history(&alice, &room_id).await?
+    );
+    ensure!(
+        history(&bob, &room_id).await? == expected,
+        "hs2's history: {:?}",
+        history(&bob, &room_id).await?
+    );
+    ensure!(
+        bob.seen().event(&hello_id).is_some(),
+        "Alice's message reached Bob under the id hs1 gave it ({hello_id})"
+    );
+    ensure!(
+        alice.seen().event(&reply_id).is_some(),
+        "Bob's reply reached Alice under the id hs2 gave it ({reply_id})"
+    );
+
+    // Typing, both ways.
+    let mut alice_sync = alice.raw_sync();
+    alice_sync.catch_up().await?;
+    let mut bob_sync = bob.raw_sync();
+    bob_sync.catch_up().await?;
+    alice.room(&room_id)?.typing_notice(true).await?;
+    bob_sync
+        .until("m.typing naming Alice (from hs1)", |r| {
+            typing_users(r, room).filter(|u| u.contains(&alice.user_id.to_string()))
+        })
+        .await?;
+    alice.room(&room_id)?.typing_notice(false).await?;
+    bob_sync
+        .until("Alice to stop typing", |r| {
+            typing_users(r, room).filter(|u| !u.contains(&alice.user_id.to_string()))
+        })
+        .await?;
+    bob.room(&room_id)?.typing_notice(true).await?;
+    alice_sync
+        .until("m.typing naming Bob (from hs2)", |r| {
+            typing_users(r, room).filter(|u| u.contains(&bob.user_id.to_string()))
+        })
+        .await?;
+
+    // Read receipts, both ways.
+    bob.room(&room_id)?
+        .send_single_receipt(
+            ReceiptType::Read,
+            ReceiptThread::Unthreaded,
+            OwnedEventId::try_from(hello_id.as_str())?,
+        )
+        .await
+        .context("Bob's read receipt on Alice's message")?;
+    let receipt = alice_sync
+        .until("Bob's m.read receipt on Alice's message (from hs2)", |r| {
+            read_receipt(r, room, &hello_id, bob.user_id.as_str())
+        })
+        .await?;
+    ensure!(
+        receipt["ts"].as_u64().is_some_and(|ts| ts > 0),
+        "the receipt carries a timestamp: {receipt}"
+    );
+    alice
+        .room(&room_id)?
+        .send_single_receipt(
+            ReceiptType::Read,
+            ReceiptThread::Unthreaded,
+            OwnedEventId::try_from(reply_id.as_str())?,
+        )
+        .await
+        .context("Alice's read receipt on Bob's reply")?;
+    bob_sync
+        .until("Alice's m.read receipt on Bob's reply (from hs1)", |r| {
+            read_receipt(r, room, &reply_id, alice.user_id.as_str())
+        })
+        .await?;
+    Ok(())
+}
+
+/// Alice opens an encrypted DM with Bob on another server. Device keys,
+/// one-time keys and room keys all travel between the servers; each
+/// message is megolm ciphertext on both servers, and each client decrypts
+/// the other's message.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_encrypted_dm_across_servers() -> Result<()> {
+    let (_federation, hs1, hs2) = two_servers().await?;
+    let (alice, bob) = alice_and_bob(&hs1, &hs2).await?;
+
+    let room_id = alice
+        .client
+        .create_dm(&bob.user_id)
+        .await
+        .context("Alice creating an encrypted DM with Bob")?
+        .room_id()
+        .to_owned();
+    let encryption = alice
+        .http()
+        .state(
+            &alice.access_token(),
+            room_id.as_str(),
+            "m.room.encryption",
+            "",
+        )
+        .await?;
+    ensure!(
+        encryption.json["algorithm"] == MEGOLM,
+        "the DM is not encrypted: {}",
+        encryption.text
+    );
+    let invite = bob.wait_for_invite(&room_id).await?;
+    ensure!(
+        invite.iter().any(|e| e["type"] == "m.room.member"
+            && e["state_key"] == bob.user_id.as_str()
+            && e["content"]["is_direct"] == true),
+        "Bob's invite is marked direct: {invite:#?}"
+    );
+    bob.join(&room_id).await?;
+    alice
+        .sync_until("Bob's join", |s| {
+            s.membership(&room_id, &bob.user_id).as_deref() == Some("join")
+        })
+        .await?;
+
+    // Each client learns the other's device from the other server.
+    wait_until_device_known(&alice, &bob.user_id, &bob.device_id()).await?;
+    wait_until_device_known(&bob, &alice.user_id, &alice.device_id()).await?;
+
+    let question = "Is the ferry still running tonight?";
+    let question_id = alice.send_text(&room_id, question).await?;
+    bob.wait_for_decrypted_text(&room_id, &alice.user_id, question)
+        .await
+        .context("Bob decrypts Alice's message")?;
+    assert_encrypted_on_the_wire(&alice, &room_id, &question_id, question).await?;
+    assert_encrypted_on_the_wire(&bob, &room_id, &question_id, question).await?;
+
+    let answer = "Last one leaves at 23:10.";
+    let answer_id = bob.send_text(&room_id, answer).await?;
+    alice
+        .wait_for_decrypted_text(&room_id, &bob.user_id, answer)
+        .await
+        .context("Alice decrypts Bob's answer")?;
+    assert_encrypted_on_the_wire(&bob, &room_id, &answer_id, answer).await?;
+    assert_encrypted_on_the_wire(&alice, &room_id, &answer_id, answer).await?;
+
+    ensure!(
+        alice.seen().undecryptable(&room_id).is_empty()
+            && bob.seen().undecryptable(&room_id).is_empty(),
+        "undecryptable events: Alice {:#?}, Bob {:#?}",
+        alice.seen().undecryptable(&room_id),
+        bob.seen().undecryptable(&room_id)
+    );
+    Ok(())
+}
+
+/// Alice uploads a photo to hs1 and sends it in the room; Bob's client
+/// downloads it from hs2, which fetches it from hs1 over federation; the
+/// bytes are identical.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_picture_sent_on_one_server_is_downloaded_through_the_other() -> Result<()> {
+    let (_federation, hs1, hs2) = two_servers().await?;
+    let (alice, bob) = alice_and_bob(&hs1, &hs2).await?;
+    let room_id = share_room(&alice, &bob, "Photos").await?;
+
+    let photo = test_image(640, 480, ImageFormat::Png)?;
+    let uploaded = alice
+        .client
+        .media()
+        .upload(&"image/png".parse()?, photo.clone(), None)
+        .await
+        .context("Alice uploads her photo to hs1")?;
+    let mxc = Mxc::parse(uploaded.content_uri.as_str())?;
+    ensure!(
+        mxc.server_name == hs1.server_name(),
+        "an upload to {} got a content URI of another server: {mxc}",
+        hs1.server_name()
+    );
+    alice
+        .room(&room_id)?
+        .send(RoomMessageEventContent::new(MessageType::Image(
+            ImageMessageEventContent::plain("sunset.png".to_owned(), uploaded.content_uri),
+        )))
+        .await
+        .context("Alice sends the photo")?;
+
+    // Bob's client gets the message and reads the URL from it.
+    bob.sync_until("Alice's m.image message", |s| {
+        s.events.iter().any(|e| {
+            e.room_id == room_id && e.json.pointer("/content/msgtype") == Some(&json!("m.image"))
+        })
+    })
+    .await?;
+    let seen = bob.seen();
+    let image = seen
+        .events
+        .iter()
+        .find(|e| {
+            e.room_id == room_id && e.json.pointer("/content/msgtype") == Some(&json!("m.image"))
+        })
+        .expect("just seen");
+    let url = image
+        .json
+        .pointer("/content/url")
+        .and_then(Value::as_str)
+        .with_context(|| format!("the image message has no url: {}", image.json))?;
+    ensure!(
+        url == mxc.to_string(),
+        "the image message points at {url}, not {mxc}"
+    );
+
+    // Bob downloads it from his own server.
+    let path = mxc.download_path();
+    ensure!(
+        path.starts_with(&format!("{MEDIA_V1}/download/{}/", enc(hs1.server_name()))),
+        "download path {path}"
+    );
+    let r = bob
+        .http()
+        .get_bytes(&path, Some(&bob.access_token()), &[])
+        .await?;
+    r.expect_ok()
+        .with_context(|| format!("Bob downloading {mxc} through hs2 ({path})"))?;
+    ensure!(
+        r.body == photo,
+        "Bob got {} bytes through hs2 for Alice's {}-byte photo, or different ones",
+        r.body.len(),
+        photo.len()
+    );
+    ensure!(
+        r.header("content-type") == Some("image/png"),
+        "remote media keeps its Content-Type: {:?}",
+        r.header("content-type")
+    );
+
+    // Bob's client gets the same bytes.
+    let got = bob
+        .client
+        .media()
+        .get_media_content(
+            &MediaRequestParameters {
+                source: MediaSource::Plain(mxc.to_sdk()?),
+                format: MediaFormat::File,
+            },
+            false,
+        )
+        .await
+        .context("Bob's client downloading the photo")?;
+    ensure!(got == photo, "Bob's client got different bytes");
+    Ok(())
+}
+
+/// hs2 goes down while Alice keeps talking. hs1 keeps the messages for it;
+/// when hs2 comes back Bob sees every one of them, in order, and his reply
+/// reaches Alice.
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_sent_while_a_server_is_down_arrive_when_it_returns() -> Result<()> {
+    let (_federation, hs1, mut hs2) = two_servers().await?;
+    let (alice, bob) = alice_and_bob(&hs1, &hs2).await?;
+    let room_id = share_room(&alice, &bob, "Lighthouse log").await?;
+    alice.send_text(&room_id, "Before the storm").await?;
+    bob.wait_for_text(&room_id, &alice.user_id, "Before the storm")
+        .await?;
+
+    hs2.stop().await.context("stopping hs2")?;
+    drop(bob);
+
+    // Alice is not held up by the other server being away.
+    let during: Vec<String> = (1..=6).map(|i| format!("Storm log entry {i}")).collect();
+    for text in &during {
+        let started = Instant::now();
+        alice.send_text(&room_id, text).await?;
+        ensure!(
+            started.elapsed() < Duration::from_secs(5),
+            "sending {text:?} took {:?} while hs2 was down",
+            started.elapsed()
+        );
+    }
+
+    hs2.start_again().await.context("restarting hs2")?;
+    ensure!(
+        hs2.federation_addr().map(|a| a.port()) == Some(port_of(hs2.server_name())?),
+        "hs2 came back on another federation port: {:?}",
+        hs2.federation_addr()
+    );
+    // The client port changed with the restart: Bob signs in again.
+    let bob = hs2.login("bob", &password_for("bob")).await?;
+    let last = during.last().expect("six entries");
+    bob.wait_for_text(&room_id, &alice.user_id, last)
+        .await
+        .context("the entries sent during the outage reach hs2 once it is back")?;
+
+    let mut expected = vec![(alice.user_id.to_string(), "Before the storm".to_owned())];
+    expected.extend(
+        during
+            .iter()
+            .map(|t| (alice.user_id.to_string(), t.clone())),
+    );
+    let last_seen = std::sync::Mutex::new(Vec::new());
+    eventually("hs2's history to hold every entry, in order", || async {
+        let got = history(&bob, &room_id).await?;
+        let done = got == expected;
+        *last_seen.lock().unwrap() = got;
+        Ok(done)
+    })
+    .await
+    .with_context(|| format!("hs2's history: {:#?}", last_seen.lock().unwrap()))?;
+
+    let reply = "All entries received, the light is on again";
+    bob.send_text(&room_id, reply).await?;
+    alice
+        .wait_for_text(&room_id, &bob.user_id, reply)
+        .await
+        .context("Bob's reply after the outage reaches Alice")?;
+    Ok(())
+}
+
+/// Bob leaves the room: Alice's client sees his membership turn to
+/// `leave`, and both servers agree he is gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn leaving_a_federated_room_is_seen_on_both_servers() -> Result<()> {
+    let (_federation, hs1, hs2) = two_servers().await?;
+    let (alice, bob) = alice_and_bob(&hs1, &hs2).await?;
+    let room_id = share_room(&alice, &bob, "Short visit").await?;
+    alice.send_text(&room_id, "Welcome!").await?;
+    bob.wait_for_text(&room_id, &alice.user_id, "Welcome!")
+        .await?;
+
+    bob.room(&room_id)?
+        .leave()
+        .await
+        .context("Bob leaves through hs2")?;
+    alice
+        .sync_until("Bob's membership to become leave", |s| {
+            s.membership(&room_id, &bob.user_id).as_deref() == Some("leave")
+        })
+        .await?;
+    let members = alice.memberships(&room_id).await?;
+    ensure!(
+        members.get(bob.user_id.as_str()).map(String::as_str) == Some("leave"),
+        "hs1's member list after Bob left: {members:?}"
+    );
+    ensure!(
+        alice.joined_members(&room_id).await? == ids(&[&alice]),
+        "hs1 still counts Bob as joined: {members:?}"
+    );
+    bob.sync_until("the room in Bob's leave section", |s| {
+        s.left.contains(&room_id)
+    })
+    .await?;
+    let joined = bob.http().joined_rooms(&bob.access_token()).await?;
+    ensure!(
+        !joined.contains(&room_id.to_string()),
+        "hs2 still lists the room among Bob's joined rooms: {joined:?}"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Lies from other servers
+// ---------------------------------------------------------------------------
+
+/// Ids hs1 holds for `room`, read by `user`: the create, power levels and
+/// `member`'s membership events, the latest event, and the room version.
+struct RoomFacts {
+    create: String,
+    power_levels: String,
+    member: String,
+    latest: String,
+    version: String,
+}
+
+async fn room_facts(user: &User, room: &RoomId, member: &UserId) -> Result<RoomFacts> {
+    let http = user.http();
+    let token = user.access_token();
+    let r = http
+        .get(
+            &format!("{V3}/rooms/{}/state", enc(room.as_str())),
+            Some(&token),
+        )
+        .await?;
+    r.expect_ok().context("GET /state")?;
+    let state = r.json.as_array().context("/state is not an array")?;
+    let find = |ty: &str, key: &str| -> Result<&Value> {
+        state
+            .iter()
+            .find(|e| e["type"] == ty && e["state_key"] == key)
+            .with_context(|| format!("no {ty} {key:?} in the room state: {}", r.text))
+    };
+    let id = |e: &Value| -> Result<String> {
+        Ok(e["event_id"]
+            .as_str()
+            .context("state event without id")?
+            .to_owned())
+    };
+    let create = find("m.room.create", "")?;
+    let version = create["content"]["room_version"]
+        .as_str()
+        .unwrap_or("1")
+        .to_owned();
+    let r = http
+        .get(
+            &format!("{V3}/rooms/{}/messages?dir=b&limit=1", enc(room.as_str())),
+            Some(&token),
+        )
+        .await?;
+    r.expect_ok().context("GET /messages")?;
+    let latest = r.json["chunk"][0]["event_id"]
+        .as_str()
+        .with_context(|| format!("no latest event: {}", r.text))?
+        .to_owned();
+    Ok(RoomFacts {
+        create: id(create)?,
+        power_levels: id(find("m.room.power_levels", "")?)?,
+        member: id(find("m.room.member", member.as_str())?)?,
+        latest,
+        version,
+    })
+}
+
+/// `pdus.<event_id>.error` of a /send answer.
+fn pdu_error(reply: &Value, event_id: &str) -> Option<String> {
+    reply
+        .get("pdus")?
+        .get(event_id)?
+        .get("error")?
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// Fails if anything `user` can see of `room` (what their client synced,
+/// the /messages history, the event by id) contains `marker`.
+async fn assert_never_shown(user: &User, room: &RoomId, marker: &str, ids: &[&str]) -> Result<()> {
+    user.sync_once().await?;
+    let seen = user.seen();
+    let shown: Vec<_> = seen
+        .events
+        .iter()
+        .filter(|e| e.json.to_string().contains(marker))
+        .collect();
+    ensure!(
+        shown.is_empty(),
+        "{}'s client received forged events: {shown:#?}",
+        user.user_id
+    );
+    let messages = user
+        .http()
+        .all_messages(&user.access_token(), room.as_str())
+        .await?;
+    let shown: Vec<_> = messages
+        .iter()
+        .filter(|m| m.to_string().contains(marker))
+        .collect();
+    ensure!(
+        shown.is_empty(),
+        "{}'s server shows forged events in /messages: {shown:#?}",
+        user.user_id
+    );
+    for id in ids {
+        let r = user
+            .http()
+            .event(&user.access_token(), room.as_str(), id)
+            .await?;
+        ensure!(
+            r.status == 404,
+            "{}'s server serves the forged event {id}: {} {}",
+            user.user_id,
+            r.status,
+            r.text
+        );
+    }
+    Ok(())
+}
+
+/// Someone sends hs1 transactions it must not believe:
+/// - signed by a server whose keys cannot be fetched: refused with 401;
+/// - from a real (test-run) server but signed with a key it never
+///   published: refused with 401;
+/// - properly signed by that server, carrying an event in Bob's name (Bob is
+///   on hs2, which never signed it) and an event by one of its own users
+///   who is not in the room: the transaction is taken, both events are
+///   rejected with an error each.
+///
+/// Nothing of it ever shows up for Alice (hs1) or Bob (hs2), while a real
+/// message sent afterwards does.
+#[tokio::test(flavor = "multi_thread")]
+async fn forged_events_are_rejected_and_never_shown() -> Result<()> {
+    let (federation, hs1, hs2) = two_servers().await?;
+    let (alice, bob) = alice_and_bob(&hs1, &hs2).await?;
+    let room_id = share_room(&alice, &bob, "Harbour office").await?;
+    alice.send_text(&room_id, "Harbour office is open").await?;
+    bob.wait_for_text(&room_id, &alice.user_id, "Harbour office is open")
+        .await?;
+    let room = room_id.as_str();
+    let facts = room_facts(&alice, &room_id, &bob.user_id).await?;
+    let version: u32 = facts
+        .version
+        .parse()
+        .with_context(|| format!("room version {:?} is not a number", facts.version))?;
+    if version < 4 {
+        bail!("the test makes v4+ event ids; hs1 created a v{version} room");
+    }
+    let hs1_https = federation.https(&hs1)?;
+    let destination = hs1.server_name();
+    const MARK: &str = "FORGED-7f3a";
+
+    // 1. An origin nobody can reach: its key cannot be fetched.
+    let ghost = unreachable_server_name();
+    let ghost_key = SigningKey::named("ed25519:ghost");
+    let mut pdu = message_pdu(
+        room,
+        &format!("@mallory:{ghost}"),
+        &format!("{MARK} from a server nobody can reach"),
+        std::slice::from_ref(&facts.latest),
+        &[facts.create.clone(), facts.power_levels.clone()],
+        100,
+    );
+    let ghost_id = hash_and_sign_pdu(&mut pdu, &ghost, &ghost_key)?;
+    let r = hs1_https
+        .send_transaction(&ghost, &ghost_key, destination, "ghost-1", vec![pdu])
+        .await?;
+    r.expect_error(401, "M_UNAUTHORIZED")
+        .context("a transaction signed by an origin whose key cannot be fetched")?;
+
+    // 2. A real server, but the request is signed with a key it never
+    //    published (same key id).
+    let remote = federation.fake_remote("remote").await?;
+    let impostor_key = SigningKey::named(remote.key().key_id());
+    let mut pdu = message_pdu(
+        room,
+        &remote.user_id("mallory"),
+        &format!("{MARK} signed with a key never published"),
+        std::slice::from_ref(&facts.latest),
+        &[facts.create.clone(), facts.power_levels.clone()],
+        100,
+    );
+    let impostor_id = hash_and_sign_pdu(&mut pdu, remote.name(), &impostor_key)?;
+    let r = hs1_https
+        .send_transaction(
+            remote.name(),
+            &impostor_key,
+            destination,
+            "impostor-1",
+            vec![pdu],
+        )
+        .await?;
+    r.expect_error(401, "M_UNAUTHORIZED")
+        .context("a transaction signed with a key the origin never published")?;
+    ensure!(
+        remote
+            .requests()
+            .iter()
+            .any(|q| q.path.starts_with("/_matrix/key/v2/server")),
+        "hs1 refused the transaction without fetching the origin's keys: {:?}",
+        remote.requests()
+    );
+
+    // 3. Properly signed by the remote, carrying lies inside.
+    let mut in_bobs_name = message_pdu(
+        room,
+        bob.user_id.as_str(),
+        &format!("{MARK} pretending to be Bob"),
+        std::slice::from_ref(&facts.latest),
+        &[
+            facts.create.clone(),
+            facts.power_levels.clone(),
+            facts.member.clone(),
+        ],
+        100,
+    );
+    let in_bobs_name_id = hash_and_sign_pdu(&mut in_bobs_name, remote.name(), remote.key())?;
+    let mut outsider = message_pdu(
+        room,
+        &remote.user_id("mallory"),
+        &format!("{MARK} from someone who never joined"),
+        std::slice::from_ref(&facts.latest),
+        &[facts.create.clone(), facts.power_levels.clone()],
+        100,
+    );
+    let outsider_id = hash_and_sign_pdu(&mut outsider, remote.name(), remote.key())?;
+    let r = hs1_https
+        .send_transaction(
+            remote.name(),
+            remote.key(),
+            destination,
+            "lies-1",
+            vec![in_bobs_name, outsider],
+        )
+        .await?;
+    r.expect_ok()
+        .context("a correctly signed transaction is taken (its events are judged one by one)")?;
+    for (what, id) in [
+        ("the event in Bob's name", &in_bobs_name_id),
+        ("the event by a non-member", &outsider_id),
+    ] {
+        ensure!(
+            pdu_error(&r.json, id).is_some(),
+            "hs1 did not report {what} ({id}) as rejected: {}",
+            r.text
+        );
+    }
+
+    // A real message afterwards gets through to both sides...
+    let after = "Harbour office closes at five";
+    alice.send_text(&room_id, after).await?;
+    bob.wait_for_text(&room_id, &alice.user_id, after).await?;
+    alice.wait_for_text(&room_id, &alice.user_id, after).await?;
+
+    // ...and none of the forgeries ever shows, anywhere.
+    let forged = [
+        ghost_id.as_str(),
+        impostor_id.as_str(),
+        in_bobs_name_id.as_str(),
+        outsider_id.as_str(),
+    ];
+    assert_never_shown(&alice, &room_id, MARK, &forged).await?;
+    assert_never_shown(&bob, &room_id, MARK, &forged).await?;
+    ensure!(
+        history(&alice, &room_id).await?
+            == vec![
+                (
+                    alice.user_id.to_string(),
+                    "Harbour office is open".to_owned()
+                ),
+                (alice.user_id.to_string(), after.to_owned()),
+            ],
+        "hs1's history: {:?}",
+        history(&alice, &room_id).await?
+    );
+    Ok(())
+}
+
+/// Requests to the federation API without any signature are refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn unsigned_federation_requests_are_refused() -> Result<()> {
+    let federation = Federation::new()?;
+    let hs1 = federation.start_server("hs1").await?;
+    let https = federation.https(&hs1)?;
+    let body =
+        json!({"origin": "localhost:1", "origin_server_ts": now_ms(), "pdus": [], "edus": []});
+    let r = https
+        .put("/_matrix/federation/v1/send/unsigned-1", None, body)
+        .await?;
+    r.expect_error(401, "M_UNAUTHORIZED")
+        .context("PUT /send without an Authorization header")?;
+    let r: Reply = https
+        .call_with_headers(
+            "GET",
+            "/_matrix/federation/v1/query/profile?user_id=%40alice%3Alocalhost",
+            None,
+            &[(
+                "authorization",
+                "X-Matrix origin=\"localhost:1\",key=\"ed25519:x\",sig=\"AAAA\"",
+            )],
+            Body::None,
+        )
+        .await?;
+    r.expect_error(401, "M_UNAUTHORIZED")
+        .context("a malformed X-Matrix header")?;
+    Ok(())
+}
