@@ -31,11 +31,11 @@ const MEGOLM: &str = "m.megolm.v1.aes-sha2";
 
 /// A federating Bellwire and a Synapse trusting the same test CA.
 struct Pair {
-    /// Owns the CA and Bellwire's certificate; declared first so it outlives
-    /// nothing it is needed for (fields drop in order).
-    federation: Federation,
     bellwire: TestServer,
     synapse: SynapseServer,
+    /// Owns the CA and Bellwire's certificate files; declared last so it is
+    /// dropped after both servers have stopped (fields drop in order).
+    federation: Federation,
 }
 
 impl Pair {
@@ -44,9 +44,9 @@ impl Pair {
         let bellwire = federation.start_server("bellwire").await?;
         let synapse = SynapseServer::start(federation.ca()).await?;
         Ok(Self {
-            federation,
             bellwire,
             synapse,
+            federation,
         })
     }
 
