@@ -8,7 +8,7 @@
 //! are rejected and never shown to anyone.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     time::{Duration, Instant},
 };
 
@@ -211,6 +211,53 @@ async fn assert_encrypted_on_the_wire(
     Ok(())
 }
 
+/// The ed25519 keys `server` publishes (key id -> unpadded base64), after
+/// checking that the answer is its own and signed by them.
+async fn published_keys(
+    federation: &Federation,
+    server: &TestServer,
+) -> Result<BTreeMap<String, String>> {
+    let name = server.server_name();
+    let r = federation
+        .https(server)?
+        .get("/_matrix/key/v2/server", None)
+        .await?;
+    r.expect_ok()
+        .with_context(|| format!("GET /_matrix/key/v2/server of {name}"))?;
+    ensure!(
+        r.json["server_name"] == name,
+        "{name} publishes keys under another name: {}",
+        r.text
+    );
+    let mut keys = BTreeMap::new();
+    for (key_id, key) in r.json["verify_keys"]
+        .as_object()
+        .with_context(|| format!("{name}: no verify_keys: {}", r.text))?
+    {
+        let key = key["key"]
+            .as_str()
+            .with_context(|| format!("{name}: verify key {key_id} has no `key`: {}", r.text))?;
+        if key_id.starts_with("ed25519:") {
+            verify_signature(&r.json, name, key_id, key)
+                .with_context(|| format!("{name}'s key response is signed by its key {key_id}"))?;
+            keys.insert(key_id.clone(), key.to_owned());
+        }
+    }
+    ensure!(
+        !keys.is_empty(),
+        "{name}: no ed25519 verify key: {}",
+        r.text
+    );
+    ensure!(
+        r.json["valid_until_ts"]
+            .as_u64()
+            .is_some_and(|ts| ts > now_ms()),
+        "{name}'s keys are already expired: {}",
+        r.text
+    );
+    Ok(keys)
+}
+
 // ---------------------------------------------------------------------------
 // The server's public face
 // ---------------------------------------------------------------------------
@@ -223,35 +270,8 @@ async fn servers_publish_signed_keys_over_tls() -> Result<()> {
     let (federation, hs1, hs2) = two_servers().await?;
     for server in [&hs1, &hs2] {
         let name = server.server_name();
+        published_keys(&federation, server).await?;
         let https = federation.https(server)?;
-        let r = https.get("/_matrix/key/v2/server", None).await?;
-        r.expect_ok()
-            .with_context(|| format!("GET /_matrix/key/v2/server of {name}"))?;
-        ensure!(
-            r.json["server_name"] == name,
-            "{name} publishes keys under another name: {}",
-            r.text
-        );
-        let verify_keys = r.json["verify_keys"]
-            .as_object()
-            .with_context(|| format!("{name}: no verify_keys: {}", r.text))?;
-        let (key_id, key) = verify_keys
-            .iter()
-            .find(|(id, _)| id.starts_with("ed25519:"))
-            .with_context(|| format!("{name}: no ed25519 verify key: {}", r.text))?;
-        let key = key["key"]
-            .as_str()
-            .with_context(|| format!("{name}: verify key {key_id} has no `key`: {}", r.text))?;
-        verify_signature(&r.json, name, key_id, key)
-            .with_context(|| format!("{name}'s key response is signed by its own key"))?;
-        ensure!(
-            r.json["valid_until_ts"]
-                .as_u64()
-                .is_some_and(|ts| ts > now_ms()),
-            "{name}'s key is already expired: {}",
-            r.text
-        );
-
         let r = https.get("/_matrix/federation/v1/version", None).await?;
         r.expect_ok()
             .with_context(|| format!("GET /_matrix/federation/v1/version of {name}"))?;
@@ -599,13 +619,14 @@ async fn a_picture_sent_on_one_server_is_downloaded_through_the_other() -> Resul
 /// reaches Alice.
 #[tokio::test(flavor = "multi_thread")]
 async fn messages_sent_while_a_server_is_down_arrive_when_it_returns() -> Result<()> {
-    let (_federation, hs1, mut hs2) = two_servers().await?;
+    let (federation, hs1, mut hs2) = two_servers().await?;
     let (alice, bob) = alice_and_bob(&hs1, &hs2).await?;
     let room_id = share_room(&alice, &bob, "Lighthouse log").await?;
     alice.send_text(&room_id, "Before the storm").await?;
     bob.wait_for_text(&room_id, &alice.user_id, "Before the storm")
         .await?;
 
+    let keys_before = published_keys(&federation, &hs2).await?;
     hs2.stop().await.context("stopping hs2")?;
     drop(bob);
 
@@ -626,6 +647,13 @@ async fn messages_sent_while_a_server_is_down_arrive_when_it_returns() -> Result
         hs2.federation_addr().map(|a| a.port()) == Some(port_of(hs2.server_name())?),
         "hs2 came back on another federation port: {:?}",
         hs2.federation_addr()
+    );
+    // Other servers cached its signing key: it must still be the same one.
+    let keys_after = published_keys(&federation, &hs2).await?;
+    ensure!(
+        keys_after == keys_before,
+        "hs2 publishes other signing keys after a restart: {keys_before:?} before, \
+         {keys_after:?} after"
     );
     // The client port changed with the restart: Bob signs in again.
     let bob = hs2.login("bob", &password_for("bob")).await?;
