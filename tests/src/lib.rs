@@ -902,9 +902,15 @@ impl User {
                 );
             }
             let settings = SyncSettings::default().timeout(Duration::from_millis(500));
-            let resp = tokio::time::timeout(remaining, self.client.sync_once(settings))
+            // A 500 ms long-poll gets a few seconds even when less of WAIT
+            // is left, so a slow last round ends in "gave up ..." with what
+            // was seen, not in a /sync said to hang.
+            let bound = remaining.max(Duration::from_secs(5));
+            let resp = tokio::time::timeout(bound, self.client.sync_once(settings))
                 .await
-                .map_err(|_| anyhow!("{}: /sync hung while waiting for {what}", self.user_id))?
+                .map_err(|_| {
+                    anyhow!("{}: /sync hung for {bound:?} while waiting for {what}", self.user_id)
+                })?
                 .with_context(|| {
                     format!("{}: /sync failed while waiting for {what}", self.user_id)
                 })?;
