@@ -674,11 +674,10 @@ mod tests {
         verify_signature(&signed, "a:1", "ed25519:k1", &key.public_key()).unwrap();
     }
 
-    /// The spec's worked example of a content hash and reference hash
-    /// cannot be reused (it is a state event), so check the definitions:
-    /// the hash ignores `signatures`/`unsigned`, the event id ignores the
-    /// content (redacted) but not the hashes, and the signature verifies on
-    /// the redacted event.
+    /// The definitions hold for PDUs made here: the hash ignores
+    /// `signatures`/`unsigned`, the event id ignores the content (redacted
+    /// away) and `unsigned`, and the signature verifies on the redacted
+    /// event.
     #[test]
     fn pdu_hashes_and_signatures_follow_the_definitions() {
         let key = SigningKey::named("ed25519:k1");
@@ -704,6 +703,41 @@ mod tests {
             "content is redacted away"
         );
         assert_eq!(port_of("localhost:8448").unwrap(), 8448);
+    }
+
+    /// The spec's worked example of a signed event (Appendices, "Signing
+    /// Events"; also in ruma-signatures' documentation): our content hash and
+    /// redaction give the published hash, and its signature verifies on our
+    /// redacted form.
+    #[test]
+    fn the_spec_example_event_hashes_and_verifies() {
+        let event = json!({
+            "auth_events": [],
+            "content": {},
+            "depth": 3,
+            "hashes": {"sha256": "5jM4wQpv6lnBo7CLIghJuHdW+s2CMBJPUOGOC89ncos"},
+            "origin": "domain",
+            "origin_server_ts": 1000000,
+            "prev_events": [],
+            "room_id": "!x:domain",
+            "sender": "@a:domain",
+            "signatures": {"domain": {"ed25519:1":
+                "KxwGjPSDEtvnFgU00fwFz+l6d2pJM6XBIaMEn81SXPTRl16AqLAYqfIReFGZlHi5KLjAWbOoMszkwsQma+lYAg"}},
+            "type": "X",
+            "unsigned": {"age_ts": 1000000},
+        });
+        assert_eq!(
+            content_hash(&event).unwrap(),
+            "5jM4wQpv6lnBo7CLIghJuHdW+s2CMBJPUOGOC89ncos"
+        );
+        let redacted = redacted_message(&event).unwrap();
+        verify_signature(
+            &redacted,
+            "domain",
+            "ed25519:1",
+            "XGX0JRS2Af3be3knz2fBiRbApjm2Dh61gXDJA8kcJNI",
+        )
+        .unwrap();
     }
 
     #[tokio::test]
