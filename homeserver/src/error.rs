@@ -67,6 +67,14 @@ pub enum Error {
     /// User-interactive auth is needed: the body is the UIA state, status 401.
     #[error("user-interactive authentication required")]
     Uia(serde_json::Value),
+    #[error("room version {0} is not supported here")]
+    IncompatibleRoomVersion(String),
+    /// A server-server request without valid X-Matrix authentication.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Another server could not be reached or gave an unusable answer.
+    #[error("{0}")]
+    Remote(String),
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
 }
@@ -120,6 +128,9 @@ impl Error {
             NotYetUploaded => (StatusCode::GATEWAY_TIMEOUT, "M_NOT_YET_UPLOADED"),
             RangeNotSatisfiable => (StatusCode::RANGE_NOT_SATISFIABLE, "M_UNKNOWN"),
             WrongRoomKeysVersion { .. } => (StatusCode::FORBIDDEN, "M_WRONG_ROOM_KEYS_VERSION"),
+            IncompatibleRoomVersion(_) => (StatusCode::BAD_REQUEST, "M_INCOMPATIBLE_ROOM_VERSION"),
+            Unauthorized(_) => (StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED"),
+            Remote(_) => (StatusCode::BAD_GATEWAY, "M_UNKNOWN"),
             Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN"),
         }
     }
@@ -140,6 +151,9 @@ impl IntoResponse for Error {
             }
             Error::WrongRoomKeysVersion { current_version } => {
                 json!({"errcode": errcode, "error": self.to_string(), "current_version": current_version})
+            }
+            Error::IncompatibleRoomVersion(v) => {
+                json!({"errcode": errcode, "error": self.to_string(), "room_version": v})
             }
             Error::LimitExceeded { retry_after_ms } => {
                 json!({"errcode": errcode, "error": self.to_string(), "retry_after_ms": retry_after_ms})

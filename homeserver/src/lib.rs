@@ -8,6 +8,7 @@ pub mod directory;
 pub mod e2ee;
 pub mod ephemeral;
 pub mod error;
+pub mod federation;
 pub mod media;
 pub mod profiles;
 pub mod push;

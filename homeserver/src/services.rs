@@ -43,6 +43,7 @@ pub struct Services {
     pub rate_limiter: RateLimiter,
     pub e2ee: E2ee,
     pub media: Media,
+    pub federation: crate::federation::Federation,
     pub store: Store,
     /// The token `m.login.registration_token` accepts in `token` mode.
     pub registration_token: Option<String>,
@@ -57,15 +58,17 @@ impl Services {
         let notifier = Arc::new(Notifier::default());
         let account_data = AccountData::new(store.clone(), stream.clone(), notifier.clone());
         let (push, push_queue) = Push::new(store.clone(), account_data.clone());
+        let (outbound, new_destinations) = crate::federation::queue::OutboundQueue::new(store.clone(), config.server_name.to_string())?;
         let rooms = Rooms::new(
             store.clone(),
             config.server_name.clone(),
-            key,
+            key.clone(),
             stream.clone(),
             notifier.clone(),
             account_data.clone(),
             config.default_room_version.clone(),
             push.clone(),
+            outbound.clone(),
         );
         let typing = Typing::new(store.clone(), stream.clone(), notifier.clone(), rooms.clone());
         let receipts = Receipts::new(store.clone(), stream.clone(), notifier.clone(), rooms.clone());
@@ -113,10 +116,24 @@ impl Services {
             }
             _ => None,
         };
+        let media = Media::new(store.clone(), config.media.clone(), config.server_name.clone())?;
+        let federation = crate::federation::Federation::start(&config, crate::federation::Parts {
+            store: store.clone(),
+            key: key.clone(),
+            queue: outbound,
+            new_destinations,
+            rooms: rooms.clone(),
+            typing: typing.clone(),
+            receipts: receipts.clone(),
+            presence: presence.clone(),
+            e2ee: e2ee.clone(),
+            media: media.clone(),
+        })?;
         Ok(Services {
             accounts,
             e2ee,
-            media: Media::new(store.clone(), config.media.clone(), config.server_name.clone())?,
+            media,
+            federation,
             uia: UiaSessions::default(),
             filters: Filters::new(store.clone()),
             typing,

@@ -263,7 +263,22 @@ async fn serve_file(media: &Media, server: &str, id: &str, rec: &MediaRecord, fi
     Ok(resp)
 }
 
+/// Another server's media is fetched over federation on first request.
+async fn fetch_if_remote(s: &AppState, server: &str, id: &str) -> Result<()> {
+    if server == s.config.server_name.as_str() || !crate::media::valid_media_id(id) || s.media.record(server, id)?.is_some() {
+        return Ok(());
+    }
+    if ruma::ServerName::parse(server).is_err() {
+        return Err(Error::not_found("no such media"));
+    }
+    s.federation.fetch_remote_media(server, id).await.map_err(|e| match e {
+        Error::Remote(m) => Error::NotFound(format!("remote media unavailable: {m}")),
+        e => e,
+    })
+}
+
 async fn download_inner(s: &AppState, server: &str, id: &str, filename: Option<&str>, q: &DownloadQuery, headers: &HeaderMap, legacy: bool) -> Result<Response> {
+    fetch_if_remote(s, server, id).await?;
     let rec = find(&s.media, server, id, q.timeout_ms).await?;
     if legacy && !rec.legacy_ok {
         return Err(Error::not_found("this media is only served by the authenticated endpoints"));
@@ -323,6 +338,7 @@ async fn thumbnail_inner(s: &AppState, server: &str, id: &str, q: &ThumbnailQuer
     if q.animated.as_deref().is_some_and(|a| a != "true" && a != "false") {
         return Err(Error::invalid_param("animated must be true or false"));
     }
+    fetch_if_remote(s, server, id).await?;
     let rec = find(&s.media, server, id, q.timeout_ms).await?;
     if legacy && !rec.legacy_ok {
         return Err(Error::not_found("this media is only served by the authenticated endpoints"));

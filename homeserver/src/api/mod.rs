@@ -3,6 +3,7 @@
 pub mod client;
 pub mod cors;
 pub mod extract;
+pub mod federation;
 pub mod media;
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ pub type AppState = Arc<Services>;
 pub fn router(services: AppState) -> Router {
     client::routes()
         .merge(media_routes())
+        .merge(federation::routes())
         .fallback(|| async { crate::error::Error::Unrecognized { method_not_allowed: false } })
         .method_not_allowed_fallback(|| async { crate::error::Error::Unrecognized { method_not_allowed: true } })
         .with_state(services)

@@ -38,7 +38,38 @@ impl E2ee {
         let mut wake = self.rooms.sharers(user)?;
         wake.insert(user.to_owned());
         self.notifier.wake(wake.iter().map(|u| u.as_ref()));
+        if user.server_name() == self.rooms.server_name {
+            self.announce_remote(user)?;
+        }
         Ok(())
+    }
+
+    /// Tells servers sharing a room with `user` that their devices changed.
+    /// `prev_id` names a position the receiver has not seen, so it refetches
+    /// the whole list (/user/devices) rather than trusting one device's keys.
+    fn announce_remote(&self, user: &UserId) -> Result<()> {
+        let mut servers = std::collections::BTreeSet::new();
+        for room in self.rooms.joined_rooms(user)? {
+            servers.extend(self.rooms.remote_servers(&room)?);
+        }
+        if servers.is_empty() {
+            return Ok(());
+        }
+        let devices = self.device_keys(user, user, &[])?;
+        let stream_id = self.stream.current();
+        let device_id = devices.keys().next().cloned().unwrap_or_else(|| "unknown".into());
+        let mut content = serde_json::json!({
+            "user_id": user,
+            "device_id": device_id,
+            "stream_id": stream_id,
+            "prev_id": [stream_id.saturating_sub(1)],
+            "deleted": false,
+        });
+        if let Some(k) = devices.get(&device_id) {
+            content["keys"] = k.clone();
+        }
+        let edu = serde_json::json!({"edu_type": "m.device_list_update", "content": content});
+        self.rooms.outbound.push(&servers.into_iter().collect::<Vec<_>>(), crate::federation::queue::Outgoing::Edu(edu))
     }
 
     /// Whose device lists `viewer` must refetch after `since` (up to

@@ -57,9 +57,16 @@ impl E2ee {
         let pos = self.stream.next();
         let mut batch = self.store.batch();
         let mut wake = Vec::new();
+        let mut remote: std::collections::BTreeMap<String, Map<String, Value>> = Default::default();
+        let local_sender = sender.server_name() == self.rooms.server_name;
         for (user, per_user) in &messages {
             let Ok(user) = ruma::OwnedUserId::try_from(user.as_str()) else { continue };
             if user.server_name() != self.rooms.server_name {
+                // Only our own users' messages travel on; a remote sender's
+                // server delivers to other servers itself.
+                if local_sender {
+                    remote.entry(user.server_name().to_string()).or_default().insert(user.to_string(), per_user.clone());
+                }
                 continue;
             }
             let Some(per_user) = per_user.as_object() else { continue };
@@ -80,8 +87,17 @@ impl E2ee {
             wake.push(user);
         }
         batch.put(TO_DEVICE_TXNS, &txn_key, &true);
+        let mut dests = Vec::new();
+        for (server, msgs) in remote {
+            let edu = serde_json::json!({"edu_type": "m.direct_to_device", "content": {
+                "sender": sender, "type": kind, "message_id": format!("{sender_device}-{txn}"), "messages": msgs,
+            }});
+            self.rooms.outbound.stage(&mut batch, std::slice::from_ref(&server), &crate::federation::queue::Outgoing::Edu(edu));
+            dests.push(server);
+        }
         self.stream.record(&mut batch, pos);
         batch.commit()?;
+        self.rooms.outbound.wake(&dests);
         self.stream.publish(pos);
         self.notifier.wake(wake.iter().map(|u| u.as_ref()));
         Ok(())

@@ -123,6 +123,16 @@ impl Receipts {
         if receipt_type == PRIVATE {
             self.notifier.wake([user]);
         } else {
+            if user.server_name() == self.rooms.server_name {
+                let mut data = serde_json::json!({"ts": receipt.ts});
+                if !thread.is_empty() {
+                    data["thread_id"] = serde_json::Value::from(thread);
+                }
+                let edu = serde_json::json!({"edu_type": "m.receipt", "content": {
+                    room.as_str(): {"m.read": {user.as_str(): {"event_ids": [event_id], "data": data}}}
+                }});
+                self.rooms.send_edu_to_room(room, edu)?;
+            }
             let members = self.rooms.members_with(room, &["join"])?;
             self.notifier.wake(members.iter().map(|u| u.as_ref()));
         }

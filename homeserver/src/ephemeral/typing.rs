@@ -72,6 +72,11 @@ impl Typing {
                 }
             });
         }
+        // Other servers hear every change and renewal of our users.
+        if user.server_name() == self.rooms.server_name {
+            let edu = serde_json::json!({"edu_type": "m.typing", "content": {"room_id": room, "user_id": user, "typing": typing}});
+            self.rooms.send_edu_to_room(room, edu)?;
+        }
         // Renewals of a running notification change nothing others see.
         if changed {
             self.publish(room).await?;

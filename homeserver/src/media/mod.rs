@@ -270,6 +270,43 @@ impl Media {
         Ok(id)
     }
 
+    /// Keeps a copy of another server's media (fetched over federation),
+    /// written the same crash-safe way as uploads.
+    pub async fn store_remote(&self, server: &str, id: &str, content_type: &str, bytes: &[u8]) -> Result<()> {
+        if !valid_media_id(id) || ruma::ServerName::parse(server).is_err() {
+            return Err(Error::not_found("invalid media ID"));
+        }
+        if bytes.len() as u64 > self.config.max_upload_bytes {
+            return Err(Error::TooLarge { limit: self.config.max_upload_bytes as usize });
+        }
+        let io = |e: std::io::Error| Error::Unknown(format!("media storage: {e}"));
+        let tmp = self.config.path.join("tmp").join(random_string(16));
+        let mut file = tokio::fs::File::create(&tmp).await.map_err(io)?;
+        file.write_all(bytes).await.map_err(io)?;
+        file.sync_all().await.map_err(io)?;
+        drop(file);
+        let dest = self.file_path(server, id);
+        if let Some(dir) = dest.parent() {
+            tokio::fs::create_dir_all(dir).await.map_err(io)?;
+        }
+        tokio::fs::rename(&tmp, &dest).await.map_err(io)?;
+        sync_dir(dest.parent()).await;
+        let mut hasher = Sha256::new();
+        hasher.update(bytes);
+        let rec = MediaRecord {
+            uploader: String::new(),
+            content_type: Some(content_type.to_owned()),
+            filename: None,
+            size: bytes.len() as u64,
+            sha256: hex(&hasher.finalize()),
+            created_ts: now_ms(),
+            pending: false,
+            expires_ts: None,
+            legacy_ok: self.config.legacy_unauthenticated_downloads,
+        };
+        Ok(self.store.put(MEDIA, &media_key(server, id), &rec)?)
+    }
+
     /// Waits (up to `timeout`) for a reserved ID to be uploaded.
     pub async fn wait_uploaded(&self, server: &str, id: &str, timeout: Duration) -> Result<MediaRecord> {
         let deadline = tokio::time::Instant::now() + timeout;

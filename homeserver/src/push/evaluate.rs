@@ -80,7 +80,8 @@ pub fn decide(push: &Push, rooms: &Rooms, room_id: &RoomId, pdu: &Pdu, raw: &Raw
             && target.server_name() == rooms.server_name && !recipients.contains(&target) {
                 recipients.push(target);
             }
-    recipients.retain(|u| *u != pdu.sender);
+    // Remote members are notified by their own servers.
+    recipients.retain(|u| *u != pdu.sender && u.server_name() == rooms.server_name);
     if recipients.is_empty() {
         return Ok(Vec::new());
     }

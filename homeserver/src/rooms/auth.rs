@@ -22,6 +22,25 @@ pub fn authorize(rooms: &Rooms, rules: &RoomVersionRules, room_id: &RoomId, pdu:
         .map_err(|e| Error::Forbidden(format!("event not allowed: {e}")))
 }
 
+/// Checks an event against its own auth events only (state received from
+/// another server, whose place in our timeline is not known).
+pub fn authorize_against_auth_events(rooms: &Rooms, rules: &RoomVersionRules, pdu: &Pdu) -> Result<()> {
+    let fetch_event = |id: &EventId| -> Option<Pdu> {
+        let stored = rooms.event(id.as_str()).ok().flatten()?;
+        stored.parse().ok()
+    };
+    ruma::state_res::check_state_independent_auth_rules(&rules.authorization, pdu, fetch_event)
+        .map_err(|e| Error::Forbidden(format!("event not allowed: {e}")))?;
+    let auth: Vec<Pdu> = pdu.auth_events.iter().filter_map(|id| fetch_event(id)).collect();
+    let fetch_state = |kind: &StateEventType, key: &str| -> Option<Pdu> {
+        auth.iter()
+            .find(|e| e.kind.to_string() == kind.to_string() && e.state_key.as_deref() == Some(key))
+            .cloned()
+    };
+    ruma::state_res::check_state_dependent_auth_rules(&rules.authorization, pdu, fetch_state)
+        .map_err(|e| Error::Forbidden(format!("event not allowed: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

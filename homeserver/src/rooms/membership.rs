@@ -130,7 +130,7 @@ impl Rooms {
         Ok(self.user_rooms(user)?.into_iter().filter(|(_, ur)| ur.membership == "join").map(|(r, _)| r).collect())
     }
 
-    fn user_exists(&self, user: &UserId) -> Result<bool> {
+    pub(crate) fn user_exists(&self, user: &UserId) -> Result<bool> {
         if user.server_name() != self.server_name {
             return Err(Error::forbidden("inviting users of other servers needs federation, which is not enabled yet"));
         }

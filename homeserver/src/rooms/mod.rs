@@ -6,6 +6,7 @@ pub mod create;
 pub mod membership;
 pub mod pdu;
 pub mod relations;
+pub mod remote;
 pub mod summary;
 pub mod state;
 pub mod timeline;
@@ -82,6 +83,25 @@ impl NewEvent {
     }
 }
 
+/// Everything `commit_locked` writes for one event.
+pub(crate) struct Commit<'a> {
+    pub room_id: OwnedRoomId,
+    pub version: RoomVersionId,
+    pub rules: &'a RoomVersionRules,
+    pub event_id: OwnedEventId,
+    pub object: &'a CanonicalJsonObject,
+    pub pdu_json: String,
+    pub parsed: Pdu,
+    pub txn: Option<Txn<'a>>,
+    pub depth: u64,
+    pub prev_events: &'a [OwnedEventId],
+    pub redaction_target: Option<StoredEvent>,
+    /// Servers the event goes to (none for events that came from elsewhere).
+    pub forward: Vec<String>,
+    /// False for outliers: stored for auth and lookups, never shown.
+    pub in_timeline: bool,
+}
+
 /// A device's transaction, for idempotent sends.
 #[derive(Debug, Clone, Copy)]
 pub struct Txn<'a> {
@@ -99,6 +119,7 @@ pub struct Rooms {
     pub(crate) account_data: AccountData,
     pub(crate) default_version: RoomVersionId,
     pub(crate) push: Arc<Push>,
+    pub(crate) outbound: Arc<crate::federation::queue::OutboundQueue>,
 }
 
 impl Rooms {
@@ -112,8 +133,9 @@ impl Rooms {
         account_data: AccountData,
         default_version: RoomVersionId,
         push: Arc<Push>,
+        outbound: Arc<crate::federation::queue::OutboundQueue>,
     ) -> Self {
-        Rooms { store, server_name, key, stream, notifier, account_data, default_version, push }
+        Rooms { store, server_name, key, stream, notifier, account_data, default_version, push, outbound }
     }
 
     pub fn room(&self, room_id: &RoomId) -> Result<Option<RoomRecord>> {
@@ -238,71 +260,116 @@ impl Rooms {
 
         auth::authorize(self, &rules, &room_id, &parsed)?;
         let redaction_target = self.redaction_target(&rules, &room_id, &parsed)?;
+        let forward = self.remote_servers_for(&room_id, &parsed)?;
+        self.commit_locked(Commit {
+            room_id,
+            version,
+            rules: &rules,
+            event_id: event_id.clone(),
+            object: &object,
+            pdu_json,
+            parsed,
+            txn,
+            depth,
+            prev_events: &prev_events,
+            redaction_target,
+            forward,
+            in_timeline: true,
+        })?;
+        Ok(event_id)
+    }
 
-        // Everything the event changes goes into one batch.
+    /// Persists an authorized event in one batch: the event, its timeline
+    /// slot, state, membership bookkeeping, relations, notifications,
+    /// extremities and the federation queue; then wakes whoever waits.
+    /// Caller holds the stream writer lock.
+    pub(crate) fn commit_locked(&self, c: Commit<'_>) -> Result<()> {
+        let Commit { room_id, version, rules, event_id, object, pdu_json, parsed, txn, depth, prev_events, redaction_target, forward, in_timeline } = c;
+        let kind = parsed.kind.clone();
+        let sender = parsed.sender.clone();
+        let content = parsed.content_value();
+        let ts = u64::from(parsed.origin_server_ts.get());
         let pos = self.stream.next();
         let mut batch = self.store.batch();
-        let replaces_state = match &event.state_key {
-            Some(k) => self.state_event_id(&room_id, &kind.to_string(), k)?,
-            None => None,
+        let replaces_state = match &parsed.state_key {
+            Some(k) if in_timeline => self.state_event_id(&room_id, &kind.to_string(), k)?,
+            _ => None,
         };
         let stored = StoredEvent {
             event_id: event_id.clone(),
             room_id: room_id.clone(),
-            pos,
+            pos: if in_timeline { pos } else { 0 },
             pdu: serde_json::value::RawValue::from_string(pdu_json).map_err(|e| Error::Unknown(e.to_string()))?,
             replaces_state,
             txn: txn.map(|t| (t.device_id.to_owned(), t.txn_id.to_owned())),
             rejected: false,
         };
         batch.put(EVENTS, event_id.as_bytes(), &stored);
-        batch.put(TIMELINE, &timeline_key(&room_id, pos), &event_id);
-        if event.state_key.is_none() {
-            self.stage_relation(&mut batch, &room_id, &stored, sender, &event.kind, &content)?;
+        if !in_timeline {
+            self.stream.record(&mut batch, pos);
+            batch.commit()?;
+            self.stream.publish(pos);
+            return Ok(());
         }
-        let decisions = evaluate::decide(&self.push, self, &room_id, &parsed, &stored.pdu, &rules)?;
+        batch.put(TIMELINE, &timeline_key(&room_id, pos), &event_id);
+        if parsed.state_key.is_none() {
+            self.stage_relation(&mut batch, &room_id, &stored, &sender, &kind.to_string(), &content)?;
+        }
+        let decisions = evaluate::decide(&self.push, self, &room_id, &parsed, &stored.pdu, rules)?;
         notifications::stage(&mut batch, &decisions, pos, ts);
         // Sending in a room means having read it.
         if sender.server_name() == self.server_name {
-            receipts::mark_read(&self.store, &mut batch, sender, &room_id, "", pos)?;
+            receipts::mark_read(&self.store, &mut batch, &sender, &room_id, "", pos)?;
         }
-        if let Some(k) = &event.state_key {
+        if let Some(k) = &parsed.state_key {
             batch.put(ROOM_STATE, &keys::strs(&[room_id.as_str(), &kind.to_string(), k]), &event_id);
         }
         let mut wake: BTreeSet<OwnedUserId> = self.members_with(&room_id, &["join", "invite"])?.into_iter().collect();
         if kind == TimelineEventType::RoomMember {
-            let target = event.state_key.as_deref().and_then(|k| UserId::parse(k).ok());
+            let target = parsed.state_key.as_deref().and_then(|k| UserId::parse(k).ok());
             let membership = parsed.membership().unwrap_or_default();
             if let Some(target) = target {
-                let is_direct = parsed.content_value().get("is_direct").and_then(Value::as_bool).unwrap_or(false);
+                let is_direct = content.get("is_direct").and_then(Value::as_bool).unwrap_or(false);
                 batch.put(
                     USER_ROOMS,
                     &keys::strs(&[target.as_str(), room_id.as_str()]),
-                    &UserRoom { membership: membership.clone(), pos, event_id: event_id.clone(), is_direct, sender: sender.to_owned() },
+                    &UserRoom { membership: membership.clone(), pos, event_id: event_id.clone(), is_direct, sender: sender.clone() },
                 );
                 batch.put(ROOM_MEMBERS, &keys::strs(&[room_id.as_str(), target.as_str()]), &membership);
                 batch.put(MEMBERSHIP_LOG, &timeline_key(&room_id, pos), &(target.clone(), membership.clone()));
                 wake.insert(target);
             }
         }
-        let extremities = vec![event_id.clone()];
-        batch.put(ROOMS, room_id.as_bytes(), &RoomRecord { version: version.clone(), extremities, depth });
+        // Forward extremities: the new event replaces those it points at;
+        // other branches (a remote event built on an older event) stay.
+        let mut extremities: Vec<OwnedEventId> = self
+            .room(&room_id)?
+            .map(|r| r.extremities)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| !prev_events.contains(e) && *e != event_id)
+            .collect();
+        extremities.push(event_id.clone());
+        let old_depth = self.room(&room_id)?.map_or(0, |r| r.depth);
+        batch.put(ROOMS, room_id.as_bytes(), &RoomRecord { version, extremities, depth: depth.max(old_depth) });
         if let Some(t) = txn {
-            batch.put(TXNS, &txn_key(sender, t), &event_id);
+            batch.put(TXNS, &txn_key(&sender, t), &event_id);
         }
         if let Some(target) = redaction_target {
             self.unstage_relation(&mut batch, &target);
-            let redacted = self.redacted_copy(&rules, &target, &object, &event_id, &room_id)?;
+            let redacted = self.redacted_copy(rules, &target, object, &event_id, &room_id)?;
             batch.put(EVENTS, target.event_id.as_bytes(), &redacted);
         }
+        self.outbound.stage(&mut batch, &forward, &crate::federation::queue::Outgoing::Pdu(event_id.clone()));
         self.stream.record(&mut batch, pos);
         batch.commit()?;
         self.stream.publish(pos);
+        self.outbound.wake(&forward);
         self.notifier.wake(wake.iter().map(|u| u.as_ref()));
         for d in decisions {
             self.push.enqueue(PushJob { user: d.user, room_id: d.room_id, event_id: event_id.to_string(), actions: d.actions });
         }
-        Ok(event_id)
+        Ok(())
     }
 
     /// The event a redaction removes, if the redaction may apply to it now.

@@ -68,6 +68,10 @@ pub const COLUMN_FAMILIES: &[&str] = &[
     "media_usage",
     "media_thumbnails",
     "media_pending",
+    "federation_queue",
+    "federation_txns",
+    "server_keys",
+    "invite_state",
 ];
 
 /// A typed table: a column family whose values are JSON-encoded `V`.

@@ -145,7 +145,7 @@ impl SyncService {
                     }
                 }
                 "invite" if (since.is_none() || ur.pos > since_pos) && !ignored.contains(ur.sender.as_str()) => {
-                    invite.insert(room_id.to_string(), self.invite_entry(&room_id, &ur)?);
+                    invite.insert(room_id.to_string(), self.invite_entry(user, &room_id, &ur)?);
                 }
                 "leave" | "ban" => {
                     let fresh = since.is_some() && ur.pos > since_pos && ur.pos <= upto;
@@ -341,8 +341,14 @@ impl SyncService {
         }))
     }
 
-    fn invite_entry(&self, room_id: &RoomId, ur: &UserRoom) -> Result<Value> {
+    fn invite_entry(&self, user: &UserId, room_id: &RoomId, ur: &UserRoom) -> Result<Value> {
         let mut events: BTreeMap<(String, String), Value> = BTreeMap::new();
+        if let Some(stripped) = self.rooms.invite_state(user, room_id)? {
+            for (i, ev) in stripped.into_iter().enumerate() {
+                let kind = ev["type"].as_str().unwrap_or_default().to_owned();
+                events.insert((kind, format!("~{i}")), ev);
+            }
+        }
         for kind in ["m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar", "m.room.canonical_alias", "m.room.encryption", "m.room.topic"] {
             if let Some(ev) = self.rooms.state_event(room_id, kind, "")? {
                 events.insert((kind.into(), String::new()), stripped_state(&ev));

@@ -34,9 +34,10 @@ pub struct QueryBody {
 pub async fn query(State(s): State<AppState>, Auth(session): Auth, Body(body): Body<QueryBody>) -> Result<Json<Value>> {
     let viewer = &session.user_id;
     let (mut devices, mut masters, mut self_signing, mut user_signing, mut failures) = (Map::new(), Map::new(), Map::new(), Map::new(), Map::new());
+    let mut remote: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
     for (user, only) in &body.device_keys {
         if user.server_name() != s.config.server_name {
-            failures.insert(user.server_name().to_string(), json!({"errcode": "M_UNRECOGNIZED", "error": "federation is not enabled yet"}));
+            remote.entry(user.server_name().to_string()).or_default().insert(user.to_string(), json!(only));
             continue;
         }
         devices.insert(user.to_string(), Value::Object(s.e2ee.device_keys(viewer, user, only)?));
@@ -51,6 +52,13 @@ pub async fn query(State(s): State<AppState>, Auth(session): Auth, Body(body): B
             && let Some(k) = s.e2ee.cross_signing_for(viewer, user, "user_signing")? {
                 user_signing.insert(user.to_string(), k);
             }
+    }
+    if !remote.is_empty() {
+        let r = s.federation.query_remote_keys(remote).await;
+        devices.extend(r.device_keys);
+        masters.extend(r.master_keys);
+        self_signing.extend(r.self_signing_keys);
+        failures.extend(r.failures);
     }
     Ok(Json(json!({
         "device_keys": devices,
@@ -70,15 +78,21 @@ pub struct ClaimBody {
 
 pub async fn claim(State(s): State<AppState>, Auth(_session): Auth, Body(body): Body<ClaimBody>) -> Result<Json<Value>> {
     let mut local = BTreeMap::new();
-    let mut failures = Map::new();
+    let mut remote: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
     for (user, devices) in body.one_time_keys {
         if user.server_name() == s.config.server_name {
             local.insert(user, devices);
         } else {
-            failures.insert(user.server_name().to_string(), json!({"errcode": "M_UNRECOGNIZED", "error": "federation is not enabled yet"}));
+            remote.entry(user.server_name().to_string()).or_default().insert(user.to_string(), json!(devices));
         }
     }
-    let keys = s.e2ee.claim(&local).await?;
+    let mut keys = s.e2ee.claim(&local).await?;
+    let mut failures = Map::new();
+    if !remote.is_empty() {
+        let (k, f) = s.federation.claim_remote_keys(remote).await;
+        keys.extend(k);
+        failures.extend(f);
+    }
     Ok(Json(json!({"one_time_keys": keys, "failures": failures})))
 }
 

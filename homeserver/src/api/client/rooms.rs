@@ -1,6 +1,6 @@
 //! Handlers for room creation, membership changes, joined rooms and room aliases.
 
-use axum::{Json, extract::State};
+use axum::{Json, extract::{RawQuery, State}};
 use ruma::{OwnedRoomId, RoomAliasId};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -46,15 +46,23 @@ pub async fn join_by_id_or_alias(
     State(s): State<AppState>,
     Auth(session): Auth,
     P(target): P<String>,
+    RawQuery(q): RawQuery,
     Body(_body): Body<ReasonBody>,
 ) -> Result<Json<Value>> {
     let room = resolve(&s, &target)?;
-    s.rooms.join(&session.user_id, &room).await?;
+    // `via` (and the older `server_name`) name servers to join through.
+    let via: Vec<String> = serde_urlencoded::from_str::<Vec<(String, String)>>(q.as_deref().unwrap_or(""))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| k == "via" || k == "server_name")
+        .map(|(_, v)| v)
+        .collect();
+    s.federation.join(&session.user_id, &room, &via).await?;
     Ok(Json(json!({"room_id": room})))
 }
 
 pub async fn leave(State(s): State<AppState>, Auth(session): Auth, P(room): P<String>, Body(body): Body<ReasonBody>) -> Result<Json<Value>> {
-    s.rooms.leave(&session.user_id, &room_id(&room)?, body.reason.as_deref()).await?;
+    s.federation.leave(&session.user_id, &room_id(&room)?, body.reason.as_deref()).await?;
     Ok(Json(json!({})))
 }
 
@@ -71,7 +79,7 @@ pub struct TargetBody {
 
 pub async fn invite(State(s): State<AppState>, Auth(session): Auth, P(room): P<String>, Body(body): Body<TargetBody>) -> Result<Json<Value>> {
     let target = user_id(&body.user_id)?;
-    s.rooms.invite(&session.user_id, &room_id(&room)?, &target, body.reason.as_deref()).await?;
+    s.federation.invite(&session.user_id, &room_id(&room)?, &target, body.reason.as_deref()).await?;
     Ok(Json(json!({})))
 }
 

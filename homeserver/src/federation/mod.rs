@@ -1,0 +1,151 @@
+//! Federation: the server-server API's services (keys, request auth, inbound transactions, membership handshakes, the outbound queue).
+
+pub mod client;
+pub mod e2ee;
+pub mod edus;
+pub mod inbound;
+pub mod keys;
+pub mod media;
+pub mod membership;
+pub mod queue;
+pub mod sender;
+
+use std::{sync::Arc, time::Duration};
+
+use bellwire_federation::{PduCheck, ServerKey, check_pdu, event_id_of, request_auth, rules_for, servers_to_verify};
+use ruma::{CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, RoomVersionId};
+
+use crate::{
+    config::Config,
+    e2ee::E2ee,
+    ephemeral::{presence::Presence, receipts::Receipts, typing::Typing},
+    error::{Error, Result},
+    media::Media,
+    rooms::Rooms,
+    storage::Store,
+};
+use client::FedClient;
+use keys::KeyRing;
+use queue::OutboundQueue;
+use sender::Backoffs;
+
+#[derive(Clone)]
+pub struct Federation {
+    pub enabled: bool,
+    pub server_name: String,
+    pub client: FedClient,
+    pub keys: KeyRing,
+    pub key: Arc<ServerKey>,
+    pub queue: Arc<OutboundQueue>,
+    pub backoffs: Arc<Backoffs>,
+    pub store: Store,
+    pub rooms: Rooms,
+    pub typing: Typing,
+    pub receipts: Receipts,
+    pub presence: Presence,
+    pub e2ee: E2ee,
+    pub media: Media,
+}
+
+pub struct Parts {
+    pub store: Store,
+    pub key: Arc<ServerKey>,
+    pub queue: Arc<OutboundQueue>,
+    pub new_destinations: tokio::sync::mpsc::UnboundedReceiver<String>,
+    pub rooms: Rooms,
+    pub typing: Typing,
+    pub receipts: Receipts,
+    pub presence: Presence,
+    pub e2ee: E2ee,
+    pub media: Media,
+}
+
+impl Federation {
+    /// Builds the service and starts the outbound sender.
+    pub fn start(config: &Config, p: Parts) -> Result<Self> {
+        let trusted = config.federation.as_ref().map(|f| f.trusted_ca_certificates.clone()).unwrap_or_default();
+        let server_name = config.server_name.to_string();
+        let client = FedClient::new(server_name.clone(), p.key.clone(), &trusted)?;
+        let keys = KeyRing::new(p.store.clone(), client.clone(), server_name.clone(), p.key.key_id(), p.key.public_key_base64());
+        let backoffs = Arc::new(Backoffs::default());
+        let enabled = config.federation.is_some();
+        let max_backoff = Duration::from_secs(config.federation.as_ref().map_or(600, |f| f.max_backoff_secs));
+        if enabled {
+            tokio::spawn(sender::run(p.new_destinations, p.queue.clone(), client.clone(), p.rooms.clone(), backoffs.clone(), max_backoff));
+        }
+        Ok(Federation {
+            enabled,
+            server_name,
+            client,
+            keys,
+            key: p.key,
+            queue: p.queue,
+            backoffs,
+            store: p.store,
+            rooms: p.rooms,
+            typing: p.typing,
+            receipts: p.receipts,
+            presence: p.presence,
+            e2ee: p.e2ee,
+            media: p.media,
+        })
+    }
+
+    pub fn require_enabled(&self) -> Result<()> {
+        if self.enabled { Ok(()) } else { Err(Error::forbidden("federation is disabled on this server")) }
+    }
+
+    /// Checks an inbound request's X-Matrix header; returns the origin.
+    pub async fn authenticate(
+        &self,
+        header: Option<&str>,
+        method: &str,
+        uri: &str,
+        body: Option<&CanonicalJsonValue>,
+    ) -> Result<String> {
+        let header = header.ok_or_else(|| Error::Unauthorized("missing X-Matrix authorization".into()))?;
+        let auth = request_auth::parse_x_matrix(header).map_err(|e| Error::Unauthorized(e.to_string()))?;
+        if ruma::ServerName::parse(&auth.origin).is_err() || auth.origin == self.server_name {
+            return Err(Error::Unauthorized("invalid origin".into()));
+        }
+        let public = self
+            .keys
+            .public_key(&auth.origin, &auth.key)
+            .await
+            .map_err(|e| Error::Unauthorized(format!("cannot get the origin's key: {e}")))?;
+        request_auth::verify_request(&auth, &public, &self.server_name, method, uri, body)
+            .map_err(|e| Error::Unauthorized(e.to_string()))?;
+        self.backoffs.heard_from(&auth.origin);
+        Ok(auth.origin)
+    }
+
+    /// The checks on receipt of a PDU that need no room state: format,
+    /// signatures of every required server, content hash (a mismatch
+    /// keeps the redacted form). Returns the event to keep and its ID.
+    pub async fn check_incoming(&self, pdu: &serde_json::Value, version: &RoomVersionId) -> Result<(CanonicalJsonObject, OwnedEventId)> {
+        let rules = rules_for(version).map_err(|_| Error::UnsupportedRoomVersion)?;
+        let object = crate::rooms::remote::to_object(pdu.clone())?;
+        ruma::state_res::check_pdu_format(&object, &rules.event_format).map_err(|e| Error::bad_json(format!("malformed PDU: {e}")))?;
+        let servers = servers_to_verify(&object, &rules).map_err(|e| Error::bad_json(e.to_string()))?;
+        let mut keys = self.keys.key_map(&servers).await?;
+        let verdict = match check_pdu(&keys, &object, &rules) {
+            Ok(v) => v,
+            Err(_) => {
+                // The server may have rotated its key since we cached it.
+                for s in &servers {
+                    if *s != self.server_name {
+                        let _ = self.keys.refresh(s).await;
+                    }
+                }
+                keys = self.keys.key_map(&servers).await?;
+                check_pdu(&keys, &object, &rules).map_err(|e| Error::Forbidden(format!("event signature check failed: {e}")))?
+            }
+        };
+        let event_id = event_id_of(&object, &rules).map_err(|e| Error::bad_json(e.to_string()))?;
+        let object = match verdict {
+            PduCheck::Valid => object,
+            PduCheck::Redact => ruma::canonical_json::redact(object, &rules.redaction, None).map_err(|e| Error::bad_json(e.to_string()))?,
+        };
+        Ok((object, event_id))
+    }
+}

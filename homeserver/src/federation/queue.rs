@@ -1,0 +1,119 @@
+//! The durable outbound queue: PDUs and EDUs waiting for each destination server, written in the same batch as the event.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::{Notify, mpsc};
+
+use crate::{
+    error::Result,
+    storage::{Batch, Store, Table, keys},
+};
+
+/// One item for one destination.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Outgoing {
+    /// A PDU, loaded from the event table when the transaction is built.
+    Pdu(ruma::OwnedEventId),
+    /// An EDU as sent (`edu_type` and `content`).
+    Edu(Value),
+}
+
+/// `(destination, seq) -> item`; deleted once the destination accepted it.
+pub(crate) const QUEUE: Table<Outgoing> = Table::new("federation_queue");
+
+pub struct OutboundQueue {
+    store: Store,
+    seq: AtomicU64,
+    wakers: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Destinations that got their first item since start: the sender
+    /// spawns a worker for each.
+    new_destinations: mpsc::UnboundedSender<String>,
+    pub(crate) our_name: String,
+}
+
+impl OutboundQueue {
+    pub fn new(store: Store, our_name: String) -> Result<(Arc<Self>, mpsc::UnboundedReceiver<String>)> {
+        let mut max = 0;
+        let mut pending = Vec::new();
+        for (k, _) in store.scan_prefix(QUEUE, b"")? {
+            max = max.max(keys::trailing_u64(&k).unwrap_or(0));
+            if let Some(dest) = keys::split_strs(&k[..k.len().saturating_sub(8)]).and_then(|p| p.first().map(|d| d.to_string()))
+                && !pending.contains(&dest)
+            {
+                pending.push(dest);
+            }
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queue = Arc::new(OutboundQueue { store, seq: AtomicU64::new(max + 1), wakers: Mutex::default(), new_destinations: tx, our_name });
+        // Whatever was queued before a restart is sent again.
+        for dest in pending {
+            queue.waker(&dest);
+        }
+        Ok((queue, rx))
+    }
+
+    pub(crate) fn prefix(dest: &str) -> Vec<u8> {
+        keys::strs(&[dest])
+    }
+
+    /// Adds `item` for each destination to `batch`; call `wake` after commit.
+    pub fn stage(&self, batch: &mut Batch<'_>, dests: &[String], item: &Outgoing) {
+        for dest in dests.iter().filter(|d| **d != self.our_name) {
+            let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+            batch.put(QUEUE, &keys::KeyBuf::new().str(dest).u64(seq).into_vec(), item);
+        }
+    }
+
+    /// Queues and wakes at once (EDUs that have no batch of their own).
+    pub fn push(&self, dests: &[String], item: Outgoing) -> Result<()> {
+        if dests.iter().all(|d| *d == self.our_name) {
+            return Ok(());
+        }
+        let mut batch = self.store.batch();
+        self.stage(&mut batch, dests, &item);
+        batch.commit()?;
+        self.wake(dests);
+        Ok(())
+    }
+
+    pub fn wake(&self, dests: &[String]) {
+        for d in dests.iter().filter(|d| **d != self.our_name) {
+            self.waker(d).notify_one();
+        }
+    }
+
+    /// The destination's notifier, creating it (and its worker) on first use.
+    pub(crate) fn waker(&self, dest: &str) -> Arc<Notify> {
+        let mut map = self.wakers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get(dest) {
+            return n.clone();
+        }
+        let n = Arc::new(Notify::new());
+        n.notify_one();
+        map.insert(dest.to_owned(), n.clone());
+        let _ = self.new_destinations.send(dest.to_owned());
+        n
+    }
+
+    /// Up to `limit` queued items for `dest`, oldest first.
+    pub(crate) fn peek(&self, dest: &str, limit: usize) -> Result<Vec<(Vec<u8>, Outgoing)>> {
+        let p = Self::prefix(dest);
+        Ok(self.store.scan(QUEUE, &p, &p, None, false, limit)?)
+    }
+
+    pub(crate) fn remove(&self, keys: &[Vec<u8>]) -> Result<()> {
+        let mut batch = self.store.batch();
+        for k in keys {
+            batch.delete(QUEUE, k);
+        }
+        Ok(batch.commit()?)
+    }
+}

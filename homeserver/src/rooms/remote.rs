@@ -1,0 +1,267 @@
+//! Events that come from other servers: accepting them into a room, storing outliers, installing the state a remote join returns, and building events for remote servers to complete.
+
+use std::collections::BTreeSet;
+
+use bellwire_federation::{hash_sign_and_id, rules_for};
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId, UserId,
+    canonical_json::to_canonical_value, events::TimelineEventType,
+};
+use serde_json::{Value, json};
+
+use super::{Commit, EVENTS, NewEvent, ROOM_MEMBERS, ROOM_STATE, ROOMS, RoomRecord, Rooms, auth, pdu::{Pdu, StoredEvent}};
+use crate::{
+    accounts::now_ms,
+    error::{Error, Result},
+    storage::{Table, keys},
+};
+
+/// `(user, room) -> stripped state` sent with a remote invite, shown in
+/// the invitee's sync because the room's own state is not here.
+pub(crate) const INVITE_STATE: Table<Vec<Value>> = Table::new("invite_state");
+
+impl Rooms {
+    /// Servers with joined members, other than this one.
+    pub fn remote_servers(&self, room_id: &RoomId) -> Result<Vec<String>> {
+        let mut out = BTreeSet::new();
+        for u in self.members_with(room_id, &["join"])? {
+            if u.server_name() != self.server_name {
+                out.insert(u.server_name().to_string());
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    /// Where a local event goes: every server in the room, and the server
+    /// of the user a membership event is about (an invitee, a kicked user).
+    pub(crate) fn remote_servers_for(&self, room_id: &RoomId, pdu: &Pdu) -> Result<Vec<String>> {
+        let mut servers = self.remote_servers(room_id)?;
+        if pdu.kind == TimelineEventType::RoomMember
+            && let Some(target) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok())
+            && target.server_name() != self.server_name
+            && !servers.iter().any(|s| s == target.server_name().as_str())
+        {
+            servers.push(target.server_name().to_string());
+        }
+        Ok(servers)
+    }
+
+    /// Queues an EDU for every other server in the room.
+    pub fn send_edu_to_room(&self, room_id: &RoomId, edu: Value) -> Result<()> {
+        let servers = self.remote_servers(room_id)?;
+        if servers.is_empty() {
+            return Ok(());
+        }
+        self.outbound.push(&servers, crate::federation::queue::Outgoing::Edu(edu))
+    }
+
+    pub fn room_version(&self, room_id: &RoomId) -> Result<Option<RoomVersionId>> {
+        Ok(self.room(room_id)?.map(|r| r.version))
+    }
+
+    /// An unsigned event on top of the current extremities, as make_join
+    /// and make_leave hand out for the remote server to sign.
+    pub fn event_template(&self, room_id: &RoomId, sender: &UserId, event: &NewEvent) -> Result<(Value, RoomVersionId)> {
+        let record = self.room(room_id)?.ok_or_else(|| Error::not_found("unknown room"))?;
+        let rules = rules_for(&record.version).map_err(|_| Error::UnsupportedRoomVersion)?;
+        let kind = TimelineEventType::from(event.kind.as_str());
+        let content_raw = serde_json::value::to_raw_value(&event.content).map_err(|e| Error::bad_json(e.to_string()))?;
+        let auth_types = ruma::state_res::auth_types_for_event(&kind, sender, event.state_key.as_deref(), &content_raw, &rules.authorization)
+            .map_err(Error::BadJson)?;
+        let mut auth_events = Vec::new();
+        for (t, k) in &auth_types {
+            if let Some(id) = self.state_event_id(room_id, &t.to_string(), k)? {
+                auth_events.push(id);
+            }
+        }
+        let mut pdu = json!({
+            "type": event.kind,
+            "content": event.content,
+            "sender": sender.as_str(),
+            "room_id": room_id.as_str(),
+            "origin_server_ts": now_ms(),
+            "depth": record.depth + 1,
+            "prev_events": record.extremities,
+            "auth_events": auth_events,
+        });
+        if let Some(k) = &event.state_key {
+            pdu["state_key"] = Value::from(k.as_str());
+        }
+        if record.version.as_str().parse::<u32>().is_ok_and(|v| v < 11) {
+            pdu["origin"] = Value::from(sender.server_name().as_str());
+        }
+        Ok((pdu, record.version))
+    }
+
+    /// Hashes and signs a template as this server (the joining or inviting
+    /// side of a membership handshake).
+    pub fn sign_template(&self, template: Value, version: &RoomVersionId) -> Result<(CanonicalJsonObject, OwnedEventId)> {
+        let rules = rules_for(version).map_err(|_| Error::UnsupportedRoomVersion)?;
+        let mut object = to_object(template)?;
+        object.remove("signatures");
+        object.remove("hashes");
+        object.remove("unsigned");
+        object.insert("origin_server_ts".into(), CanonicalJsonValue::Integer(ruma::Int::try_from(now_ms()).unwrap_or_default()));
+        let event_id = hash_sign_and_id(&mut object, self.server_name.as_str(), &self.key, &rules).map_err(|e| Error::bad_json(e.to_string()))?;
+        Ok((object, event_id))
+    }
+
+    /// Whether an event is here (in the timeline or as an outlier).
+    pub fn has_event(&self, event_id: &str) -> Result<bool> {
+        Ok(self.store.contains(EVENTS, event_id.as_bytes())?)
+    }
+
+    /// Stores a checked event that is not (yet) part of the timeline:
+    /// auth chain and state from a join, an invite to a remote room.
+    pub(crate) fn store_outlier(&self, room_id: &RoomId, object: &CanonicalJsonObject, event_id: &OwnedEventId) -> Result<()> {
+        if self.has_event(event_id.as_str())? {
+            return Ok(());
+        }
+        let json = serde_json::to_string(object).map_err(|e| Error::Unknown(e.to_string()))?;
+        let stored = StoredEvent {
+            event_id: event_id.clone(),
+            room_id: room_id.to_owned(),
+            pos: 0,
+            pdu: serde_json::value::RawValue::from_string(json).map_err(|e| Error::Unknown(e.to_string()))?,
+            replaces_state: None,
+            txn: None,
+            rejected: false,
+        };
+        Ok(self.store.put(EVENTS, event_id.as_bytes(), &stored)?)
+    }
+
+    /// Makes `state` (checked events, stored as outliers) the current state
+    /// of a room this server is joining, before the join itself is accepted.
+    pub(crate) fn install_state_locked(&self, room_id: &RoomId, version: &RoomVersionId, state: &[(OwnedEventId, CanonicalJsonObject)]) -> Result<()> {
+        let mut batch = self.store.batch();
+        for (id, object) in state {
+            let (Some(CanonicalJsonValue::String(kind)), Some(CanonicalJsonValue::String(key))) = (object.get("type"), object.get("state_key")) else {
+                continue;
+            };
+            batch.put(ROOM_STATE, &keys::strs(&[room_id.as_str(), kind, key]), id);
+            if kind == "m.room.member"
+                && let Some(CanonicalJsonValue::Object(content)) = object.get("content")
+                && let Some(CanonicalJsonValue::String(m)) = content.get("membership")
+            {
+                batch.put(ROOM_MEMBERS, &keys::strs(&[room_id.as_str(), key]), m);
+            }
+        }
+        if self.room(room_id)?.is_none() {
+            batch.put(ROOMS, room_id.as_bytes(), &RoomRecord { version: version.clone(), extremities: Vec::new(), depth: 0 });
+        }
+        Ok(batch.commit()?)
+    }
+
+    /// Accepts a checked (hashes, signatures) event from another server into
+    /// the timeline, after the auth rules against its auth events and the
+    /// current state. `forward`: servers this server must pass it on to
+    /// (only when it is the resident server of a send_join).
+    /// Caller holds the stream writer lock.
+    pub(crate) fn accept_remote_locked(
+        &self,
+        room_id: &RoomId,
+        object: &CanonicalJsonObject,
+        event_id: &OwnedEventId,
+        forward: Vec<String>,
+    ) -> Result<()> {
+        if let Some(existing) = self.event(event_id.as_str())?
+            && existing.pos != 0
+        {
+            return Ok(());
+        }
+        let record = self.room(room_id)?.ok_or_else(|| Error::not_found("this server is not in the room"))?;
+        let rules = rules_for(&record.version).map_err(|_| Error::UnsupportedRoomVersion)?;
+        let pdu_json = serde_json::to_string(object).map_err(|e| Error::Unknown(e.to_string()))?;
+        let mut parsed: Pdu = serde_json::from_str(&pdu_json).map_err(|e| Error::bad_json(e.to_string()))?;
+        parsed.event_id = event_id.clone();
+        for a in &parsed.auth_events {
+            if !self.has_event(a.as_str())? {
+                return Err(Error::forbidden(format!("auth event {a} is unknown")));
+            }
+        }
+        auth::authorize(self, &rules, room_id, &parsed)?;
+        let redaction_target = self.redaction_target(&rules, room_id, &parsed).ok().flatten();
+        let prev_events = parsed.prev_events.clone();
+        let depth = parsed.depth;
+        self.commit_locked(Commit {
+            room_id: room_id.to_owned(),
+            version: record.version.clone(),
+            rules: &rules,
+            event_id: event_id.clone(),
+            object,
+            pdu_json,
+            parsed,
+            txn: None,
+            depth,
+            prev_events: &prev_events,
+            redaction_target,
+            forward,
+            in_timeline: true,
+        })
+    }
+
+    pub(crate) fn set_invite_state(&self, user: &UserId, room_id: &RoomId, state: &[Value]) -> Result<()> {
+        Ok(self.store.put(INVITE_STATE, &keys::strs(&[user.as_str(), room_id.as_str()]), &state.to_vec())?)
+    }
+
+    pub(crate) fn invite_state(&self, user: &UserId, room_id: &RoomId) -> Result<Option<Vec<Value>>> {
+        Ok(self.store.get(INVITE_STATE, &keys::strs(&[user.as_str(), room_id.as_str()]))?)
+    }
+
+    /// Records a local user's membership in a room this server is not in
+    /// (a remote invite, or its rejection), for /sync.
+    pub(crate) fn set_outside_membership_locked(&self, user: &UserId, room_id: &RoomId, membership: &str, event_id: &OwnedEventId, sender: &UserId, is_direct: bool) -> Result<()> {
+        let pos = self.stream.next();
+        let mut batch = self.store.batch();
+        batch.put(
+            super::USER_ROOMS,
+            &keys::strs(&[user.as_str(), room_id.as_str()]),
+            &super::UserRoom { membership: membership.into(), pos, event_id: event_id.clone(), is_direct, sender: sender.to_owned() },
+        );
+        self.stream.record(&mut batch, pos);
+        batch.commit()?;
+        self.stream.publish(pos);
+        self.notifier.wake(std::iter::once(user));
+        Ok(())
+    }
+
+    /// The auth chain of `ids`: every event reachable through auth_events.
+    pub fn auth_chain(&self, ids: &[OwnedEventId]) -> Result<Vec<StoredEvent>> {
+        let mut seen: BTreeSet<OwnedEventId> = BTreeSet::new();
+        let mut todo: Vec<OwnedEventId> = ids.to_vec();
+        let mut out = Vec::new();
+        while let Some(id) = todo.pop() {
+            let Some(ev) = self.event(id.as_str())? else { continue };
+            let Ok(p) = ev.parse() else { continue };
+            for a in p.auth_events {
+                if seen.insert(a.clone()) {
+                    todo.push(a);
+                }
+            }
+            if !ids.contains(&id) {
+                out.push(ev);
+            }
+        }
+        // Reachable auth events of the starting set are included too.
+        for id in ids {
+            if seen.contains(id) && !out.iter().any(|e| &e.event_id == id)
+                && let Some(ev) = self.event(id.as_str())?
+            {
+                out.push(ev);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn room_of_event(&self, event_id: &str) -> Result<Option<OwnedRoomId>> {
+        Ok(self.event(event_id)?.map(|e| e.room_id))
+    }
+}
+
+pub(crate) fn to_object(v: Value) -> Result<CanonicalJsonObject> {
+    match to_canonical_value(v) {
+        Ok(CanonicalJsonValue::Object(o)) => Ok(o),
+        Ok(_) => Err(Error::bad_json("event is not an object")),
+        Err(e) => Err(Error::bad_json(format!("event is not canonical JSON: {e}"))),
+    }
+}
