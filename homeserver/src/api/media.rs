@@ -165,7 +165,8 @@ pub struct DownloadQuery {
 /// The record of a media ID that exists (or, if reserved, once uploaded).
 async fn find(media: &Media, server: &str, id: &str, timeout_ms: Option<u64>) -> Result<MediaRecord> {
     if server != media.server_name() {
-        return Err(Error::not_found("remote media needs federation, which is not enabled yet"));
+        // Remote media was fetched (or not) before we got here.
+        return media.record(server, id)?.ok_or_else(|| Error::not_found("no such media"));
     }
     let timeout = Duration::from_millis(timeout_ms.unwrap_or(20_000).min(120_000));
     media.wait_uploaded(server, id, timeout).await

@@ -74,7 +74,11 @@ impl Federation {
         let (object, event_id) = match self.check_incoming(pdu, &version).await {
             Ok(x) => x,
             Err(e) => {
-                let id = pdu.get("event_id").and_then(Value::as_str).unwrap_or("(unverified)").to_owned();
+                // Name the refused event by its reference hash when it has one.
+                let id = bellwire_federation::rules_for(&version)
+                    .ok()
+                    .and_then(|rules| Some(bellwire_federation::event_id_of(&crate::rooms::remote::to_object(pdu.clone()).ok()?, &rules).ok()?.to_string()))
+                    .unwrap_or_else(|| "(unverified)".to_owned());
                 return (id, Err(e));
             }
         };

@@ -200,7 +200,7 @@ impl Federation {
     }
 
     /// Invites a user of another server: they sign the invite first.
-    pub async fn invite(&self, sender: &UserId, room_id: &RoomId, target: &UserId, reason: Option<&str>) -> Result<()> {
+    pub async fn invite(&self, sender: &UserId, room_id: &RoomId, target: &UserId, reason: Option<&str>, is_direct: bool) -> Result<()> {
         if target.server_name().as_str() == self.server_name {
             self.rooms.invite(sender, room_id, target, reason).await?;
             return Ok(());
@@ -214,6 +214,9 @@ impl Federation {
         let mut content = json!({"membership": "invite"});
         if let Some(r) = reason {
             content["reason"] = Value::from(r);
+        }
+        if is_direct {
+            content["is_direct"] = Value::Bool(true);
         }
         let event = NewEvent::state("m.room.member", target.as_str(), content);
         let (template, version) = self.rooms.event_template(room_id, sender, &event)?;

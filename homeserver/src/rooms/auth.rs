@@ -31,7 +31,15 @@ pub fn authorize_against_auth_events(rooms: &Rooms, rules: &RoomVersionRules, pd
     };
     ruma::state_res::check_state_independent_auth_rules(&rules.authorization, pdu, fetch_event)
         .map_err(|e| Error::Forbidden(format!("event not allowed: {e}")))?;
-    let auth: Vec<Pdu> = pdu.auth_events.iter().filter_map(|id| fetch_event(id)).collect();
+    let mut auth: Vec<Pdu> = pdu.auth_events.iter().filter_map(|id| fetch_event(id)).collect();
+    // Room v12+ events do not list the create event: the room ID names it.
+    if !auth.iter().any(|e| e.kind.to_string() == "m.room.create")
+        && let Some(room_id) = &pdu.room_id
+        && let Ok(create_id) = ruma::OwnedEventId::try_from(format!("${}", room_id.as_str().trim_start_matches('!')))
+        && let Some(create) = fetch_event(&create_id)
+    {
+        auth.push(create);
+    }
     let fetch_state = |kind: &StateEventType, key: &str| -> Option<Pdu> {
         auth.iter()
             .find(|e| e.kind.to_string() == kind.to_string() && e.state_key.as_deref() == Some(key))

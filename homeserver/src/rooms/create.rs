@@ -140,7 +140,8 @@ impl Rooms {
         if let Some(t) = &req.topic {
             events.push(NewEvent::state("m.room.topic", "", json!({"topic": t})));
         }
-        for invitee in &req.invite {
+        // Other servers' users are invited afterwards, through their server.
+        for invitee in req.invite.iter().filter(|u| u.server_name() == self.server_name) {
             let mut content = json!({"membership": "invite"});
             if req.is_direct {
                 content["is_direct"] = Value::Bool(true);

@@ -132,7 +132,7 @@ impl Rooms {
 
     pub(crate) fn user_exists(&self, user: &UserId) -> Result<bool> {
         if user.server_name() != self.server_name {
-            return Err(Error::forbidden("inviting users of other servers needs federation, which is not enabled yet"));
+            return Err(Error::forbidden("not a user of this server"));
         }
         Ok(self.store.contains(crate::accounts::USERS, user.as_bytes())?)
     }

@@ -24,7 +24,7 @@ pub struct PublicRoomsQuery {
 fn check_server(s: &AppState, server: Option<&str>) -> Result<()> {
     match server {
         Some(name) if name != s.config.server_name.as_str() => {
-            Err(Error::not_found("listing other servers' rooms needs federation, which is not enabled yet"))
+            Err(Error::not_found("listing other servers' rooms is not supported yet"))
         }
         _ => Ok(()),
     }

@@ -16,7 +16,12 @@ use crate::{
 
 pub async fn create_room(State(s): State<AppState>, Auth(session): Auth, Body(body): Body<CreateRoom>) -> Result<Json<Value>> {
     let public = body.visibility.as_deref() == Some("public");
+    let remote: Vec<_> = body.invite.iter().filter(|u| u.server_name() != s.config.server_name).cloned().collect();
+    let is_direct = body.is_direct;
     let room_id = s.rooms.create_room(&session.user_id, body).await?;
+    for invitee in remote {
+        s.federation.invite(&session.user_id, &room_id, &invitee, None, is_direct).await?;
+    }
     if public {
         s.public_rooms.set_visibility(&session.user_id, &room_id, true)?;
     }
@@ -79,7 +84,7 @@ pub struct TargetBody {
 
 pub async fn invite(State(s): State<AppState>, Auth(session): Auth, P(room): P<String>, Body(body): Body<TargetBody>) -> Result<Json<Value>> {
     let target = user_id(&body.user_id)?;
-    s.federation.invite(&session.user_id, &room_id(&room)?, &target, body.reason.as_deref()).await?;
+    s.federation.invite(&session.user_id, &room_id(&room)?, &target, body.reason.as_deref(), false).await?;
     Ok(Json(json!({})))
 }
 
