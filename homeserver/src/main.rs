@@ -7,7 +7,7 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     limit_allocator_retention();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("BELLWIRE_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(EnvFilter::try_from_env("BELLWIRE_LOG").unwrap_or_else(|_| EnvFilter::new("info,ruma_state_res=warn")))
         .with_writer(std::io::stderr)
         .init();
     let mut args = std::env::args().skip(1);
