@@ -12,8 +12,8 @@ use std::collections::BTreeSet;
 
 use anyhow::{Context, Result, ensure};
 use bellwire_tests::{
-    TestServer, User, WAIT, enc,
-    federation::{Federation, port_of},
+    TestServer, User, WAIT,
+    federation::{Federation, now_ms, port_of},
     sync_all_until,
     synapse::SynapseServer,
 };
@@ -21,7 +21,7 @@ use matrix_sdk::ruma::{
     DeviceId, OwnedRoomId, RoomId, RoomVersionId, UserId,
     api::client::room::create_room::{self, v3::RoomPreset},
 };
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const MEGOLM: &str = "m.megolm.v1.aes-sha2";
 
@@ -181,8 +181,8 @@ async fn accept_invite(host: &User, guest: &User, room: &RoomId, name: &str) -> 
     Ok(())
 }
 
-/// `a` says `to_b`, `b` reads it; `b` answers `to_a`, `a` reads it. Each
-/// also sees their own message come back in order with the other's.
+/// `a` says `to_b`, `b` reads it; `b` answers `to_a`, `a` reads it. Both
+/// timelines end up with the two messages in that order.
 async fn chat(room: &RoomId, a: &User, to_b: &str, b: &User, to_a: &str) -> Result<()> {
     a.send_text(room, to_b).await?;
     b.wait_for_text(room, &a.user_id, to_b)
@@ -192,6 +192,10 @@ async fn chat(room: &RoomId, a: &User, to_b: &str, b: &User, to_a: &str) -> Resu
     a.wait_for_text(room, &b.user_id, to_a)
         .await
         .with_context(|| format!("{to_a:?} crossing from {} to {}", b.user_id, a.user_id))?;
+    // Each also gets their own message back through sync, after the
+    // other's for b and before it for a.
+    a.wait_for_text(room, &a.user_id, to_b).await?;
+    b.wait_for_text(room, &b.user_id, to_a).await?;
     for user in [a, b] {
         let texts: Vec<String> = user
             .seen()
@@ -305,19 +309,22 @@ async fn synapse_and_bellwire_fetch_each_others_signing_keys() -> Result<()> {
             "Synapse's key answer: {synapse_keys}"
         );
 
-        let query = format!(
-            "{}/_matrix/key/v2/query/{}",
-            pair.synapse.federation_url(),
-            enc(&bw_name)
-        );
+        // Naming the key ids makes Synapse fetch what it has not cached.
+        let query = format!("{}/_matrix/key/v2/query", pair.synapse.federation_url());
+        let wanted: serde_json::Map<String, Value> =
+            bw_keys
+                .keys()
+                .map(|id| (id.clone(), json!({"minimum_valid_until_ts": now_ms()})))
+                .collect();
         let r = client
-            .get(&query)
+            .post(&query)
+            .json(&json!({"server_keys": {bw_name.as_str(): wanted}}))
             .send()
             .await
-            .with_context(|| format!("GET {query}"))?;
+            .with_context(|| format!("POST {query}"))?;
         let status = r.status();
         let notary: Value = r.json().await.context("Synapse's notary answer is not JSON")?;
-        ensure!(status == 200, "GET {query}: {status} {notary}");
+        ensure!(status == 200, "POST {query}: {status} {notary}");
         let fetched = notary["server_keys"]
             .as_array()
             .and_then(|keys| keys.iter().find(|k| k["server_name"] == bw_name.as_str()))
