@@ -22,6 +22,23 @@ pub fn authorize(rooms: &Rooms, rules: &RoomVersionRules, room_id: &RoomId, pdu:
         .map_err(|e| Error::Forbidden(format!("event not allowed: {e}")))
 }
 
+/// Checks `pdu` against its auth events and a given room state (the state
+/// at its place in the graph, for an event on another branch).
+pub fn authorize_with_state(rooms: &Rooms, rules: &RoomVersionRules, pdu: &Pdu, state: &super::snapshots::StateIds) -> Result<()> {
+    let fetch_event = |id: &EventId| -> Option<Pdu> {
+        let stored = rooms.event(id.as_str()).ok().flatten()?;
+        stored.parse().ok()
+    };
+    ruma::state_res::check_state_independent_auth_rules(&rules.authorization, pdu, fetch_event)
+        .map_err(|e| Error::Forbidden(format!("event not allowed: {e}")))?;
+    let fetch_state = |kind: &StateEventType, key: &str| -> Option<Pdu> {
+        let id = state.get(&(kind.to_string(), key.to_owned()))?;
+        fetch_event(id)
+    };
+    ruma::state_res::check_state_dependent_auth_rules(&rules.authorization, pdu, fetch_state)
+        .map_err(|e| Error::Forbidden(format!("event not allowed: {e}")))
+}
+
 /// Checks an event against its own auth events only (state received from
 /// another server, whose place in our timeline is not known).
 pub fn authorize_against_auth_events(rooms: &Rooms, rules: &RoomVersionRules, pdu: &Pdu) -> Result<()> {

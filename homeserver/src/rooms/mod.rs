@@ -7,6 +7,7 @@ pub mod membership;
 pub mod pdu;
 pub mod relations;
 pub mod remote;
+pub mod snapshots;
 pub mod summary;
 pub mod state;
 pub mod timeline;
@@ -40,6 +41,10 @@ pub struct RoomRecord {
     /// Forward extremities: the events new local events point at.
     pub extremities: Vec<OwnedEventId>,
     pub depth: u64,
+    /// Snapshot of the current state (see `snapshots`); `None` in rooms
+    /// from before snapshots existed, until their next event.
+    #[serde(default)]
+    pub snapshot: Option<u64>,
 }
 
 /// A user's current relation to a room, for /sync and /joined_rooms.
@@ -100,6 +105,12 @@ pub(crate) struct Commit<'a> {
     pub forward: Vec<String>,
     /// False for outliers: stored for auth and lookups, never shown.
     pub in_timeline: bool,
+    /// The state before the event when it is not the room's current state
+    /// (an event on another branch); `None`: the current state.
+    pub state_before: Option<snapshots::StateIds>,
+    /// The room's state after the event when branches were resolved;
+    /// `None`: the current state plus the event.
+    pub new_state: Option<snapshots::StateIds>,
 }
 
 /// A device's transaction, for idempotent sends.
@@ -120,6 +131,7 @@ pub struct Rooms {
     pub(crate) default_version: RoomVersionId,
     pub(crate) push: Arc<Push>,
     pub(crate) outbound: Arc<crate::federation::queue::OutboundQueue>,
+    pub(crate) snapshot_seq: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Rooms {
@@ -135,7 +147,9 @@ impl Rooms {
         push: Arc<Push>,
         outbound: Arc<crate::federation::queue::OutboundQueue>,
     ) -> Self {
-        Rooms { store, server_name, key, stream, notifier, account_data, default_version, push, outbound }
+        let last = Rooms::last_snapshot_id(&store).unwrap_or(0);
+        let snapshot_seq = Arc::new(std::sync::atomic::AtomicU64::new(last));
+        Rooms { store, server_name, key, stream, notifier, account_data, default_version, push, outbound, snapshot_seq }
     }
 
     pub fn room(&self, room_id: &RoomId) -> Result<Option<RoomRecord>> {
@@ -275,6 +289,8 @@ impl Rooms {
             redaction_target,
             forward,
             in_timeline: true,
+            state_before: None,
+            new_state: None,
         })?;
         Ok(event_id)
     }
@@ -284,7 +300,7 @@ impl Rooms {
     /// extremities and the federation queue; then wakes whoever waits.
     /// Caller holds the stream writer lock.
     pub(crate) fn commit_locked(&self, c: Commit<'_>) -> Result<()> {
-        let Commit { room_id, version, rules, event_id, object, pdu_json, parsed, txn, depth, prev_events, redaction_target, forward, in_timeline } = c;
+        let Commit { room_id, version, rules, event_id, object, pdu_json, parsed, txn, depth, prev_events, redaction_target, forward, in_timeline, state_before, new_state } = c;
         let kind = parsed.kind.clone();
         let sender = parsed.sender.clone();
         let content = parsed.content_value();
@@ -321,11 +337,38 @@ impl Rooms {
         if sender.server_name() == self.server_name {
             receipts::mark_read(&self.store, &mut batch, &sender, &room_id, "", pos)?;
         }
-        if let Some(k) = &parsed.state_key {
+        let mut wake: BTreeSet<OwnedUserId> = self.members_with(&room_id, &["join", "invite"])?.into_iter().collect();
+        let record = self.room(&room_id)?;
+        let snapshot = self.stage_state_snapshots(&mut batch, &room_id, record.as_ref(), &event_id, &parsed, state_before.as_ref(), new_state.as_ref())?;
+        if let Some(resolved) = &new_state {
+            // Branches met: the room's state is whatever resolution chose,
+            // which may or may not include this event.
+            for ((t, k), winner) in self.state_diff(&room_id, resolved)? {
+                match &winner {
+                    Some(id) => batch.put(ROOM_STATE, &keys::strs(&[room_id.as_str(), &t, &k]), id),
+                    None => batch.delete(ROOM_STATE, &keys::strs(&[room_id.as_str(), &t, &k])),
+                }
+                if t == "m.room.member"
+                    && let (Ok(target), Some(id)) = (UserId::parse(k.as_str()), winner)
+                    && let Some(ev) = if id == event_id { Some(stored.clone()) } else { self.event(id.as_str())? }
+                    && let Ok(p) = ev.parse()
+                {
+                    let membership = p.membership().unwrap_or_default();
+                    let is_direct = p.content_value().get("is_direct").and_then(Value::as_bool).unwrap_or(false);
+                    batch.put(
+                        USER_ROOMS,
+                        &keys::strs(&[target.as_str(), room_id.as_str()]),
+                        &UserRoom { membership: membership.clone(), pos, event_id: id.clone(), is_direct, sender: p.sender.clone() },
+                    );
+                    batch.put(ROOM_MEMBERS, &keys::strs(&[room_id.as_str(), target.as_str()]), &membership);
+                    batch.put(MEMBERSHIP_LOG, &timeline_key(&room_id, pos), &(target.clone(), membership));
+                    wake.insert(target);
+                }
+            }
+        } else if let Some(k) = &parsed.state_key {
             batch.put(ROOM_STATE, &keys::strs(&[room_id.as_str(), &kind.to_string(), k]), &event_id);
         }
-        let mut wake: BTreeSet<OwnedUserId> = self.members_with(&room_id, &["join", "invite"])?.into_iter().collect();
-        if kind == TimelineEventType::RoomMember {
+        if kind == TimelineEventType::RoomMember && new_state.is_none() {
             let target = parsed.state_key.as_deref().and_then(|k| UserId::parse(k).ok());
             let membership = parsed.membership().unwrap_or_default();
             if let Some(target) = target {
@@ -342,16 +385,16 @@ impl Rooms {
         }
         // Forward extremities: the new event replaces those it points at;
         // other branches (a remote event built on an older event) stay.
-        let mut extremities: Vec<OwnedEventId> = self
-            .room(&room_id)?
-            .map(|r| r.extremities)
+        let mut extremities: Vec<OwnedEventId> = record
+            .as_ref()
+            .map(|r| r.extremities.clone())
             .unwrap_or_default()
             .into_iter()
             .filter(|e| !prev_events.contains(e) && *e != event_id)
             .collect();
         extremities.push(event_id.clone());
-        let old_depth = self.room(&room_id)?.map_or(0, |r| r.depth);
-        batch.put(ROOMS, room_id.as_bytes(), &RoomRecord { version, extremities, depth: depth.max(old_depth) });
+        let old_depth = record.as_ref().map_or(0, |r| r.depth);
+        batch.put(ROOMS, room_id.as_bytes(), &RoomRecord { version, extremities, depth: depth.max(old_depth), snapshot: Some(snapshot) });
         if let Some(t) = txn {
             batch.put(TXNS, &txn_key(&sender, t), &event_id);
         }

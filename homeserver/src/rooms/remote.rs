@@ -146,9 +146,13 @@ impl Rooms {
                 batch.put(ROOM_MEMBERS, &keys::strs(&[room_id.as_str(), key]), m);
             }
         }
-        if self.room(room_id)?.is_none() {
-            batch.put(ROOMS, room_id.as_bytes(), &RoomRecord { version: version.clone(), extremities: Vec::new(), depth: 0 });
-        }
+        // The snapshot of the current state is rebuilt from these rows at
+        // the next event.
+        let record = match self.room(room_id)? {
+            Some(r) => RoomRecord { snapshot: None, ..r },
+            None => RoomRecord { version: version.clone(), extremities: Vec::new(), depth: 0, snapshot: None },
+        };
+        batch.put(ROOMS, room_id.as_bytes(), &record);
         Ok(batch.commit()?)
     }
 
@@ -179,9 +183,37 @@ impl Rooms {
                 return Err(Error::forbidden(format!("auth event {a} is unknown")));
             }
         }
-        auth::authorize(self, &rules, room_id, &parsed)?;
-        let redaction_target = self.redaction_target(&rules, room_id, &parsed).ok().flatten();
         let prev_events = parsed.prev_events.clone();
+        let (state_before, new_state) = match self.state_before_prevs(room_id, &rules, &prev_events)? {
+            None => {
+                auth::authorize(self, &rules, room_id, &parsed)?;
+                (None, None)
+            }
+            Some(before) => {
+                // On another branch: the auth rules run against the state
+                // where the event sits...
+                auth::authorize_with_state(self, &rules, &parsed, &before)?;
+                // ...and against the current state; failing only there is a
+                // soft failure: kept, but never shown or built upon.
+                if let Err(e) = auth::authorize(self, &rules, room_id, &parsed) {
+                    tracing::info!("soft-failed {event_id}: {e}");
+                    return self.store_outlier(room_id, object, event_id);
+                }
+                let mut after = before.clone();
+                if let Some(k) = &parsed.state_key {
+                    after.insert((parsed.kind.to_string(), k.clone()), event_id.clone());
+                }
+                let mut maps = vec![after];
+                let current = self.current_state_ids(room_id)?;
+                for x in record.extremities.iter().filter(|x| !prev_events.contains(x)) {
+                    maps.push(self.state_after(x)?.unwrap_or_else(|| current.clone()));
+                }
+                let resolved = self.resolve_states(&rules, &maps, Some(&parsed))?;
+                tracing::debug!("branches met at {event_id}: resolved {} of {} state sets", resolved.len(), maps.len());
+                (Some(before), Some(resolved))
+            }
+        };
+        let redaction_target = self.redaction_target(&rules, room_id, &parsed).ok().flatten();
         let depth = parsed.depth;
         self.commit_locked(Commit {
             room_id: room_id.to_owned(),
@@ -197,6 +229,8 @@ impl Rooms {
             redaction_target,
             forward,
             in_timeline: true,
+            state_before,
+            new_state,
         })
     }
 

@@ -72,6 +72,8 @@ pub const COLUMN_FAMILIES: &[&str] = &[
     "federation_txns",
     "server_keys",
     "invite_state",
+    "state_snapshots",
+    "event_state",
 ];
 
 /// A typed table: a column family whose values are JSON-encoded `V`.
