@@ -297,55 +297,103 @@ impl Http {
 // Hand-made PDUs
 // ---------------------------------------------------------------------------
 
-/// Top-level keys a redaction keeps (every room version; `origin`,
-/// `membership` and `prev_state` only before v11, and never present in the
-/// PDUs made here).
-const REDACTION_KEEPS: &[&str] = &[
-    "event_id",
-    "type",
-    "room_id",
-    "sender",
-    "state_key",
-    "content",
-    "hashes",
-    "signatures",
-    "depth",
-    "prev_events",
-    "auth_events",
-    "origin_server_ts",
-    "origin",
-    "membership",
-    "prev_state",
-];
+/// A room version this module can make events for (3 and later, where
+/// event ids are reference hashes), as a number.
+fn room_version_number(version: &str) -> Result<u32> {
+    let n: u32 = version
+        .parse()
+        .with_context(|| format!("room version {version:?} is not one of the numbered ones"))?;
+    ensure!(
+        (3..=12).contains(&n),
+        "room version {version} is not supported here (3 to 12 are)"
+    );
+    Ok(n)
+}
 
-/// The redacted form of a non-state event other than the few types whose
-/// content survives redaction: only [`REDACTION_KEEPS`], empty content.
-fn redacted_message(event: &Value) -> Result<Value> {
+/// The redacted form of `event` under room version `version`'s redaction
+/// algorithm: the top-level keys every version keeps (plus `origin`,
+/// `membership` and `prev_state` before v11), and of the content only what
+/// the event's type keeps.
+pub fn redact(event: &Value, version: &str) -> Result<Value> {
+    let v = room_version_number(version)?;
     let object = event.as_object().context("a PDU is a JSON object")?;
-    ensure!(
-        !object.contains_key("state_key"),
-        "only non-state events are redacted here"
-    );
-    let ty = object.get("type").and_then(Value::as_str).unwrap_or("");
-    ensure!(
-        !matches!(
-            ty,
-            "m.room.create"
-                | "m.room.member"
-                | "m.room.join_rules"
-                | "m.room.power_levels"
-                | "m.room.history_visibility"
-                | "m.room.redaction"
-        ),
-        "{ty} keeps content keys on redaction; not supported here"
-    );
+    let mut keep_top = vec![
+        "event_id",
+        "type",
+        "room_id",
+        "sender",
+        "state_key",
+        "content",
+        "hashes",
+        "signatures",
+        "depth",
+        "prev_events",
+        "auth_events",
+        "origin_server_ts",
+    ];
+    if v < 11 {
+        keep_top.extend(["origin", "membership", "prev_state"]);
+    }
     let mut out = serde_json::Map::new();
-    for (k, v) in object {
-        if REDACTION_KEEPS.contains(&k.as_str()) {
-            out.insert(k.clone(), v.clone());
+    for (k, val) in object {
+        if keep_top.contains(&k.as_str()) {
+            out.insert(k.clone(), val.clone());
         }
     }
-    out.insert("content".to_owned(), json!({}));
+    let content = object
+        .get("content")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let ty = object.get("type").and_then(Value::as_str).unwrap_or("");
+    let keep_content: Vec<&str> = match ty {
+        "m.room.member" => {
+            let mut keys = vec!["membership"];
+            if v >= 9 {
+                keys.push("join_authorised_via_users_server");
+            }
+            keys
+        }
+        "m.room.create" if v >= 11 => content.keys().map(String::as_str).collect(),
+        "m.room.create" => vec!["creator"],
+        "m.room.join_rules" if v >= 8 => vec!["join_rule", "allow"],
+        "m.room.join_rules" => vec!["join_rule"],
+        "m.room.power_levels" => {
+            let mut keys = vec![
+                "ban",
+                "events",
+                "events_default",
+                "kick",
+                "redact",
+                "state_default",
+                "users",
+                "users_default",
+            ];
+            if v >= 11 {
+                keys.push("invite");
+            }
+            keys
+        }
+        "m.room.history_visibility" => vec!["history_visibility"],
+        "m.room.redaction" if v >= 11 => vec!["redacts"],
+        "m.room.aliases" if v < 6 => vec!["aliases"],
+        _ => vec![],
+    };
+    let mut kept = serde_json::Map::new();
+    for k in keep_content {
+        if let Some(val) = content.get(k) {
+            kept.insert(k.to_owned(), val.clone());
+        }
+    }
+    if ty == "m.room.member"
+        && v >= 11
+        && let Some(signed) = content
+            .get("third_party_invite")
+            .and_then(|t| t.get("signed"))
+    {
+        kept.insert("third_party_invite".to_owned(), json!({"signed": signed}));
+    }
+    out.insert("content".to_owned(), Value::Object(kept));
     Ok(Value::Object(out))
 }
 
@@ -367,20 +415,22 @@ pub fn content_hash(event: &Value) -> Result<String> {
     Ok(base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest))
 }
 
-/// The event id of a PDU in room versions 4 and later: `$` and the URL-safe
-/// unpadded base64 of the sha256 reference hash (the redacted event without
-/// `signatures` and `unsigned`).
-pub fn reference_event_id(event: &Value) -> Result<String> {
-    let mut redacted = redacted_message(event)?;
+/// The event id of a PDU (room versions 3 and later): `$` and the unpadded
+/// base64 (URL-safe from v4) of the sha256 reference hash, i.e. of the
+/// redacted event without `signatures` and `unsigned`.
+pub fn reference_event_id(event: &Value, version: &str) -> Result<String> {
+    let mut redacted = redact(event, version)?;
     let object = redacted.as_object_mut().expect("an object");
     object.remove("signatures");
     object.remove("unsigned");
     object.remove("event_id");
     let digest = Sha256::digest(canonical(&redacted)?.as_bytes());
-    Ok(format!(
-        "${}",
+    let id = if room_version_number(version)? >= 4 {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest)
-    ))
+    } else {
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest)
+    };
+    Ok(format!("${id}"))
 }
 
 /// An `m.room.message` PDU (no hashes or signatures yet) from `sender` in
@@ -405,13 +455,10 @@ pub fn message_pdu(
     })
 }
 
-/// Sets the content hash of `event`, then signs its redacted form as
-/// `server` with `key` (keeping signatures already there). Returns the
-/// event id (room version 4 and later).
-pub fn hash_and_sign_pdu(event: &mut Value, server: &str, key: &SigningKey) -> Result<String> {
-    let hash = content_hash(event)?;
-    event["hashes"] = json!({"sha256": hash});
-    let signature = key.signature(&redacted_message(event)?)?;
+/// Adds `server`'s signature by `key` of the redacted `event` (room
+/// version `version`), keeping signatures already there.
+pub fn sign_pdu(event: &mut Value, version: &str, server: &str, key: &SigningKey) -> Result<()> {
+    let signature = key.signature(&redact(event, version)?)?;
     let object = event.as_object_mut().context("a PDU is a JSON object")?;
     let signatures = object.entry("signatures").or_insert_with(|| json!({}));
     signatures
@@ -422,7 +469,21 @@ pub fn hash_and_sign_pdu(event: &mut Value, server: &str, key: &SigningKey) -> R
         .as_object_mut()
         .context("`signatures.<server>` is not an object")?
         .insert(key.key_id().to_owned(), Value::String(signature));
-    reference_event_id(event)
+    Ok(())
+}
+
+/// Sets the content hash of `event`, then signs it as `server` with `key`
+/// (see [`sign_pdu`]). Returns the event id.
+pub fn hash_and_sign_pdu(
+    event: &mut Value,
+    version: &str,
+    server: &str,
+    key: &SigningKey,
+) -> Result<String> {
+    let hash = content_hash(event)?;
+    event["hashes"] = json!({"sha256": hash});
+    sign_pdu(event, version, server, key)?;
+    reference_event_id(event, version)
 }
 
 // ---------------------------------------------------------------------------
@@ -439,7 +500,8 @@ pub struct RemoteRequest {
 /// A remote "homeserver" the test controls, named `localhost:PORT`, with a
 /// TLS listener (certificate from the federation's CA). It publishes its
 /// signing key at `GET /_matrix/key/v2/server`, so servers can check what it
-/// signs; every other request is recorded and answered 404 `M_UNRECOGNIZED`.
+/// signs, and takes transactions (`PUT /send`, answered `{"pdus": {}}`);
+/// every other request is answered 404 `M_UNRECOGNIZED`. All are recorded.
 pub struct FakeRemote {
     name: String,
     key: SigningKey,
@@ -529,6 +591,10 @@ async fn serve_fake_remote<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unp
         && (bare == "/_matrix/key/v2/server" || bare.starts_with("/_matrix/key/v2/server/"))
     {
         ("200 OK", server_key_response(name, key)?)
+    } else if method == "PUT" && bare.starts_with("/_matrix/federation/v1/send/") {
+        // Transactions are taken (and ignored), so a server sharing a room
+        // with this one is not left retrying.
+        ("200 OK", json!({"pdus": {}}))
     } else {
         (
             "404 Not Found",
@@ -626,6 +692,71 @@ impl FakeRemote {
     pub fn requests(&self) -> Vec<RemoteRequest> {
         self.requests.lock().unwrap().clone()
     }
+
+    /// Sends a federation request to `https` (the server named
+    /// `destination`) as this server.
+    pub async fn call(
+        &self,
+        https: &Http,
+        destination: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Reply> {
+        https
+            .federation_call(&self.name, &self.key, destination, method, path, body)
+            .await
+    }
+
+    /// Joins its user `localpart` to the public room `room_id` through the
+    /// server at `https` (named `destination`), as a joining server does:
+    /// `make_join` for a template, then the signed event to `send_join`.
+    /// Returns the join event's id and the room version.
+    pub async fn join(
+        &self,
+        https: &Http,
+        destination: &str,
+        room_id: &str,
+        localpart: &str,
+    ) -> Result<(String, String)> {
+        let user = self.user_id(localpart);
+        let versions: String = (3..=12).map(|v| format!("&ver={v}")).collect();
+        let path = format!(
+            "/_matrix/federation/v1/make_join/{}/{}?{}",
+            crate::enc(room_id),
+            crate::enc(&user),
+            &versions[1..]
+        );
+        let r = self.call(https, destination, "GET", &path, None).await?;
+        r.expect_ok().with_context(|| format!("GET {path}"))?;
+        let version = r.json["room_version"]
+            .as_str()
+            .with_context(|| format!("make_join answer without room_version: {}", r.text))?
+            .to_owned();
+        let mut event = r.json["event"].clone();
+        ensure!(
+            event["type"] == "m.room.member"
+                && event["state_key"] == user
+                && event["content"]["membership"] == "join",
+            "make_join template is not a join of {user}: {}",
+            r.text
+        );
+        event["origin_server_ts"] = json!(now_ms());
+        if event.get("origin").is_some() {
+            event["origin"] = json!(self.name);
+        }
+        let event_id = hash_and_sign_pdu(&mut event, &version, &self.name, &self.key)?;
+        let path = format!(
+            "/_matrix/federation/v2/send_join/{}/{}",
+            crate::enc(room_id),
+            crate::enc(&event_id)
+        );
+        let r = self
+            .call(https, destination, "PUT", &path, Some(event))
+            .await?;
+        r.expect_ok().with_context(|| format!("PUT {path}"))?;
+        Ok((event_id, version))
+    }
 }
 
 /// A server name on 127.0.0.1 where nothing listens (a port that was free
@@ -682,7 +813,7 @@ mod tests {
     fn pdu_hashes_and_signatures_follow_the_definitions() {
         let key = SigningKey::named("ed25519:k1");
         let mut a = message_pdu("!r:x", "@u:x", "hello", &["$p".into()], &["$c".into()], 5);
-        let id = hash_and_sign_pdu(&mut a, "x", &key).unwrap();
+        let id = hash_and_sign_pdu(&mut a, "11", "x", &key).unwrap();
         assert!(id.starts_with('$') && !id.contains('=') && !id.contains('+'));
         assert_eq!(a["hashes"]["sha256"], content_hash(&a).unwrap());
         let mut with_unsigned = a.clone();
@@ -691,18 +822,35 @@ mod tests {
             content_hash(&with_unsigned).unwrap(),
             content_hash(&a).unwrap()
         );
-        assert_eq!(reference_event_id(&with_unsigned).unwrap(), id);
-        let redacted = redacted_message(&a).unwrap();
+        assert_eq!(reference_event_id(&with_unsigned, "11").unwrap(), id);
+        let redacted = redact(&a, "11").unwrap();
         verify_signature(&redacted, "x", "ed25519:k1", &key.public_key()).unwrap();
         let mut b = a.clone();
         b["content"]["body"] = json!("tampered");
         assert_ne!(content_hash(&b).unwrap(), content_hash(&a).unwrap());
         assert_eq!(
-            reference_event_id(&b).unwrap(),
+            reference_event_id(&b, "11").unwrap(),
             id,
             "content is redacted away"
         );
         assert_eq!(port_of("localhost:8448").unwrap(), 8448);
+
+        // Membership survives redaction; `origin` only before v11.
+        let member = json!({
+            "type": "m.room.member", "state_key": "@u:x", "sender": "@u:x", "origin": "x",
+            "content": {"membership": "join", "displayname": "U",
+                        "join_authorised_via_users_server": "@a:x"},
+        });
+        let r11 = redact(&member, "11").unwrap();
+        assert_eq!(
+            r11["content"],
+            json!({"membership": "join", "join_authorised_via_users_server": "@a:x"})
+        );
+        assert!(r11.get("origin").is_none());
+        let r8 = redact(&member, "8").unwrap();
+        assert_eq!(r8["content"], json!({"membership": "join"}));
+        assert_eq!(r8["origin"], "x");
+        assert!(redact(&member, "2").is_err());
     }
 
     /// The spec's worked example of a signed event (Appendices, "Signing
@@ -730,7 +878,8 @@ mod tests {
             content_hash(&event).unwrap(),
             "5jM4wQpv6lnBo7CLIghJuHdW+s2CMBJPUOGOC89ncos"
         );
-        let redacted = redacted_message(&event).unwrap();
+        // (The example predates v11: `origin` survives redaction.)
+        let redacted = redact(&event, "10").unwrap();
         verify_signature(
             &redacted,
             "domain",

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use bellwire_tests::{
     Body, MEDIA_V1, Mxc, RawSync, Reply, SigningKey, TestServer, User, enc, eventually,
     federation::{
@@ -81,9 +81,19 @@ fn ids(users: &[&User]) -> BTreeSet<String> {
 /// another server) with /invite; `guest` sees the invite through sync and
 /// joins through their own server; `owner` then sees the join.
 async fn share_room(owner: &User, guest: &User, name: &str) -> Result<OwnedRoomId> {
+    share_room_with_preset(owner, guest, name, RoomPreset::PrivateChat).await
+}
+
+/// [`share_room`] for a room created with `preset`.
+async fn share_room_with_preset(
+    owner: &User,
+    guest: &User,
+    name: &str,
+    preset: RoomPreset,
+) -> Result<OwnedRoomId> {
     let mut request = create_room::v3::Request::new();
     request.name = Some(name.to_owned());
-    request.preset = Some(RoomPreset::PrivateChat);
+    request.preset = Some(preset);
     let room = owner
         .client
         .create_room(request)
@@ -732,17 +742,37 @@ async fn leaving_a_federated_room_is_seen_on_both_servers() -> Result<()> {
 // Lies from other servers
 // ---------------------------------------------------------------------------
 
-/// Ids hs1 holds for `room`, read by `user`: the create, power levels and
-/// `member`'s membership events, the latest event, and the room version.
+/// What a server holds about `room`, read by `user`: event ids of the
+/// create and power levels events and of memberships, the latest event, and
+/// the room version.
 struct RoomFacts {
     create: String,
     power_levels: String,
-    member: String,
+    members: BTreeMap<String, String>,
     latest: String,
     version: String,
 }
 
-async fn room_facts(user: &User, room: &RoomId, member: &UserId) -> Result<RoomFacts> {
+impl RoomFacts {
+    /// The `auth_events` of a message by `sender`: create (before v12,
+    /// where the room id stands for it), power levels, the sender's
+    /// membership if they have one.
+    fn auth_events_for(&self, sender: &str) -> Result<Vec<String>> {
+        let version: u32 = self
+            .version
+            .parse()
+            .with_context(|| format!("room version {:?} is not a number", self.version))?;
+        let mut out = Vec::new();
+        if version < 12 {
+            out.push(self.create.clone());
+        }
+        out.push(self.power_levels.clone());
+        out.extend(self.members.get(sender).cloned());
+        Ok(out)
+    }
+}
+
+async fn room_facts(user: &User, room: &RoomId) -> Result<RoomFacts> {
     let http = user.http();
     let token = user.access_token();
     let r = http
@@ -753,11 +783,11 @@ async fn room_facts(user: &User, room: &RoomId, member: &UserId) -> Result<RoomF
         .await?;
     r.expect_ok().context("GET /state")?;
     let state = r.json.as_array().context("/state is not an array")?;
-    let find = |ty: &str, key: &str| -> Result<&Value> {
+    let find = |ty: &str| -> Result<&Value> {
         state
             .iter()
-            .find(|e| e["type"] == ty && e["state_key"] == key)
-            .with_context(|| format!("no {ty} {key:?} in the room state: {}", r.text))
+            .find(|e| e["type"] == ty && e["state_key"] == "")
+            .with_context(|| format!("no {ty} in the room state: {}", r.text))
     };
     let id = |e: &Value| -> Result<String> {
         Ok(e["event_id"]
@@ -765,11 +795,18 @@ async fn room_facts(user: &User, room: &RoomId, member: &UserId) -> Result<RoomF
             .context("state event without id")?
             .to_owned())
     };
-    let create = find("m.room.create", "")?;
+    let create = find("m.room.create")?;
     let version = create["content"]["room_version"]
         .as_str()
         .unwrap_or("1")
         .to_owned();
+    let mut members = BTreeMap::new();
+    for e in state.iter().filter(|e| e["type"] == "m.room.member") {
+        let key = e["state_key"]
+            .as_str()
+            .context("member without state_key")?;
+        members.insert(key.to_owned(), id(e)?);
+    }
     let r = http
         .get(
             &format!("{V3}/rooms/{}/messages?dir=b&limit=1", enc(room.as_str())),
@@ -783,25 +820,27 @@ async fn room_facts(user: &User, room: &RoomId, member: &UserId) -> Result<RoomF
         .to_owned();
     Ok(RoomFacts {
         create: id(create)?,
-        power_levels: id(find("m.room.power_levels", "")?)?,
-        member: id(find("m.room.member", member.as_str())?)?,
+        power_levels: id(find("m.room.power_levels")?)?,
+        members,
         latest,
         version,
     })
 }
 
-/// `pdus.<event_id>.error` of a /send answer.
-fn pdu_error(reply: &Value, event_id: &str) -> Option<String> {
-    reply
-        .get("pdus")?
-        .get(event_id)?
-        .get("error")?
-        .as_str()
-        .map(str::to_owned)
+/// `pdus.<event_id>` of a /send answer: `Some(Some(error))` for a refused
+/// PDU, `Some(None)` for one taken, `None` if the answer does not mention it.
+fn pdu_result(reply: &Value, event_id: &str) -> Option<Option<String>> {
+    let entry = reply.get("pdus")?.get(event_id)?;
+    Some(
+        entry
+            .get("error")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+    )
 }
 
 /// Fails if anything `user` can see of `room` (what their client synced,
-/// the /messages history, the event by id) contains `marker`.
+/// the /messages history, the events by id) contains `marker`.
 async fn assert_never_shown(user: &User, room: &RoomId, marker: &str, ids: &[&str]) -> Result<()> {
     user.sync_once().await?;
     let seen = user.seen();
@@ -844,69 +883,86 @@ async fn assert_never_shown(user: &User, room: &RoomId, marker: &str, ids: &[&st
     Ok(())
 }
 
-/// Someone sends hs1 transactions it must not believe:
-/// - signed by a server whose keys cannot be fetched: refused with 401;
-/// - from a real (test-run) server but signed with a key it never
-///   published: refused with 401;
-/// - properly signed by that server, carrying an event in Bob's name (Bob is
-///   on hs2, which never signed it) and an event by one of its own users
-///   who is not in the room: the transaction is taken, both events are
-///   rejected with an error each.
+/// A remote server (run by the test) joins Alice's public room with its
+/// user Mallory, then sends hs1 things it must not believe:
+/// - a transaction signed by a server whose keys cannot be fetched, and one
+///   signed with a key the remote never published: both refused with 401;
+/// - in a correctly signed transaction, next to an honest message by
+///   Mallory (which hs1 takes and Alice sees, so these hand-made events are
+///   sound): a message in Bob's name (Bob is on hs2, which never signed
+///   it), a message by Mallory signed with a key the remote never
+///   published, and one by a remote user who never joined. Each of those
+///   is refused with an error.
 ///
-/// Nothing of it ever shows up for Alice (hs1) or Bob (hs2), while a real
-/// message sent afterwards does.
+/// None of the forgeries ever shows up for Alice (hs1) or Bob (hs2), while
+/// a real message sent afterwards does.
 #[tokio::test(flavor = "multi_thread")]
 async fn forged_events_are_rejected_and_never_shown() -> Result<()> {
     let (federation, hs1, hs2) = two_servers().await?;
     let (alice, bob) = alice_and_bob(&hs1, &hs2).await?;
-    let room_id = share_room(&alice, &bob, "Harbour office").await?;
+    let room_id =
+        share_room_with_preset(&alice, &bob, "Harbour office", RoomPreset::PublicChat).await?;
+    let room = room_id.as_str();
+    let hs1_https = federation.https(&hs1)?;
+    let destination = hs1.server_name();
+
+    // The remote server joins its user Mallory, the way servers do.
+    let remote = federation.fake_remote("remote").await?;
+    let mallory = remote.user_id("mallory");
+    remote
+        .join(&hs1_https, destination, room, "mallory")
+        .await
+        .context("the remote server joins Mallory to Alice's public room")?;
+    alice
+        .sync_until("Mallory's join", |s| {
+            s.membership(
+                &room_id,
+                <&UserId>::try_from(mallory.as_str()).expect("user id"),
+            )
+            .as_deref()
+                == Some("join")
+        })
+        .await?;
     alice.send_text(&room_id, "Harbour office is open").await?;
     bob.wait_for_text(&room_id, &alice.user_id, "Harbour office is open")
         .await?;
-    let room = room_id.as_str();
-    let facts = room_facts(&alice, &room_id, &bob.user_id).await?;
-    let version: u32 = facts
-        .version
-        .parse()
-        .with_context(|| format!("room version {:?} is not a number", facts.version))?;
-    if version < 4 {
-        bail!("the test makes v4+ event ids; hs1 created a v{version} room");
-    }
-    let hs1_https = federation.https(&hs1)?;
-    let destination = hs1.server_name();
+
+    let facts = room_facts(&alice, &room_id).await?;
+    let prev = std::slice::from_ref(&facts.latest);
     const MARK: &str = "FORGED-7f3a";
+    let version = facts.version.as_str();
 
     // 1. An origin nobody can reach: its key cannot be fetched.
     let ghost = unreachable_server_name();
     let ghost_key = SigningKey::named("ed25519:ghost");
+    let ghost_user = format!("@mallory:{ghost}");
     let mut pdu = message_pdu(
         room,
-        &format!("@mallory:{ghost}"),
+        &ghost_user,
         &format!("{MARK} from a server nobody can reach"),
-        std::slice::from_ref(&facts.latest),
-        &[facts.create.clone(), facts.power_levels.clone()],
+        prev,
+        &facts.auth_events_for(&ghost_user)?,
         100,
     );
-    let ghost_id = hash_and_sign_pdu(&mut pdu, &ghost, &ghost_key)?;
+    let ghost_id = hash_and_sign_pdu(&mut pdu, version, &ghost, &ghost_key)?;
     let r = hs1_https
         .send_transaction(&ghost, &ghost_key, destination, "ghost-1", vec![pdu])
         .await?;
     r.expect_error(401, "M_UNAUTHORIZED")
         .context("a transaction signed by an origin whose key cannot be fetched")?;
 
-    // 2. A real server, but the request is signed with a key it never
-    //    published (same key id).
-    let remote = federation.fake_remote("remote").await?;
+    // 2. The remote's name, but the request is signed with a key it never
+    //    published (under the same key id).
     let impostor_key = SigningKey::named(remote.key().key_id());
     let mut pdu = message_pdu(
         room,
-        &remote.user_id("mallory"),
-        &format!("{MARK} signed with a key never published"),
-        std::slice::from_ref(&facts.latest),
-        &[facts.create.clone(), facts.power_levels.clone()],
+        &mallory,
+        &format!("{MARK} in a transaction signed with a key never published"),
+        prev,
+        &facts.auth_events_for(&mallory)?,
         100,
     );
-    let impostor_id = hash_and_sign_pdu(&mut pdu, remote.name(), &impostor_key)?;
+    let impostor_tx_id = hash_and_sign_pdu(&mut pdu, version, remote.name(), &impostor_key)?;
     let r = hs1_https
         .send_transaction(
             remote.name(),
@@ -918,59 +974,95 @@ async fn forged_events_are_rejected_and_never_shown() -> Result<()> {
         .await?;
     r.expect_error(401, "M_UNAUTHORIZED")
         .context("a transaction signed with a key the origin never published")?;
-    ensure!(
-        remote
-            .requests()
-            .iter()
-            .any(|q| q.path.starts_with("/_matrix/key/v2/server")),
-        "hs1 refused the transaction without fetching the origin's keys: {:?}",
-        remote.requests()
-    );
 
-    // 3. Properly signed by the remote, carrying lies inside.
+    // 3. A correctly signed transaction: one honest event and three lies.
+    let honest_text = "Mallory here, from the remote server: hello";
+    let mut honest = message_pdu(
+        room,
+        &mallory,
+        honest_text,
+        prev,
+        &facts.auth_events_for(&mallory)?,
+        100,
+    );
+    let honest_id = hash_and_sign_pdu(&mut honest, version, remote.name(), remote.key())?;
+    let bob_id = bob.user_id.as_str();
     let mut in_bobs_name = message_pdu(
         room,
-        bob.user_id.as_str(),
+        bob_id,
         &format!("{MARK} pretending to be Bob"),
-        std::slice::from_ref(&facts.latest),
-        &[
-            facts.create.clone(),
-            facts.power_levels.clone(),
-            facts.member.clone(),
-        ],
+        prev,
+        &facts.auth_events_for(bob_id)?,
         100,
     );
-    let in_bobs_name_id = hash_and_sign_pdu(&mut in_bobs_name, remote.name(), remote.key())?;
+    let in_bobs_name_id =
+        hash_and_sign_pdu(&mut in_bobs_name, version, remote.name(), remote.key())?;
+    let mut badly_signed = message_pdu(
+        room,
+        &mallory,
+        &format!("{MARK} signed with a key the remote never published"),
+        prev,
+        &facts.auth_events_for(&mallory)?,
+        100,
+    );
+    let badly_signed_id =
+        hash_and_sign_pdu(&mut badly_signed, version, remote.name(), &impostor_key)?;
+    let eve = remote.user_id("eve");
+    ensure!(
+        !facts.members.contains_key(&eve),
+        "Eve must not be in the room"
+    );
     let mut outsider = message_pdu(
         room,
-        &remote.user_id("mallory"),
+        &eve,
         &format!("{MARK} from someone who never joined"),
-        std::slice::from_ref(&facts.latest),
-        &[facts.create.clone(), facts.power_levels.clone()],
+        prev,
+        &facts.auth_events_for(&eve)?,
         100,
     );
-    let outsider_id = hash_and_sign_pdu(&mut outsider, remote.name(), remote.key())?;
+    let outsider_id = hash_and_sign_pdu(&mut outsider, version, remote.name(), remote.key())?;
     let r = hs1_https
         .send_transaction(
             remote.name(),
             remote.key(),
             destination,
             "lies-1",
-            vec![in_bobs_name, outsider],
+            vec![honest, in_bobs_name, badly_signed, outsider],
         )
         .await?;
     r.expect_ok()
         .context("a correctly signed transaction is taken (its events are judged one by one)")?;
+    ensure!(
+        matches!(pdu_result(&r.json, &honest_id), Some(None)),
+        "hs1 did not take Mallory's honest message ({honest_id}); the hand-made events \
+         must be sound for the refusals below to mean anything: {}",
+        r.text
+    );
     for (what, id) in [
-        ("the event in Bob's name", &in_bobs_name_id),
-        ("the event by a non-member", &outsider_id),
+        ("the message in Bob's name", &in_bobs_name_id),
+        (
+            "Mallory's message signed with an unpublished key",
+            &badly_signed_id,
+        ),
+        (
+            "the message by a remote user who never joined",
+            &outsider_id,
+        ),
     ] {
         ensure!(
-            pdu_error(&r.json, id).is_some(),
-            "hs1 did not report {what} ({id}) as rejected: {}",
+            matches!(pdu_result(&r.json, id), Some(Some(_))),
+            "hs1 did not report {what} ({id}) as refused: {}",
             r.text
         );
     }
+    alice
+        .wait_for_text(
+            &room_id,
+            <&UserId>::try_from(mallory.as_str())?,
+            honest_text,
+        )
+        .await
+        .context("Alice sees Mallory's honest message")?;
 
     // A real message afterwards gets through to both sides...
     let after = "Harbour office closes at five";
@@ -981,24 +1073,23 @@ async fn forged_events_are_rejected_and_never_shown() -> Result<()> {
     // ...and none of the forgeries ever shows, anywhere.
     let forged = [
         ghost_id.as_str(),
-        impostor_id.as_str(),
+        impostor_tx_id.as_str(),
         in_bobs_name_id.as_str(),
+        badly_signed_id.as_str(),
         outsider_id.as_str(),
     ];
     assert_never_shown(&alice, &room_id, MARK, &forged).await?;
     assert_never_shown(&bob, &room_id, MARK, &forged).await?;
-    ensure!(
-        history(&alice, &room_id).await?
-            == vec![
-                (
-                    alice.user_id.to_string(),
-                    "Harbour office is open".to_owned()
-                ),
-                (alice.user_id.to_string(), after.to_owned()),
-            ],
-        "hs1's history: {:?}",
-        history(&alice, &room_id).await?
-    );
+    let expected = vec![
+        (
+            alice.user_id.to_string(),
+            "Harbour office is open".to_owned(),
+        ),
+        (mallory.clone(), honest_text.to_owned()),
+        (alice.user_id.to_string(), after.to_owned()),
+    ];
+    let got = history(&alice, &room_id).await?;
+    ensure!(got == expected, "hs1's history: {got:#?}");
     Ok(())
 }
 
