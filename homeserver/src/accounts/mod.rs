@@ -1,5 +1,6 @@
 //! Accounts, devices and access tokens: registration, password checks, login sessions.
 
+pub mod openid;
 pub mod uia;
 
 use std::time::{SystemTime, UNIX_EPOCH};

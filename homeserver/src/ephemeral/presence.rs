@@ -111,7 +111,32 @@ impl Presence {
         let mut wake = self.rooms.sharers(user)?;
         wake.insert(user.to_owned());
         self.notifier.wake(wake.iter().map(|u| u.as_ref()));
+        if user.server_name() == self.rooms.server_name && self.enabled && !self.hidden(user)? {
+            self.announce_remote(user, presence, &self.record(user)?.and_then(|r| r.status_msg), now.saturating_sub(last_active_ts))?;
+        }
         Ok(())
+    }
+
+    /// Tells the servers sharing a room with a local user about their presence.
+    fn announce_remote(&self, user: &UserId, presence: &str, status_msg: &Option<String>, last_active_ago: u64) -> Result<()> {
+        let mut servers = std::collections::BTreeSet::new();
+        for room in self.rooms.joined_rooms(user)? {
+            servers.extend(self.rooms.remote_servers(&room)?);
+        }
+        if servers.is_empty() {
+            return Ok(());
+        }
+        let mut p = serde_json::json!({
+            "user_id": user,
+            "presence": presence,
+            "last_active_ago": last_active_ago,
+            "currently_active": presence == "online",
+        });
+        if let Some(s) = status_msg {
+            p["status_msg"] = Value::from(s.as_str());
+        }
+        let edu = serde_json::json!({"edu_type": "m.presence", "content": {"push": [p]}});
+        self.rooms.outbound.push(&servers.into_iter().collect::<Vec<_>>(), crate::federation::queue::Outgoing::Edu(edu))
     }
 
     /// The presence content `viewer` may see of `user` (offline with nothing

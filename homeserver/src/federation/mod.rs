@@ -7,6 +7,7 @@ pub mod inbound;
 pub mod keys;
 pub mod media;
 pub mod membership;
+pub mod queries;
 pub mod queue;
 pub mod sender;
 

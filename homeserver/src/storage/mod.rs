@@ -74,6 +74,7 @@ pub const COLUMN_FAMILIES: &[&str] = &[
     "invite_state",
     "state_snapshots",
     "event_state",
+    "openid_tokens",
 ];
 
 /// A typed table: a column family whose values are JSON-encoded `V`.

@@ -274,3 +274,23 @@ pub async fn delete_devices(State(s): State<AppState>, Auth(session): Auth, Body
     s.remove_devices(&session.user_id, &ids).await?;
     Ok(Json(json!({})))
 }
+
+/// POST /user/{userId}/openid/request_token: a token a third party can
+/// check with this server's /openid/userinfo.
+pub async fn openid_request_token(
+    State(s): State<AppState>,
+    Auth(session): Auth,
+    P(user): P<String>,
+    Body(_body): Body<serde_json::Value>,
+) -> Result<Json<Value>> {
+    if crate::api::extract::user_id(&user)? != session.user_id {
+        return Err(Error::forbidden("you can only request tokens for yourself"));
+    }
+    let (token, expires_in) = s.accounts.issue_openid_token(&session.user_id)?;
+    Ok(Json(json!({
+        "access_token": token,
+        "token_type": "Bearer",
+        "matrix_server_name": s.config.server_name,
+        "expires_in": expires_in,
+    })))
+}

@@ -21,17 +21,15 @@ pub struct PublicRoomsQuery {
     server: Option<String>,
 }
 
-fn check_server(s: &AppState, server: Option<&str>) -> Result<()> {
-    match server {
-        Some(name) if name != s.config.server_name.as_str() => {
-            Err(Error::not_found("listing other servers' rooms is not supported yet"))
-        }
-        _ => Ok(()),
-    }
+/// The other server whose list is asked for, if any.
+fn remote<'a>(s: &AppState, server: Option<&'a str>) -> Option<&'a str> {
+    server.filter(|name| *name != s.config.server_name.as_str())
 }
 
 pub async fn public_rooms(State(s): State<AppState>, Q(q): Q<PublicRoomsQuery>) -> Result<Json<Value>> {
-    check_server(&s, q.server.as_deref())?;
+    if let Some(server) = remote(&s, q.server.as_deref()) {
+        return Ok(Json(s.federation.remote_public_rooms(server, q.limit, q.since.as_deref(), None).await?));
+    }
     Ok(Json(s.public_rooms.search(&Query { limit: q.limit, since: q.since, search: None, room_types: None })?))
 }
 
@@ -60,8 +58,11 @@ pub async fn search_public_rooms(
     Q(q): Q<PublicRoomsQuery>,
     Body(body): Body<PublicRoomsBody>,
 ) -> Result<Json<Value>> {
-    check_server(&s, q.server.as_deref())?;
     let filter = body.filter.unwrap_or_default();
+    if let Some(server) = remote(&s, q.server.as_deref()) {
+        let search = filter.generic_search_term.as_deref();
+        return Ok(Json(s.federation.remote_public_rooms(server, body.limit, body.since.as_deref(), search).await?));
+    }
     Ok(Json(s.public_rooms.search(&Query {
         limit: body.limit,
         since: body.since,

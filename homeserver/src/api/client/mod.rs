@@ -89,6 +89,7 @@ pub fn routes() -> Router<AppState> {
         ("/rooms/{room_id}/context/{event_id}", get(events::context)),
         ("/sync", get(sync::sync)),
         ("/user/{user_id}/filter", post(sync::create_filter)),
+        ("/user/{user_id}/openid/request_token", post(account::openid_request_token)),
         ("/user/{user_id}/filter/{filter_id}", get(sync::get_filter)),
         ("/user/{user_id}/account_data/{type}", get(sync::get_account_data).put(sync::put_account_data)),
         (

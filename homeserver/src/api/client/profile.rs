@@ -13,12 +13,18 @@ use crate::{
 
 pub async fn get_profile(State(s): State<AppState>, P(user): P<String>) -> Result<Json<Value>> {
     let user = user_id(&user)?;
+    if user.server_name() != s.config.server_name {
+        return Ok(Json(s.federation.remote_profile(&user, None).await?));
+    }
     let profile = s.profiles.get(&user)?.ok_or_else(|| Error::not_found("no such user"))?;
     Ok(Json(Value::Object(profile)))
 }
 
 pub async fn get_field(State(s): State<AppState>, P((user, key)): P<(String, String)>) -> Result<Json<Value>> {
     let user = user_id(&user)?;
+    if user.server_name() != s.config.server_name {
+        return Ok(Json(s.federation.remote_profile(&user, Some(&key)).await?));
+    }
     let profile = s.profiles.get(&user)?.ok_or_else(|| Error::not_found("no such user"))?;
     let value = profile.get(&key).ok_or_else(|| Error::not_found("the user has no such profile field"))?;
     Ok(Json(json!({ key: value })))

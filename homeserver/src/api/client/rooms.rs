@@ -33,12 +33,18 @@ pub async fn joined_rooms(State(s): State<AppState>, Auth(session): Auth) -> Res
 }
 
 /// A room ID, or an alias resolved on this server.
-fn resolve(s: &AppState, id_or_alias: &str) -> Result<OwnedRoomId> {
+/// A room ID, or an alias resolved here or by its server (whose answer
+/// also names servers to join through).
+async fn resolve(s: &AppState, id_or_alias: &str) -> Result<(OwnedRoomId, Vec<String>)> {
     if id_or_alias.starts_with('#') {
         let alias = RoomAliasId::parse(id_or_alias).map_err(|e| Error::invalid_param(e.to_string()))?;
-        s.rooms.resolve_alias(&alias)?.ok_or_else(|| Error::not_found("room alias not found"))
+        if alias.server_name() != s.config.server_name {
+            return s.federation.remote_alias(&alias).await;
+        }
+        let room = s.rooms.resolve_alias(&alias)?.ok_or_else(|| Error::not_found("room alias not found"))?;
+        Ok((room, Vec::new()))
     } else {
-        room_id(id_or_alias)
+        Ok((room_id(id_or_alias)?, Vec::new()))
     }
 }
 
@@ -54,14 +60,15 @@ pub async fn join_by_id_or_alias(
     RawQuery(q): RawQuery,
     Body(_body): Body<ReasonBody>,
 ) -> Result<Json<Value>> {
-    let room = resolve(&s, &target)?;
+    let (room, alias_servers) = resolve(&s, &target).await?;
     // `via` (and the older `server_name`) name servers to join through.
-    let via: Vec<String> = serde_urlencoded::from_str::<Vec<(String, String)>>(q.as_deref().unwrap_or(""))
+    let mut via: Vec<String> = serde_urlencoded::from_str::<Vec<(String, String)>>(q.as_deref().unwrap_or(""))
         .unwrap_or_default()
         .into_iter()
         .filter(|(k, _)| k == "via" || k == "server_name")
         .map(|(_, v)| v)
         .collect();
+    via.extend(alias_servers);
     s.federation.join(&session.user_id, &room, &via).await?;
     Ok(Json(json!({"room_id": room})))
 }
@@ -112,8 +119,14 @@ fn alias(s: &str) -> Result<&RoomAliasId> {
 
 pub async fn get_alias(State(s): State<AppState>, P(a): P<String>) -> Result<Json<Value>> {
     let a = alias(&a)?;
+    if a.server_name() != s.config.server_name {
+        let (room, servers) = s.federation.remote_alias(a).await?;
+        return Ok(Json(json!({"room_id": room, "servers": servers})));
+    }
     let room = s.rooms.resolve_alias(a)?.ok_or_else(|| Error::not_found("room alias not found"))?;
-    Ok(Json(json!({"room_id": room, "servers": [s.config.server_name]})))
+    let mut servers = vec![s.config.server_name.to_string()];
+    servers.extend(s.rooms.remote_servers(&room)?);
+    Ok(Json(json!({"room_id": room, "servers": servers})))
 }
 
 #[derive(Deserialize)]

@@ -43,6 +43,7 @@ pub fn routes() -> Router<AppState> {
         .route("/_matrix/federation/v1/user/keys/claim", post(queries::keys_claim))
         .route("/_matrix/federation/v1/user/devices/{user}", get(queries::user_devices))
         .route("/_matrix/federation/v1/publicRooms", get(queries::public_rooms).post(queries::public_rooms_post))
+        .route("/_matrix/federation/v1/openid/userinfo", get(queries::openid_userinfo))
         .route("/_matrix/federation/v1/media/download/{media_id}", get(queries::media_download))
         .route("/_matrix/federation/v1/media/thumbnail/{media_id}", get(queries::media_thumbnail))
 }

@@ -105,3 +105,15 @@ pub async fn media_download(State(s): State<AppState>, P(id): P<String>, _fed: F
 pub async fn media_thumbnail(State(s): State<AppState>, P(id): P<String>, _fed: Fed) -> Result<Response> {
     serve_media(&s, &id).await
 }
+
+#[derive(Deserialize)]
+pub struct OpenIdQuery {
+    access_token: String,
+}
+
+/// Not X-Matrix authenticated: the token itself is the credential.
+pub async fn openid_userinfo(State(s): State<AppState>, Q(q): Q<OpenIdQuery>) -> Result<Json<Value>> {
+    s.federation.require_enabled()?;
+    let user = s.accounts.openid_user(&q.access_token)?;
+    Ok(Json(json!({"sub": user})))
+}
