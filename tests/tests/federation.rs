@@ -16,7 +16,8 @@ use anyhow::{Context, Result, ensure};
 use bellwire_tests::{
     Body, MEDIA_V1, Mxc, RawSync, Reply, SigningKey, TestServer, User, enc, eventually,
     federation::{
-        Federation, hash_and_sign_pdu, message_pdu, now_ms, port_of, unreachable_server_name,
+        Federation, TEST_MAX_BACKOFF_SECS, hash_and_sign_pdu, message_pdu, now_ms, port_of,
+        unreachable_server_name,
     },
     password_for, sync_all_until, test_image, verify_signature,
 };
@@ -651,6 +652,10 @@ async fn messages_sent_while_a_server_is_down_arrive_when_it_returns() -> Result
             started.elapsed()
         );
     }
+
+    // hs2 stays away long enough for hs1's retries to back off to their cap
+    // (TEST_MAX_BACKOFF_SECS) and fail there too.
+    tokio::time::sleep(Duration::from_secs(2 * TEST_MAX_BACKOFF_SECS + 1)).await;
 
     hs2.start_again().await.context("restarting hs2")?;
     ensure!(
