@@ -137,7 +137,10 @@ impl SynapseServer {
         server
             .generate_keys(&python)
             .map_err(|e| server.failed(e))?;
-        server.spawn(&python, ca).await.map_err(|e| server.failed(e))?;
+        server
+            .spawn(&python, ca)
+            .await
+            .map_err(|e| server.failed(e))?;
         Ok(server)
     }
 
@@ -147,7 +150,10 @@ impl SynapseServer {
             "Synapse failed to start: {err:#}\n---- Synapse stdout/stderr ({}) ----\n{}\n\
              ---- Synapse homeserver.log ({}), last 60 lines ----\n{}\n---- end ----",
             self.stdout_path().display(),
-            tail(&std::fs::read_to_string(self.stdout_path()).unwrap_or_default(), 40),
+            tail(
+                &std::fs::read_to_string(self.stdout_path()).unwrap_or_default(),
+                40
+            ),
             self.log_path().display(),
             self.log_tail(60)
         )
@@ -405,7 +411,11 @@ impl SynapseServer {
         let keys = format!("{}/_matrix/key/v2/server", self.federation_url());
         let deadline = Instant::now() + SYNAPSE_READY_TIMEOUT;
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 self.child = None;
                 bail!("the Synapse process exited during start-up ({status})");
             }

@@ -12,14 +12,25 @@ use std::collections::BTreeSet;
 
 use anyhow::{Context, Result, ensure};
 use bellwire_tests::{
-    TestServer, User, WAIT,
+    Mxc, RawSync, TestServer, User, WAIT, eventually,
     federation::{Federation, now_ms, port_of},
-    sync_all_until,
     synapse::SynapseServer,
+    sync_all_until, test_image,
 };
-use matrix_sdk::ruma::{
-    DeviceId, OwnedRoomId, RoomId, RoomVersionId, UserId,
-    api::client::room::create_room::{self, v3::RoomPreset},
+use image::ImageFormat;
+use matrix_sdk::{
+    RoomState,
+    ruma::{
+        DeviceId, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId, UserId,
+        api::client::{
+            receipt::create_receipt::v3::ReceiptType,
+            room::create_room::{self, v3::RoomPreset},
+        },
+        events::{
+            receipt::ReceiptThread,
+            room::message::{ImageMessageEventContent, MessageType, RoomMessageEventContent},
+        },
+    },
 };
 use serde_json::{Value, json};
 
@@ -222,7 +233,10 @@ async fn wait_until_device_known(user: &User, owner: &User) -> Result<()> {
     let device_id = <&DeviceId>::from(device.as_str());
     sync_all_until(
         &[user],
-        &format!("{}'s client to know {}'s device {device}", user.user_id, owner.user_id),
+        &format!(
+            "{}'s client to know {}'s device {device}",
+            user.user_id, owner.user_id
+        ),
         || async {
             Ok(user
                 .client
@@ -290,15 +304,24 @@ async fn synapse_and_bellwire_fetch_each_others_signing_keys() -> Result<()> {
             .context("GET Bellwire's /_matrix/key/v2/server over TLS")?
             .json()
             .await?;
-        ensure!(own["server_name"] == bw_name.as_str(), "Bellwire's key answer: {own}");
+        ensure!(
+            own["server_name"] == bw_name.as_str(),
+            "Bellwire's key answer: {own}"
+        );
         let bw_keys = own["verify_keys"]
             .as_object()
             .context("Bellwire publishes no verify_keys")?
             .clone();
-        ensure!(!bw_keys.is_empty(), "Bellwire publishes no verify_keys: {own}");
+        ensure!(
+            !bw_keys.is_empty(),
+            "Bellwire publishes no verify_keys: {own}"
+        );
 
         let synapse_keys: Value = client
-            .get(format!("{}/_matrix/key/v2/server", pair.synapse.federation_url()))
+            .get(format!(
+                "{}/_matrix/key/v2/server",
+                pair.synapse.federation_url()
+            ))
             .send()
             .await
             .context("GET Synapse's /_matrix/key/v2/server over TLS")?
@@ -311,11 +334,10 @@ async fn synapse_and_bellwire_fetch_each_others_signing_keys() -> Result<()> {
 
         // Naming the key ids makes Synapse fetch what it has not cached.
         let query = format!("{}/_matrix/key/v2/query", pair.synapse.federation_url());
-        let wanted: serde_json::Map<String, Value> =
-            bw_keys
-                .keys()
-                .map(|id| (id.clone(), json!({"minimum_valid_until_ts": now_ms()})))
-                .collect();
+        let wanted: serde_json::Map<String, Value> = bw_keys
+            .keys()
+            .map(|id| (id.clone(), json!({"minimum_valid_until_ts": now_ms()})))
+            .collect();
         let r = client
             .post(&query)
             .json(&json!({"server_keys": {bw_name.as_str(): wanted}}))
@@ -323,7 +345,10 @@ async fn synapse_and_bellwire_fetch_each_others_signing_keys() -> Result<()> {
             .await
             .with_context(|| format!("POST {query}"))?;
         let status = r.status();
-        let notary: Value = r.json().await.context("Synapse's notary answer is not JSON")?;
+        let notary: Value = r
+            .json()
+            .await
+            .context("Synapse's notary answer is not JSON")?;
         ensure!(status == 200, "POST {query}: {status} {notary}");
         let fetched = notary["server_keys"]
             .as_array()
@@ -366,7 +391,11 @@ async fn a_synapse_user_joins_a_bellwire_room_chats_and_leaves() -> Result<()> {
     let result = async {
         let alice = pair.bellwire.new_user("alice").await?;
         let bob = pair.synapse.new_user("bob").await?;
-        ensure!(bob.user_id == pair.synapse.user_id("bob"), "{}", bob.user_id);
+        ensure!(
+            bob.user_id == pair.synapse.user_id("bob"),
+            "{}",
+            bob.user_id
+        );
 
         let name = "Harbour Watch";
         let room = create_room(&alice, name, None, &[&bob]).await?;
@@ -412,8 +441,10 @@ async fn a_synapse_user_joins_a_bellwire_room_chats_and_leaves() -> Result<()> {
             .await
             .context("Alice seeing Bob's leave")?;
         wait_for_joined_members(&alice, &room, &[&alice.user_id]).await?;
-        bob.sync_until(&format!("{room} in Bob's left rooms"), |s| s.left.contains(&room))
-            .await?;
+        bob.sync_until(&format!("{room} in Bob's left rooms"), |s| {
+            s.left.contains(&room)
+        })
+        .await?;
         Ok(())
     }
     .await;
@@ -429,7 +460,11 @@ async fn a_bellwire_user_joins_a_synapse_room_chats_and_leaves() -> Result<()> {
     let result = async {
         let carol = pair.synapse.new_user("carol").await?;
         let dave = pair.bellwire.new_user("dave").await?;
-        ensure!(dave.user_id == pair.bellwire.user_id("dave"), "{}", dave.user_id);
+        ensure!(
+            dave.user_id == pair.bellwire.user_id("dave"),
+            "{}",
+            dave.user_id
+        );
 
         let name = "Lighthouse Keepers";
         let room = create_room(&carol, name, None, &[&dave]).await?;
@@ -461,8 +496,14 @@ async fn a_bellwire_user_joins_a_synapse_room_chats_and_leaves() -> Result<()> {
             "Found it, signing in now.",
         )
         .await?;
-        chat(&room, &dave, "Storm warning for tonight.", &carol, "Noted, shutters closed.")
-            .await?;
+        chat(
+            &room,
+            &dave,
+            "Storm warning for tonight.",
+            &carol,
+            "Noted, shutters closed.",
+        )
+        .await?;
 
         dave.room(&room)?
             .leave()
@@ -472,8 +513,10 @@ async fn a_bellwire_user_joins_a_synapse_room_chats_and_leaves() -> Result<()> {
             .await
             .context("Carol seeing Dave's leave")?;
         wait_for_joined_members(&carol, &room, &[&carol.user_id]).await?;
-        dave.sync_until(&format!("{room} in Dave's left rooms"), |s| s.left.contains(&room))
-            .await?;
+        dave.sync_until(&format!("{room} in Dave's left rooms"), |s| {
+            s.left.contains(&room)
+        })
+        .await?;
         Ok(())
     }
     .await;
@@ -542,10 +585,20 @@ async fn an_encrypted_dm_between_bellwire_and_synapse_users() -> Result<()> {
         wait_for_membership(&grace, &room, &heidi.user_id, "join").await?;
         let r = heidi
             .http()
-            .state(&heidi.access_token(), room.as_str(), "m.room.encryption", "")
+            .state(
+                &heidi.access_token(),
+                room.as_str(),
+                "m.room.encryption",
+                "",
+            )
             .await?;
-        r.expect_ok().context("Synapse's copy of m.room.encryption")?;
-        ensure!(r.json["algorithm"] == MEGOLM, "Synapse's m.room.encryption: {}", r.text);
+        r.expect_ok()
+            .context("Synapse's copy of m.room.encryption")?;
+        ensure!(
+            r.json["algorithm"] == MEGOLM,
+            "Synapse's m.room.encryption: {}",
+            r.text
+        );
 
         wait_until_device_known(&grace, &heidi).await?;
         wait_until_device_known(&heidi, &grace).await?;
@@ -573,6 +626,359 @@ async fn an_encrypted_dm_between_bellwire_and_synapse_users() -> Result<()> {
             "undecryptable events: Grace {:#?}, Heidi {:#?}",
             grace.seen().undecryptable(&room),
             heidi.seen().undecryptable(&room)
+        );
+        Ok(())
+    }
+    .await;
+    pair.report(result)
+}
+
+// ---------------------------------------------------------------------------
+// More of what users do in shared rooms
+// ---------------------------------------------------------------------------
+
+/// `host` creates a private room named `name` inviting `guest`, who joins.
+async fn shared_room(host: &User, guest: &User, name: &str) -> Result<OwnedRoomId> {
+    let room = create_room(host, name, None, &[guest]).await?;
+    accept_invite(host, guest, &room, name).await?;
+    Ok(room)
+}
+
+/// `content.user_ids` of the last `m.typing` event for `room` in `resp`.
+fn typing_users(resp: &Value, room: &str) -> Option<Vec<String>> {
+    let ev = RawSync::ephemeral(resp, room, "m.typing").pop()?;
+    Some(
+        ev.pointer("/content/user_ids")?
+            .as_array()?
+            .iter()
+            .filter_map(|u| u.as_str().map(str::to_owned))
+            .collect(),
+    )
+}
+
+/// `user`'s `m.read` receipt for `event` in the `m.receipt` events of
+/// `room` in `resp`.
+fn read_receipt(resp: &Value, room: &str, event: &str, user: &str) -> Option<Value> {
+    RawSync::ephemeral(resp, room, "m.receipt")
+        .into_iter()
+        .find_map(|ev| {
+            ev.get("content")?
+                .get(event)?
+                .get("m.read")?
+                .get(user)
+                .cloned()
+        })
+}
+
+/// Ivan on Bellwire and Judy on Synapse share a room: each sees the other
+/// start and stop typing, and each sees the other's read receipt on their
+/// message (typing and receipt EDUs, both directions).
+#[tokio::test(flavor = "multi_thread")]
+async fn typing_and_read_receipts_cross_between_bellwire_and_synapse() -> Result<()> {
+    let pair = Pair::start().await?;
+    let result = async {
+        let ivan = pair.bellwire.new_user("ivan").await?;
+        let judy = pair.synapse.new_user("judy").await?;
+        let room_id = shared_room(&ivan, &judy, "Signal Box").await?;
+        let room = room_id.as_str();
+        let (ivan_id, judy_id) = (ivan.user_id.to_string(), judy.user_id.to_string());
+        let mut ivan_sync = ivan.raw_sync();
+        ivan_sync.catch_up().await?;
+        let mut judy_sync = judy.raw_sync();
+        judy_sync.catch_up().await?;
+
+        ivan.room(&room_id)?.typing_notice(true).await?;
+        judy_sync
+            .until("m.typing naming Ivan (from Bellwire)", |r| {
+                typing_users(r, room).filter(|u| u.contains(&ivan_id))
+            })
+            .await?;
+        ivan.room(&room_id)?.typing_notice(false).await?;
+        judy_sync
+            .until("Ivan to stop typing", |r| {
+                typing_users(r, room).filter(|u| !u.contains(&ivan_id))
+            })
+            .await?;
+        judy.room(&room_id)?.typing_notice(true).await?;
+        ivan_sync
+            .until("m.typing naming Judy (from Synapse)", |r| {
+                typing_users(r, room).filter(|u| u.contains(&judy_id))
+            })
+            .await?;
+        judy.room(&room_id)?.typing_notice(false).await?;
+        ivan_sync
+            .until("Judy to stop typing", |r| {
+                typing_users(r, room).filter(|u| !u.contains(&judy_id))
+            })
+            .await?;
+
+        let signal = "Down train approaching, set the points.";
+        let signal_id = ivan.send_text(&room_id, signal).await?;
+        judy.wait_for_text(&room_id, &ivan.user_id, signal).await?;
+        judy.room(&room_id)?
+            .send_single_receipt(
+                ReceiptType::Read,
+                ReceiptThread::Unthreaded,
+                OwnedEventId::try_from(signal_id.as_str())?,
+            )
+            .await
+            .context("Judy's read receipt on Ivan's message")?;
+        let receipt = ivan_sync
+            .until(
+                "Judy's m.read receipt on Ivan's message (from Synapse)",
+                |r| read_receipt(r, room, &signal_id, &judy_id),
+            )
+            .await?;
+        ensure!(
+            receipt["ts"].as_u64().is_some_and(|ts| ts > 0),
+            "the receipt carries a timestamp: {receipt}"
+        );
+
+        let reply = "Points set, line clear.";
+        let reply_id = judy.send_text(&room_id, reply).await?;
+        ivan.wait_for_text(&room_id, &judy.user_id, reply).await?;
+        ivan.room(&room_id)?
+            .send_single_receipt(
+                ReceiptType::Read,
+                ReceiptThread::Unthreaded,
+                OwnedEventId::try_from(reply_id.as_str())?,
+            )
+            .await
+            .context("Ivan's read receipt on Judy's reply")?;
+        judy_sync
+            .until(
+                "Ivan's m.read receipt on Judy's reply (from Bellwire)",
+                |r| read_receipt(r, room, &reply_id, &ivan_id),
+            )
+            .await?;
+        Ok(())
+    }
+    .await;
+    pair.report(result)
+}
+
+/// After `user` declined the invitation to `room`, their server no longer
+/// offers it: neither a fresh initial sync nor the client's own sync shows
+/// it as an invitation.
+async fn invitation_is_gone(user: &User, room: &RoomId) -> Result<()> {
+    user.sync_once().await?;
+    let state = user.client.get_room(room).map(|r| r.state());
+    ensure!(
+        state != Some(RoomState::Invited),
+        "{}'s client still shows the declined invitation to {room}",
+        user.user_id
+    );
+    let initial = user.raw_sync().once(0).await?;
+    ensure!(
+        initial
+            .pointer(&format!(
+                "/rooms/invite/{}",
+                room.as_str().replace('~', "~0").replace('/', "~1")
+            ))
+            .is_none(),
+        "{}'s initial sync still offers the declined invitation to {room}: {}",
+        user.user_id,
+        initial["rooms"]["invite"]
+    );
+    Ok(())
+}
+
+/// Invitations can be declined across servers: Bob on Synapse declines
+/// Alice's invitation to a Bellwire room, and Alice on Bellwire declines
+/// Bob's invitation to a Synapse room. Each inviter sees the decline,
+/// neither room counts the decliner as a member, and the decliner's own
+/// server stops offering the invitation.
+#[tokio::test(flavor = "multi_thread")]
+async fn invitations_are_declined_across_servers() -> Result<()> {
+    let pair = Pair::start().await?;
+    let result = async {
+        let alice = pair.bellwire.new_user("alice").await?;
+        let bob = pair.synapse.new_user("bob").await?;
+
+        let night = create_room(&alice, "Night Shift", None, &[&bob]).await?;
+        bob.wait_for_invite(&night).await?;
+        bob.room(&night)?
+            .leave()
+            .await
+            .context("Bob declining Alice's invitation")?;
+        wait_for_membership(&alice, &night, &bob.user_id, "leave")
+            .await
+            .context("Alice seeing Bob decline")?;
+        wait_for_joined_members(&alice, &night, &[&alice.user_id]).await?;
+        invitation_is_gone(&bob, &night).await?;
+
+        let day = create_room(&bob, "Day Shift", None, &[&alice]).await?;
+        alice.wait_for_invite(&day).await?;
+        alice
+            .room(&day)?
+            .leave()
+            .await
+            .context("Alice declining Bob's invitation")?;
+        wait_for_membership(&bob, &day, &alice.user_id, "leave")
+            .await
+            .context("Bob seeing Alice decline")?;
+        wait_for_joined_members(&bob, &day, &[&bob.user_id]).await?;
+        invitation_is_gone(&alice, &day).await?;
+        Ok(())
+    }
+    .await;
+    pair.report(result)
+}
+
+/// Carol on Synapse has been keeping a log in her room before she invites
+/// Dave on Bellwire. The room shares its history with members, so once Dave
+/// has joined, scrolling back shows him the entries written before he
+/// arrived (Bellwire backfills them from Synapse), in order, followed by
+/// what is said after.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bellwire_user_who_joins_late_reads_the_earlier_history() -> Result<()> {
+    let pair = Pair::start().await?;
+    let result = async {
+        let carol = pair.synapse.new_user("carol").await?;
+        let dave = pair.bellwire.new_user("dave").await?;
+        let room = create_room(&carol, "Ship's Log", None, &[]).await?;
+        let entries = [
+            "06:00 Left harbour, wind north-west.",
+            "09:30 Passed the lighthouse.",
+            "12:00 Anchored in the bay for lunch.",
+        ];
+        for entry in entries {
+            carol.send_text(&room, entry).await?;
+        }
+        carol
+            .room(&room)?
+            .invite_user_by_id(&dave.user_id)
+            .await
+            .context("Carol inviting Dave")?;
+        accept_invite(&carol, &dave, &room, "Ship's Log").await?;
+        let later = "15:00 Dave is aboard.";
+        carol.send_text(&room, later).await?;
+        dave.wait_for_text(&room, &carol.user_id, later).await?;
+
+        let want: Vec<&str> = entries.iter().copied().chain([later]).collect();
+        let http = dave.http();
+        let token = dave.access_token();
+        let last = std::sync::Mutex::new(Vec::new());
+        let found = eventually("Dave's scrollback to show the whole log", || {
+            let (http, token, room, want, last) = (&http, &token, &room, &want, &last);
+            async move {
+                let bodies: Vec<String> = http
+                    .all_messages(token, room.as_str())
+                    .await?
+                    .iter()
+                    .filter_map(|e| e.pointer("/content/body")?.as_str().map(str::to_owned))
+                    .collect();
+                let done = bodies == *want;
+                *last.lock().unwrap() = bodies;
+                Ok(done)
+            }
+        })
+        .await;
+        found.with_context(|| {
+            format!(
+                "Dave's /messages on Bellwire shows {:?}, Carol's log is {want:?}",
+                last.lock().unwrap()
+            )
+        })
+    }
+    .await;
+    pair.report(result)
+}
+
+/// `sender` uploads `bytes` (a PNG) to their server and sends it as an
+/// `m.image` in `room`; returns its content URI.
+async fn send_picture(sender: &User, room: &RoomId, bytes: Vec<u8>, name: &str) -> Result<Mxc> {
+    let uploaded = sender
+        .client
+        .media()
+        .upload(&"image/png".parse()?, bytes, None)
+        .await
+        .with_context(|| format!("{} uploading {name}", sender.user_id))?;
+    let mxc = Mxc::parse(uploaded.content_uri.as_str())?;
+    ensure!(
+        mxc.server_name == sender.user_id.server_name().as_str(),
+        "{}'s upload got a content URI of another server: {mxc}",
+        sender.user_id
+    );
+    sender
+        .room(room)?
+        .send(RoomMessageEventContent::new(MessageType::Image(
+            ImageMessageEventContent::plain(name.to_owned(), uploaded.content_uri),
+        )))
+        .await
+        .with_context(|| format!("{} sending {name}", sender.user_id))?;
+    Ok(mxc)
+}
+
+/// `receiver` gets the `m.image` named `name` through sync, and downloads
+/// the picture it points at from their own server, which fetches it from
+/// the sender's over federation; returns the bytes.
+async fn receive_picture(receiver: &User, room: &RoomId, name: &str, mxc: &Mxc) -> Result<Vec<u8>> {
+    let is_it = |e: &bellwire_tests::SeenEvent| {
+        e.room_id == room
+            && e.json.pointer("/content/msgtype") == Some(&json!("m.image"))
+            && e.json.pointer("/content/body") == Some(&json!(name))
+    };
+    receiver
+        .sync_until(&format!("the m.image {name:?}"), |s| {
+            s.events.iter().any(is_it)
+        })
+        .await?;
+    let seen = receiver.seen();
+    let event = seen.events.iter().find(|e| is_it(e)).expect("just seen");
+    ensure!(
+        event.json.pointer("/content/url") == Some(&json!(mxc.to_string())),
+        "the m.image does not point at {mxc}: {}",
+        event.json
+    );
+    let path = mxc.download_path();
+    let r = receiver
+        .http()
+        .get_bytes(&path, Some(&receiver.access_token()), &[])
+        .await?;
+    r.expect_ok().with_context(|| {
+        format!(
+            "{} downloading {mxc} through their own server ({path})",
+            receiver.user_id
+        )
+    })?;
+    ensure!(
+        r.header("content-type") == Some("image/png"),
+        "remote media keeps its Content-Type: {:?}",
+        r.header("content-type")
+    );
+    Ok(r.body.clone())
+}
+
+/// Pictures cross both ways: Kim on Bellwire and Leo on Synapse each send
+/// a photo; each downloads the other's from their own server, which fetches
+/// it over federation (authenticated media), byte for byte.
+#[tokio::test(flavor = "multi_thread")]
+async fn pictures_cross_between_bellwire_and_synapse() -> Result<()> {
+    let pair = Pair::start().await?;
+    let result = async {
+        let kim = pair.bellwire.new_user("kim").await?;
+        let leo = pair.synapse.new_user("leo").await?;
+        let room = shared_room(&kim, &leo, "Holiday Photos").await?;
+
+        let beach = test_image(320, 240, ImageFormat::Png)?;
+        let beach_mxc = send_picture(&kim, &room, beach.clone(), "beach.png").await?;
+        let got = receive_picture(&leo, &room, "beach.png", &beach_mxc).await?;
+        ensure!(
+            got == beach,
+            "Leo got {} bytes through Synapse for Kim's {}-byte photo, or different ones",
+            got.len(),
+            beach.len()
+        );
+
+        let hills = test_image(200, 300, ImageFormat::Png)?;
+        let hills_mxc = send_picture(&leo, &room, hills.clone(), "hills.png").await?;
+        let got = receive_picture(&kim, &room, "hills.png", &hills_mxc).await?;
+        ensure!(
+            got == hills,
+            "Kim got {} bytes through Bellwire for Leo's {}-byte photo, or different ones",
+            got.len(),
+            hills.len()
         );
         Ok(())
     }
