@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 
 use anyhow::{Context, Result, ensure};
 use bellwire_tests::{
-    Mxc, RawSync, TestServer, User, WAIT, eventually,
+    Mxc, RawSync, TestServer, User, WAIT, enc, eventually,
     federation::{Federation, now_ms, port_of},
     synapse::SynapseServer,
     sync_all_until, test_image,
@@ -979,6 +979,50 @@ async fn pictures_cross_between_bellwire_and_synapse() -> Result<()> {
             "Kim got {} bytes through Bellwire for Leo's {}-byte photo, or different ones",
             got.len(),
             hills.len()
+        );
+        Ok(())
+    }
+    .await;
+    pair.report(result)
+}
+
+/// Mallory on Synapse shares a room with Niaj on Bellwire and says she is
+/// online with a status message: Niaj's sync on Bellwire shows it (a
+/// presence EDU from Synapse). (Bellwire does not send presence yet; see
+/// docs/federation.md.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_synapse_users_presence_reaches_bellwire() -> Result<()> {
+    let pair = Pair::start().await?;
+    let result = async {
+        let niaj = pair.bellwire.new_user("niaj").await?;
+        let mallory = pair.synapse.new_user("mallory").await?;
+        shared_room(&niaj, &mallory, "Station Master's Office").await?;
+        let mut niaj_sync = niaj.raw_sync();
+        niaj_sync.catch_up().await?;
+
+        let status = "On the platform until the 5:15";
+        let mallory_id = mallory.user_id.as_str();
+        mallory
+            .http()
+            .put(
+                &format!("/_matrix/client/v3/presence/{}/status", enc(mallory_id)),
+                Some(&mallory.access_token()),
+                json!({"presence": "online", "status_msg": status}),
+            )
+            .await?
+            .expect_ok()
+            .context("Mallory sets her presence on Synapse")?;
+        let ev = niaj_sync
+            .until("Mallory's presence (from Synapse)", |r| {
+                RawSync::presence_of(r, mallory_id)
+                    .into_iter()
+                    .find(|e| e["content"]["status_msg"] == status)
+                    .cloned()
+            })
+            .await?;
+        ensure!(
+            ev["content"]["presence"] == "online",
+            "Mallory's presence as Niaj sees it: {ev}"
         );
         Ok(())
     }
