@@ -14,7 +14,8 @@ use std::{
 
 use anyhow::{Context, Result, ensure};
 use bellwire_tests::{
-    Body, MEDIA_V1, Mxc, RawSync, Reply, SigningKey, TestServer, User, enc, eventually,
+    Body, MEDIA_V1, Mxc, RawSync, Reply, SigningKey, TestServer, User, assert_matrix_error, enc,
+    eventually,
     federation::{
         Federation, TEST_MAX_BACKOFF_SECS, hash_and_sign_pdu, message_pdu, now_ms, port_of,
         unreachable_server_name,
@@ -25,7 +26,7 @@ use image::ImageFormat;
 use matrix_sdk::{
     media::{MediaFormat, MediaRequestParameters},
     ruma::{
-        DeviceId, OwnedEventId, OwnedRoomId, RoomId, UserId,
+        DeviceId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, RoomOrAliasId, UserId,
         api::client::{
             receipt::create_receipt::v3::ReceiptType,
             room::create_room::{self, v3::RoomPreset},
@@ -739,6 +740,216 @@ async fn leaving_a_federated_room_is_seen_on_both_servers() -> Result<()> {
     ensure!(
         !joined.contains(&room_id.to_string()),
         "hs2 still lists the room among Bob's joined rooms: {joined:?}"
+    );
+    Ok(())
+}
+
+/// Three servers in one room: Carol (hs3) joins Alice's room on hs1, where
+/// Bob (hs2) already is. Whoever writes, the message reaches both other
+/// servers, and all three agree on who is in the room.
+#[tokio::test(flavor = "multi_thread")]
+async fn three_servers_share_one_room() -> Result<()> {
+    let (federation, hs1, hs2) = two_servers().await?;
+    let hs3 = federation.start_server("hs3").await?;
+    let (alice, bob) = alice_and_bob(&hs1, &hs2).await?;
+    let carol = hs3.new_user("carol").await?;
+    let room_id = share_room(&alice, &bob, "Three shores").await?;
+
+    alice
+        .room(&room_id)?
+        .invite_user_by_id(&carol.user_id)
+        .await
+        .context("Alice invites Carol (hs3)")?;
+    carol.wait_for_invite(&room_id).await?;
+    carol.join(&room_id).await?;
+    for user in [&alice, &bob] {
+        user.sync_until("Carol's join", |s| {
+            s.membership(&room_id, &carol.user_id).as_deref() == Some("join")
+        })
+        .await
+        .with_context(|| format!("{} learns that Carol joined", user.user_id))?;
+    }
+
+    let users = [&alice, &bob, &carol];
+    for (i, sender) in users.iter().enumerate() {
+        let text = format!("{} says hello to both other shores", sender.localpart);
+        sender.send_text(&room_id, &text).await?;
+        for (j, reader) in users.iter().enumerate() {
+            if i != j {
+                reader
+                    .wait_for_text(&room_id, &sender.user_id, &text)
+                    .await
+                    .with_context(|| {
+                        format!("{}'s message reaches {}", sender.user_id, reader.user_id)
+                    })?;
+            }
+        }
+    }
+
+    let everyone = ids(&users);
+    for user in users {
+        let joined = user.joined_members(&room_id).await?;
+        ensure!(
+            joined == everyone,
+            "{}'s server thinks the room holds {joined:?}",
+            user.user_id
+        );
+    }
+    Ok(())
+}
+
+/// Alice and Bob write at the same time, so each server extends the room's
+/// history without having seen the other's latest message. Afterwards both
+/// servers hold every message, and each person's messages are in the order
+/// they were sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn both_sides_writing_at_once_lose_nothing() -> Result<()> {
+    let (_federation, hs1, hs2) = two_servers().await?;
+    let (alice, bob) = alice_and_bob(&hs1, &hs2).await?;
+    let room_id = share_room(&alice, &bob, "Crosstalk").await?;
+
+    let n = 10;
+    let alice_texts: Vec<String> = (1..=n).map(|i| format!("Alice line {i}")).collect();
+    let bob_texts: Vec<String> = (1..=n).map(|i| format!("Bob line {i}")).collect();
+    let send_all = |user: &'static str, who: &User, texts: Vec<String>| {
+        let room_id = room_id.clone();
+        let http = who.http();
+        let token = who.access_token();
+        async move {
+            for (i, text) in texts.iter().enumerate() {
+                http.send_text(&token, room_id.as_str(), &format!("{user}-{i}"), text)
+                    .await?
+                    .expect_ok()
+                    .with_context(|| format!("{user} sending {text:?}"))?;
+            }
+            anyhow::Ok(())
+        }
+    };
+    let (a, b) = tokio::join!(
+        send_all("alice", &alice, alice_texts.clone()),
+        send_all("bob", &bob, bob_texts.clone())
+    );
+    a?;
+    b?;
+
+    let in_order = |got: &[(String, String)], sender: &User, texts: &[String]| -> bool {
+        let mine: Vec<&String> = got
+            .iter()
+            .filter(|(s, _)| s == sender.user_id.as_str())
+            .map(|(_, t)| t)
+            .collect();
+        mine.len() == texts.len() && mine.iter().zip(texts).all(|(a, b)| *a == b)
+    };
+    for user in [&alice, &bob] {
+        let last_seen = std::sync::Mutex::new(Vec::new());
+        eventually(
+            &format!("{}'s server to hold all {} lines", user.user_id, 2 * n),
+            || async {
+                let got = history(user, &room_id).await?;
+                let done = in_order(&got, &alice, &alice_texts) && in_order(&got, &bob, &bob_texts);
+                *last_seen.lock().unwrap() = got;
+                Ok(done)
+            },
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "{}'s server's history: {:#?}",
+                user.user_id,
+                last_seen.lock().unwrap()
+            )
+        })?;
+    }
+
+    // Both keep talking normally afterwards.
+    bob.send_text(&room_id, "That was a lot at once").await?;
+    alice
+        .wait_for_text(&room_id, &bob.user_id, "That was a lot at once")
+        .await?;
+    alice.send_text(&room_id, "Agreed").await?;
+    bob.wait_for_text(&room_id, &alice.user_id, "Agreed")
+        .await?;
+    Ok(())
+}
+
+/// Alice kicks Bob from her public room: his client sees who removed him
+/// and why, and his server no longer lets him write there. He may come
+/// back (the room is public); once Alice bans him, he cannot.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kicked_remote_user_may_return_a_banned_one_may_not() -> Result<()> {
+    let (_federation, hs1, hs2) = two_servers().await?;
+    let (alice, bob) = alice_and_bob(&hs1, &hs2).await?;
+    let room_id =
+        share_room_with_preset(&alice, &bob, "Town square", RoomPreset::PublicChat).await?;
+    let via = vec![OwnedServerName::try_from(hs1.server_name())?];
+    let last_member_event = |user: &User| {
+        user.seen()
+            .events
+            .iter()
+            .rev()
+            .find(|e| {
+                e.room_id == room_id
+                    && e.event_type == "m.room.member"
+                    && e.state_key.as_deref() == Some(bob.user_id.as_str())
+            })
+            .map(|e| e.json.clone())
+    };
+
+    alice
+        .room(&room_id)?
+        .kick_user(&bob.user_id, Some("Closing time"))
+        .await
+        .context("Alice kicks Bob")?;
+    bob.sync_until("Bob's own membership to become leave", |s| {
+        s.membership(&room_id, &bob.user_id).as_deref() == Some("leave")
+    })
+    .await?;
+    let kick = last_member_event(&bob).expect("just seen");
+    ensure!(
+        kick["sender"] == alice.user_id.as_str() && kick["content"]["reason"] == "Closing time",
+        "Bob's client sees who kicked him and why: {kick}"
+    );
+    let r = bob
+        .http()
+        .send_text(&bob.access_token(), room_id.as_str(), "after-kick", "Hey!")
+        .await?;
+    r.expect_error(403, "M_FORBIDDEN")
+        .context("Bob writing in the room he was kicked from")?;
+
+    // A kick is not a ban: Bob comes back through Alice's server.
+    bob.client
+        .join_room_by_id_or_alias(<&RoomOrAliasId>::from(room_id.as_ref() as &RoomId), &via)
+        .await
+        .context("Bob rejoins the public room after the kick")?;
+    alice
+        .sync_until("Bob's join after the kick", |s| {
+            s.membership(&room_id, &bob.user_id).as_deref() == Some("join")
+        })
+        .await?;
+
+    alice
+        .room(&room_id)?
+        .ban_user(&bob.user_id, Some("For good"))
+        .await
+        .context("Alice bans Bob")?;
+    bob.sync_until("Bob's own membership to become ban", |s| {
+        s.membership(&room_id, &bob.user_id).as_deref() == Some("ban")
+    })
+    .await?;
+    let ban = last_member_event(&bob).expect("just seen");
+    ensure!(
+        ban["sender"] == alice.user_id.as_str() && ban["content"]["reason"] == "For good",
+        "Bob's client sees who banned him and why: {ban}"
+    );
+    let again = bob
+        .client
+        .join_room_by_id_or_alias(<&RoomOrAliasId>::from(room_id.as_ref() as &RoomId), &via)
+        .await;
+    assert_matrix_error(&again, 403, "M_FORBIDDEN");
+    let members = alice.memberships(&room_id).await?;
+    ensure!(
+        members.get(bob.user_id.as_str()).map(String::as_str) == Some("ban"),
+        "hs1's member list after the ban: {members:?}"
     );
     Ok(())
 }
