@@ -85,38 +85,6 @@ impl Federation {
         Ok(out)
     }
 
-    /// Asks each user's server for their keys (client /keys/query).
-    pub async fn query_remote_keys(&self, wanted: BTreeMap<String, Map<String, Value>>) -> KeyQueryResult {
-        let mut out = KeyQueryResult::default();
-        let asks = wanted.into_iter().map(|(server, users)| async move {
-            let body = json!({"device_keys": users});
-            let r = self.client.json(&server, Method::POST, "/_matrix/federation/v1/user/keys/query", Some(&body)).await;
-            (server, r)
-        });
-        for (server, r) in futures_join(asks).await {
-            match r {
-                Ok(v) => {
-                    for (field, into) in [
-                        ("device_keys", &mut out.device_keys),
-                        ("master_keys", &mut out.master_keys),
-                        ("self_signing_keys", &mut out.self_signing_keys),
-                    ] {
-                        for (user, keys) in v[field].as_object().into_iter().flatten() {
-                            // A server answers only for its own users.
-                            if UserId::parse(user.as_str()).is_ok_and(|u| u.server_name().as_str() == server) {
-                                into.insert(user.clone(), keys.clone());
-                            }
-                        }
-                    }
-                }
-                Err(e) => {
-                    out.failures.insert(server, json!({"errcode": "M_UNKNOWN", "error": e.to_string()}));
-                }
-            }
-        }
-        out
-    }
-
     /// Claims one-time keys of other servers' users (client /keys/claim).
     pub async fn claim_remote_keys(&self, wanted: BTreeMap<String, Map<String, Value>>) -> (Map<String, Value>, Map<String, Value>) {
         let (mut keys, mut failures) = (Map::new(), Map::new());
@@ -125,7 +93,7 @@ impl Federation {
             let r = self.client.json(&server, Method::POST, "/_matrix/federation/v1/user/keys/claim", Some(&body)).await;
             (server, r)
         });
-        for (server, r) in futures_join(asks).await {
+        for (server, r) in join_all(asks).await {
             match r {
                 Ok(v) => {
                     for (user, k) in v["one_time_keys"].as_object().into_iter().flatten() {
@@ -148,7 +116,7 @@ impl Federation {
 }
 
 /// Runs the futures concurrently and collects their outputs.
-async fn futures_join<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+pub(crate) async fn join_all<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
     let futs: Vec<F> = futs.into_iter().collect();
     let mut out = Vec::with_capacity(futs.len());
     // Few servers per query: sequential awaits of already-created futures

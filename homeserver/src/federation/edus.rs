@@ -54,8 +54,14 @@ impl Federation {
                 // deduplication instead.
                 self.e2ee.send_to_device(&sender, &format!("federation:{origin}"), message_id, kind, messages).await
             }
-            "m.device_list_update" | "m.signing_key_update" => {
+            "m.device_list_update" => {
                 let user = self.remote_user(origin, &content["user_id"])?;
+                self.apply_device_list_update(&user, content)?;
+                self.e2ee.device_list_changed(&user).await
+            }
+            "m.signing_key_update" => {
+                let user = self.remote_user(origin, &content["user_id"])?;
+                self.apply_signing_key_update(&user, content)?;
                 self.e2ee.device_list_changed(&user).await
             }
             _ => Ok(()),

@@ -38,6 +38,13 @@ impl Federation {
         if pdus.len() > MAX_PDUS || edus.len() > MAX_EDUS {
             return Err(Error::bad_json(format!("at most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs per transaction")));
         }
+        // EDUs first: a room key sent to a device before a message must not
+        // reach the client after the message it unlocks.
+        for edu in edus {
+            if let Err(e) = self.receive_edu(origin, &edu).await {
+                tracing::debug!("ignored EDU from {origin}: {e}");
+            }
+        }
         let mut results = Map::new();
         for pdu in pdus {
             let (id, outcome) = self.receive_pdu(origin, &pdu).await;
@@ -49,11 +56,6 @@ impl Federation {
                 }
             };
             results.insert(id, entry);
-        }
-        for edu in edus {
-            if let Err(e) = self.receive_edu(origin, &edu).await {
-                tracing::debug!("ignored EDU from {origin}: {e}");
-            }
         }
         let answer = json!({"pdus": results});
         self.store.put(FED_TXNS, &key, &answer)?;

@@ -1,6 +1,7 @@
 //! Federation: the server-server API's services (keys, request auth, inbound transactions, membership handshakes, the outbound queue).
 
 pub mod client;
+pub mod device_cache;
 pub mod e2ee;
 pub mod edus;
 pub mod inbound;

@@ -75,6 +75,7 @@ pub const COLUMN_FAMILIES: &[&str] = &[
     "state_snapshots",
     "event_state",
     "openid_tokens",
+    "remote_devices",
 ];
 
 /// A typed table: a column family whose values are JSON-encoded `V`.
@@ -190,6 +191,13 @@ impl Store {
 
     pub fn batch(&self) -> Batch<'_> {
         Batch { store: self, inner: WriteBatch::default(), error: None }
+    }
+
+    /// Convenience for a single delete.
+    pub fn delete<V: Serialize + DeserializeOwned>(&self, t: Table<V>, key: &[u8]) -> Result<()> {
+        let mut b = self.batch();
+        b.delete(t, key);
+        b.commit()
     }
 
     /// Convenience for a single write.
