@@ -986,12 +986,12 @@ async fn pictures_cross_between_bellwire_and_synapse() -> Result<()> {
     pair.report(result)
 }
 
-/// Mallory on Synapse shares a room with Niaj on Bellwire and says she is
-/// online with a status message: Niaj's sync on Bellwire shows it (a
-/// presence EDU from Synapse). (Bellwire does not send presence yet; see
-/// docs/federation.md.)
+/// Mallory on Synapse shares a room with Niaj on Bellwire. She says she is
+/// online with a status message and Niaj's sync on Bellwire shows it; then
+/// he does the same and her sync on Synapse shows his (presence EDUs both
+/// ways).
 #[tokio::test(flavor = "multi_thread")]
-async fn a_synapse_users_presence_reaches_bellwire() -> Result<()> {
+async fn presence_crosses_between_bellwire_and_synapse() -> Result<()> {
     let pair = Pair::start().await?;
     let result = async {
         let niaj = pair.bellwire.new_user("niaj").await?;
@@ -1023,6 +1023,32 @@ async fn a_synapse_users_presence_reaches_bellwire() -> Result<()> {
         ensure!(
             ev["content"]["presence"] == "online",
             "Mallory's presence as Niaj sees it: {ev}"
+        );
+
+        let mut mallory_sync = mallory.raw_sync();
+        mallory_sync.catch_up().await?;
+        let status = "Checking the timetable";
+        let niaj_id = niaj.user_id.as_str();
+        niaj.http()
+            .put(
+                &format!("/_matrix/client/v3/presence/{}/status", enc(niaj_id)),
+                Some(&niaj.access_token()),
+                json!({"presence": "online", "status_msg": status}),
+            )
+            .await?
+            .expect_ok()
+            .context("Niaj sets his presence on Bellwire")?;
+        let ev = mallory_sync
+            .until("Niaj's presence (from Bellwire)", |r| {
+                RawSync::presence_of(r, niaj_id)
+                    .into_iter()
+                    .find(|e| e["content"]["status_msg"] == status)
+                    .cloned()
+            })
+            .await?;
+        ensure!(
+            ev["content"]["presence"] == "online",
+            "Niaj's presence as Mallory sees it: {ev}"
         );
         Ok(())
     }
