@@ -14,8 +14,8 @@ use std::{
 
 use anyhow::{Context, Result, ensure};
 use bellwire_tests::{
-    Body, MEDIA_V1, Mxc, RawSync, Reply, SigningKey, TestServer, User, assert_matrix_error, enc,
-    eventually,
+    Body, MEDIA_V1, Mxc, RawSync, Reply, SigningKey, TestServer, User, assert_matrix_error,
+    decode_image, enc, eventually,
     federation::{
         Federation, TEST_MAX_BACKOFF_SECS, hash_and_sign_pdu, message_pdu, now_ms, port_of,
         unreachable_server_name,
@@ -623,6 +623,34 @@ async fn a_picture_sent_on_one_server_is_downloaded_through_the_other() -> Resul
         .await
         .context("Bob's client downloading the photo")?;
     ensure!(got == photo, "Bob's client got different bytes");
+
+    // A thumbnail for Bob's timeline, made by hs1 and fetched through hs2.
+    let query = "width=96&height=96&method=crop";
+    let r = bob
+        .http()
+        .get_bytes(&mxc.thumbnail_path(query), Some(&bob.access_token()), &[])
+        .await?;
+    r.expect_ok()
+        .with_context(|| format!("Bob's 96x96 thumbnail of {mxc} through hs2"))?;
+    let thumb = decode_image(&r.body).context("the remote thumbnail is an image")?;
+    ensure!(
+        (thumb.width(), thumb.height()) == (96, 96),
+        "a 96x96 crop of a remote picture came back {}x{}",
+        thumb.width(),
+        thumb.height()
+    );
+
+    // Media hs1 never had is "not found" through hs2 too.
+    let missing = Mxc {
+        server_name: hs1.server_name().to_owned(),
+        media_id: "bellwireTestsNoSuchMedia0123456789".to_owned(),
+    };
+    let r = bob
+        .http()
+        .get_bytes(&missing.download_path(), Some(&bob.access_token()), &[])
+        .await?;
+    r.expect_error(404, "M_NOT_FOUND")
+        .with_context(|| format!("downloading {missing}, which hs1 never had, through hs2"))?;
     Ok(())
 }
 
@@ -951,6 +979,167 @@ async fn a_kicked_remote_user_may_return_a_banned_one_may_not() -> Result<()> {
         members.get(bob.user_id.as_str()).map(String::as_str) == Some("ban"),
         "hs1's member list after the ban: {members:?}"
     );
+    Ok(())
+}
+
+/// Alice opens a public room on hs1 with an alias and lists it in hs1's
+/// directory. Bob, on hs2, browses hs1's directory through his own server,
+/// finds the room, joins it by its alias, and sees Alice under the display
+/// name she chose (also in her profile, fetched through hs2).
+#[tokio::test(flavor = "multi_thread")]
+async fn bob_finds_alices_public_room_and_joins_by_alias() -> Result<()> {
+    let (_federation, hs1, hs2) = two_servers().await?;
+    let (alice, bob) = alice_and_bob(&hs1, &hs2).await?;
+    alice
+        .client
+        .account()
+        .set_display_name(Some("Alice of the West Shore"))
+        .await
+        .context("Alice sets her display name")?;
+    let room = alice
+        .http()
+        .create_room(
+            &alice.access_token(),
+            json!({
+                "preset": "public_chat",
+                "visibility": "public",
+                "name": "West shore market",
+                "room_alias_name": "market",
+            }),
+        )
+        .await
+        .context("Alice creates a public, listed room with an alias")?;
+    let alias = format!("#market:{}", hs1.server_name());
+
+    // hs1's directory, as Bob's server relays it.
+    let r = bob
+        .http()
+        .get(
+            &format!("{V3}/publicRooms?server={}", enc(hs1.server_name())),
+            Some(&bob.access_token()),
+        )
+        .await?;
+    r.expect_ok()
+        .context("Bob lists hs1's public rooms through hs2")?;
+    let listed = r.json["chunk"]
+        .as_array()
+        .with_context(|| format!("/publicRooms answer without chunk: {}", r.text))?
+        .iter()
+        .find(|c| c["room_id"] == room.as_str())
+        .with_context(|| {
+            format!(
+                "Alice's room is not in hs1's directory as hs2 shows it: {}",
+                r.text
+            )
+        })?
+        .clone();
+    ensure!(
+        listed["name"] == "West shore market" && listed["canonical_alias"] == alias.as_str(),
+        "the directory entry shows the room's name and alias: {listed}"
+    );
+
+    // The alias resolves through hs2, and Bob joins by it.
+    let r = bob
+        .http()
+        .get(
+            &format!("{V3}/directory/room/{}", enc(&alias)),
+            Some(&bob.access_token()),
+        )
+        .await?;
+    r.expect_ok()
+        .with_context(|| format!("Bob resolves {alias} through hs2"))?;
+    ensure!(
+        r.json["room_id"] == room.as_str()
+            && r.json["servers"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|n| n == hs1.server_name())),
+        "{alias} resolves to the room, with hs1 among its servers: {}",
+        r.text
+    );
+    bob.client
+        .join_room_by_id_or_alias(<&RoomOrAliasId>::try_from(alias.as_str())?, &[])
+        .await
+        .with_context(|| format!("Bob joins {alias}"))?;
+    let room_id = OwnedRoomId::try_from(room.as_str())?;
+    alice
+        .sync_until("Bob's join", |s| {
+            s.membership(&room_id, &bob.user_id).as_deref() == Some("join")
+        })
+        .await?;
+    alice.send_text(&room_id, "Fresh fish today").await?;
+    bob.wait_for_text(&room_id, &alice.user_id, "Fresh fish today")
+        .await?;
+
+    // Bob sees Alice's display name: in the room and in her profile.
+    let name = bob
+        .room(&room_id)?
+        .get_member_no_sync(&alice.user_id)
+        .await?
+        .and_then(|m| m.display_name().map(str::to_owned));
+    ensure!(
+        name.as_deref() == Some("Alice of the West Shore"),
+        "Bob's client shows Alice as {name:?}"
+    );
+    let r = bob
+        .http()
+        .get(
+            &format!("{V3}/profile/{}", enc(alice.user_id.as_str())),
+            Some(&bob.access_token()),
+        )
+        .await?;
+    r.expect_ok()
+        .context("Bob fetches Alice's profile through hs2")?;
+    ensure!(
+        r.json["displayname"] == "Alice of the West Shore",
+        "Alice's profile as hs2 relays it: {}",
+        r.text
+    );
+    Ok(())
+}
+
+/// hs2 is down while Alice writes, and then hs1 itself restarts before hs2
+/// comes back. What hs1 acknowledged to Alice still reaches Bob, without
+/// anyone writing anything more.
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_waiting_for_a_server_survive_a_restart_of_the_sender() -> Result<()> {
+    let (federation, mut hs1, mut hs2) = two_servers().await?;
+    let (alice, bob) = alice_and_bob(&hs1, &hs2).await?;
+    let room_id = share_room(&alice, &bob, "Night shift").await?;
+    alice.send_text(&room_id, "Shift starts").await?;
+    bob.wait_for_text(&room_id, &alice.user_id, "Shift starts")
+        .await?;
+
+    hs2.stop().await.context("stopping hs2")?;
+    drop(bob);
+    let during: Vec<String> = (1..=3).map(|i| format!("Night note {i}")).collect();
+    for text in &during {
+        alice.send_text(&room_id, text).await?;
+    }
+    tokio::time::sleep(Duration::from_secs(TEST_MAX_BACKOFF_SECS)).await;
+
+    let keys_before = published_keys(&federation, &hs1).await?;
+    let status = hs1.restart().await.context("restarting hs1")?;
+    ensure!(status.success(), "hs1 exited with {status} on SIGTERM");
+    drop(alice);
+    hs2.start_again().await.context("restarting hs2")?;
+    ensure!(
+        published_keys(&federation, &hs1).await? == keys_before,
+        "hs1 publishes other signing keys after its restart"
+    );
+
+    let bob = hs2.login("bob", &password_for("bob")).await?;
+    let alice_id = hs1.user_id("alice");
+    for text in &during {
+        bob.wait_for_text(&room_id, &alice_id, text)
+            .await
+            .with_context(|| {
+                format!("{text:?}, sent while hs2 was down, reaches it after hs1 restarted")
+            })?;
+    }
+    let mut expected = vec![(alice_id.to_string(), "Shift starts".to_owned())];
+    expected.extend(during.iter().map(|t| (alice_id.to_string(), t.clone())));
+    let got = history(&bob, &room_id).await?;
+    ensure!(got == expected, "hs2's history: {got:#?}");
     Ok(())
 }
 
