@@ -68,6 +68,11 @@ impl Federation {
             Some(Ok(r)) => r,
             _ => return ("(no room_id)".into(), Err(Error::bad_json("PDU without a valid room_id"))),
         };
+        if matches!(self.rooms.room_version(&room_id), Ok(None)) {
+            // The resident server may send the room's next events before our
+            // send_join has returned: wait for the join to finish.
+            self.wait_for_join(&room_id).await;
+        }
         let version = match self.rooms.room_version(&room_id) {
             Ok(Some(v)) => v,
             Ok(None) => return ("(unknown room)".into(), Err(Error::not_found("this server is not in the room"))),
@@ -113,7 +118,7 @@ impl Federation {
         self.rooms.accept_remote_locked(room_id, &object, event_id, Vec::new())
     }
 
-    async fn fetch_missing_auth(&self, origin: &str, room_id: &RoomId, object: &CanonicalJsonObject, event_id: &OwnedEventId) -> Result<()> {
+    pub(crate) async fn fetch_missing_auth(&self, origin: &str, room_id: &RoomId, object: &CanonicalJsonObject, event_id: &OwnedEventId) -> Result<()> {
         let mut need = false;
         for a in ids(object, "auth_events") {
             if !self.rooms.has_event(a.as_str())? {

@@ -59,6 +59,7 @@ impl Federation {
     }
 
     async fn join_via(&self, user: &UserId, room_id: &RoomId, server: &str) -> Result<()> {
+        let _joining = self.start_joining(room_id);
         let vers: String = SUPPORTED_ROOM_VERSIONS.iter().map(|v| format!("ver={v}")).collect::<Vec<_>>().join("&");
         let uri = format!("/_matrix/federation/v1/make_join/{}/{}?{vers}", enc(room_id.as_str()), enc(user.as_str()));
         let made = self.client.json(server, Method::GET, &uri, None).await?;

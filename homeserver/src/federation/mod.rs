@@ -1,5 +1,6 @@
 //! Federation: the server-server API's services (keys, request auth, inbound transactions, membership handshakes, the outbound queue).
 
+pub mod backfill;
 pub mod client;
 pub mod device_cache;
 pub mod e2ee;
@@ -47,6 +48,9 @@ pub struct Federation {
     pub presence: Presence,
     pub e2ee: E2ee,
     pub media: Media,
+    /// Rooms we are joining right now: events for them that arrive before
+    /// the join completes wait for it instead of being refused.
+    joining: Arc<std::sync::Mutex<std::collections::HashMap<ruma::OwnedRoomId, tokio::sync::watch::Receiver<bool>>>>,
 }
 
 pub struct Parts {
@@ -90,7 +94,24 @@ impl Federation {
             presence: p.presence,
             e2ee: p.e2ee,
             media: p.media,
+            joining: Arc::default(),
         })
+    }
+
+    /// Marks a room as being joined until the returned guard is dropped.
+    pub(crate) fn start_joining(&self, room_id: &ruma::RoomId) -> JoinGuard {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        self.joining.lock().unwrap_or_else(|p| p.into_inner()).insert(room_id.to_owned(), rx);
+        JoinGuard { room_id: room_id.to_owned(), joining: self.joining.clone(), _done: tx }
+    }
+
+    /// Waits (bounded) for a join of `room_id` in progress, if any.
+    pub(crate) async fn wait_for_join(&self, room_id: &ruma::RoomId) {
+        let rx = self.joining.lock().unwrap_or_else(|p| p.into_inner()).get(room_id).cloned();
+        if let Some(mut rx) = rx {
+            // The sender is dropped when the join ends, either way.
+            let _ = tokio::time::timeout(Duration::from_secs(30), rx.changed()).await;
+        }
     }
 
     pub fn require_enabled(&self) -> Result<()> {
@@ -149,5 +170,18 @@ impl Federation {
             PduCheck::Redact => ruma::canonical_json::redact(object, &rules.redaction, None).map_err(|e| Error::bad_json(e.to_string()))?,
         };
         Ok((object, event_id))
+    }
+}
+
+/// Ends a "joining" mark when dropped.
+pub(crate) struct JoinGuard {
+    room_id: ruma::OwnedRoomId,
+    joining: Arc<std::sync::Mutex<std::collections::HashMap<ruma::OwnedRoomId, tokio::sync::watch::Receiver<bool>>>>,
+    _done: tokio::sync::watch::Sender<bool>,
+}
+
+impl Drop for JoinGuard {
+    fn drop(&mut self) {
+        self.joining.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.room_id);
     }
 }

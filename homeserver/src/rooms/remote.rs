@@ -33,10 +33,12 @@ impl Rooms {
     }
 
     /// Where a local event goes: every server in the room, and the server
-    /// of the user a membership event is about (an invitee, a kicked user).
+    /// of the user a membership event is about (a kicked or banned user;
+    /// an invitee's server already got its invite through /invite).
     pub(crate) fn remote_servers_for(&self, room_id: &RoomId, pdu: &Pdu) -> Result<Vec<String>> {
         let mut servers = self.remote_servers(room_id)?;
         if pdu.kind == TimelineEventType::RoomMember
+            && pdu.membership().as_deref() != Some("invite")
             && let Some(target) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok())
             && target.server_name() != self.server_name
             && !servers.iter().any(|s| s == target.server_name().as_str())
@@ -232,6 +234,56 @@ impl Rooms {
             state_before,
             new_state,
         })
+    }
+
+    /// The first event of the room's timeline.
+    pub fn earliest_timeline_event(&self, room_id: &RoomId) -> Result<Option<StoredEvent>> {
+        let prefix = keys::strs(&[room_id.as_str()]);
+        let first = self.store.scan(super::TIMELINE, &prefix, &prefix, None, false, 1)?;
+        match first.first() {
+            Some((_, id)) => self.event(id.as_str()),
+            None => Ok(None),
+        }
+    }
+
+    /// Puts events fetched by backfill (newest first) below the room's
+    /// earliest timeline event, each at the next lower position. Events
+    /// that fail the auth rules against their auth events are skipped.
+    /// Caller holds the stream writer lock.
+    pub(crate) fn insert_backfilled_locked(&self, room_id: &RoomId, events: &[(i64, OwnedEventId, CanonicalJsonObject)]) -> Result<usize> {
+        let Some(earliest) = self.earliest_timeline_event(room_id)? else { return Ok(0) };
+        let version = self.room_version(room_id)?.ok_or_else(|| Error::not_found("unknown room"))?;
+        let rules = rules_for(&version).map_err(|_| Error::UnsupportedRoomVersion)?;
+        let mut pos = earliest.pos;
+        let mut batch = self.store.batch();
+        let mut added = 0;
+        for (_, id, object) in events {
+            if pos <= 1 {
+                break;
+            }
+            let json = serde_json::to_string(object).map_err(|e| Error::Unknown(e.to_string()))?;
+            let Ok(mut parsed) = serde_json::from_str::<Pdu>(&json) else { continue };
+            parsed.event_id = id.clone();
+            if let Err(e) = auth::authorize_against_auth_events(self, &rules, &parsed) {
+                tracing::info!("backfilled {id} fails the auth rules: {e}");
+                continue;
+            }
+            pos -= 1;
+            let stored = StoredEvent {
+                event_id: id.clone(),
+                room_id: room_id.to_owned(),
+                pos,
+                pdu: serde_json::value::RawValue::from_string(json).map_err(|e| Error::Unknown(e.to_string()))?,
+                replaces_state: None,
+                txn: None,
+                rejected: false,
+            };
+            batch.put(EVENTS, id.as_bytes(), &stored);
+            batch.put(super::TIMELINE, &super::timeline_key(room_id, pos), id);
+            added += 1;
+        }
+        batch.commit()?;
+        Ok(added)
     }
 
     pub(crate) fn set_invite_state(&self, user: &UserId, room_id: &RoomId, state: &[Value]) -> Result<()> {

@@ -26,10 +26,15 @@ pub struct StreamPositions {
     pub writer: tokio::sync::Mutex<()>,
 }
 
+/// A new database starts its stream here rather than at 0, so history
+/// fetched later from other servers (backfill) can be slotted below a
+/// room's first local event without renumbering anything.
+pub const FIRST_POSITION: u64 = 1 << 20;
+
 impl StreamPositions {
     pub fn load(store: &Store) -> Result<Self, StorageError> {
         Ok(StreamPositions {
-            committed: AtomicU64::new(store.get(META, KEY)?.unwrap_or(0)),
+            committed: AtomicU64::new(store.get(META, KEY)?.unwrap_or(FIRST_POSITION)),
             writer: tokio::sync::Mutex::new(()),
         })
     }

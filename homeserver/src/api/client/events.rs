@@ -206,7 +206,12 @@ pub async fn messages(State(s): State<AppState>, Auth(session): Auth, P(room): P
         "b" => {
             let hi = from.unwrap_or(visible).min(visible);
             let lo = to.unwrap_or(0);
-            let evs = s.rooms.timeline_range(&room, lo, hi, true, limit)?;
+            let mut evs = s.rooms.timeline_range(&room, lo, hi, true, limit)?;
+            // Past the start of what this server has: ask the room's other
+            // servers for the history before it.
+            if evs.len() < limit && s.federation.backfill(&room, limit - evs.len()).await.unwrap_or(0) > 0 {
+                evs = s.rooms.timeline_range(&room, lo, hi, true, limit)?;
+            }
             let end = (evs.len() == limit).then(|| evs.last().map(|e| format!("t{}", e.pos - 1))).flatten();
             (evs, format!("t{hi}"), end)
         }
