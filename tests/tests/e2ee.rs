@@ -8,15 +8,15 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context, Result, bail, ensure};
 use bellwire_tests::{
-    FakeDevice, Http, RawSync, TestServer, User, device_list, enc, eventually, only_ed25519_key,
+    FakeDevice, Http, MEGOLM, RawSync, TestServer, User, device_list, enc, eventually, only_ed25519_key,
     password_for, queried_devices, sync_all_until, sync_all_until_some, to_device_events,
-    verify_signature,
+    verify_signature, wait_until_device_known,
 };
 use matrix_sdk::{
     deserialized_responses::{TimelineEvent, TimelineEventKind},
     encryption::verification::{SasVerification, VerificationRequest},
     ruma::{
-        DeviceId, EventId, OwnedRoomId, UserId,
+        DeviceId, EventId, OwnedRoomId,
         api::client::room::create_room::{self, v3::RoomPreset},
         events::{InitialStateEvent, room::encryption::RoomEncryptionEventContent},
     },
@@ -24,7 +24,6 @@ use matrix_sdk::{
 use serde_json::{Value, json};
 
 const V3: &str = "/_matrix/client/v3";
-const MEGOLM: &str = "m.megolm.v1.aes-sha2";
 const BACKUP_ALGORITHM: &str = "m.megolm_backup.v1.curve25519-aes-sha2";
 
 // ---------------------------------------------------------------------------
@@ -68,28 +67,6 @@ async fn assert_room_is_encrypted(http: &Http, token: &str, room: &str) -> Resul
         r.text
     );
     Ok(())
-}
-
-/// Syncs `user` until their client has the device keys of `owner`'s
-/// `device` (learned through /sync device list updates and /keys/query).
-async fn wait_until_device_known(user: &User, owner: &UserId, device: &str) -> Result<()> {
-    let device_id = <&DeviceId>::from(device);
-    sync_all_until(
-        &[user],
-        &format!(
-            "{}'s client to know {owner}'s device {device}",
-            user.user_id
-        ),
-        || async {
-            Ok(user
-                .client
-                .encryption()
-                .get_device(owner, device_id)
-                .await?
-                .is_some())
-        },
-    )
-    .await
 }
 
 /// The event as sent over the wire (raw GET /rooms/{id}/event/{id}) is an

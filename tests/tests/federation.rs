@@ -14,19 +14,20 @@ use std::{
 
 use anyhow::{Context, Result, ensure};
 use bellwire_tests::{
-    Body, MEDIA_V1, Mxc, RawSync, Reply, SigningKey, TestServer, User, assert_matrix_error,
+    Body, MEDIA_V1, MEGOLM, Mxc, RawSync, Reply, SigningKey, TestServer, User, assert_matrix_error,
     decode_image, enc, eventually,
     federation::{
         Federation, TEST_MAX_BACKOFF_SECS, hash_and_sign_pdu, message_pdu, now_ms, port_of,
         unreachable_server_name,
     },
-    password_for, sync_all_until, test_image, verify_signature,
+    assert_encrypted_on_the_wire, password_for, test_image, verify_signature,
+    wait_until_device_known,
 };
 use image::ImageFormat;
 use matrix_sdk::{
     media::{MediaFormat, MediaRequestParameters},
     ruma::{
-        DeviceId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, RoomOrAliasId, UserId,
+        OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, RoomOrAliasId, UserId,
         api::client::{
             receipt::create_receipt::v3::ReceiptType,
             room::create_room::{self, v3::RoomPreset},
@@ -43,7 +44,6 @@ use matrix_sdk::{
 use serde_json::{Value, json};
 
 const V3: &str = "/_matrix/client/v3";
-const MEGOLM: &str = "m.megolm.v1.aes-sha2";
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -168,59 +168,6 @@ async fn history(user: &User, room: &RoomId) -> Result<Vec<(String, String)>> {
             )
         })
         .collect())
-}
-
-/// Syncs `user` until their client has the device keys of `owner`'s
-/// `device` (for a remote owner: device list over federation).
-async fn wait_until_device_known(user: &User, owner: &UserId, device: &str) -> Result<()> {
-    let device_id = <&DeviceId>::from(device);
-    sync_all_until(
-        &[user],
-        &format!(
-            "{}'s client to know {owner}'s device {device}",
-            user.user_id
-        ),
-        || async {
-            Ok(user
-                .client
-                .encryption()
-                .get_device(owner, device_id)
-                .await?
-                .is_some())
-        },
-    )
-    .await
-}
-
-/// The event as `user`'s server holds it is an `m.room.encrypted` megolm
-/// event without `plaintext` anywhere in it.
-async fn assert_encrypted_on_the_wire(
-    user: &User,
-    room: &RoomId,
-    event_id: &str,
-    plaintext: &str,
-) -> Result<()> {
-    let r = user
-        .http()
-        .event(&user.access_token(), room.as_str(), event_id)
-        .await?;
-    r.expect_ok()
-        .with_context(|| format!("GET event {event_id} on {}'s server", user.user_id))?;
-    ensure!(
-        r.json["type"] == "m.room.encrypted"
-            && r.json["content"]["algorithm"] == MEGOLM
-            && r.json["content"]["ciphertext"].is_string(),
-        "event {event_id} on {}'s server is not a megolm m.room.encrypted event: {}",
-        user.user_id,
-        r.text
-    );
-    ensure!(
-        !r.text.contains(plaintext),
-        "the plaintext {plaintext:?} is readable on {}'s server: {}",
-        user.user_id,
-        r.text
-    );
-    Ok(())
 }
 
 /// The ed25519 keys `server` publishes (key id -> unpadded base64), after

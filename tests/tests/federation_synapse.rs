@@ -12,16 +12,16 @@ use std::collections::BTreeSet;
 
 use anyhow::{Context, Result, ensure};
 use bellwire_tests::{
-    Mxc, RawSync, TestServer, User, WAIT, enc, eventually,
+    MEGOLM, Mxc, RawSync, TestServer, User, WAIT, assert_encrypted_on_the_wire, enc, eventually,
     federation::{Federation, now_ms, port_of},
     synapse::SynapseServer,
-    sync_all_until, test_image,
+    test_image, wait_until_device_known,
 };
 use image::ImageFormat;
 use matrix_sdk::{
     RoomState,
     ruma::{
-        DeviceId, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId, UserId,
+        OwnedEventId, OwnedRoomId, RoomId, RoomVersionId, UserId,
         api::client::{
             receipt::create_receipt::v3::ReceiptType,
             room::create_room::{self, v3::RoomPreset},
@@ -34,7 +34,6 @@ use matrix_sdk::{
 };
 use serde_json::{Value, json};
 
-const MEGOLM: &str = "m.megolm.v1.aes-sha2";
 
 // ---------------------------------------------------------------------------
 // The two servers
@@ -222,61 +221,6 @@ async fn chat(room: &RoomId, a: &User, to_b: &str, b: &User, to_a: &str) -> Resu
             user.user_id
         );
     }
-    Ok(())
-}
-
-/// Syncs `user` until their client has the keys of `owner`'s `device`
-/// (learned through device list updates and /keys/query, which for a remote
-/// user crosses federation).
-async fn wait_until_device_known(user: &User, owner: &User) -> Result<()> {
-    let device = owner.device_id();
-    let device_id = <&DeviceId>::from(device.as_str());
-    sync_all_until(
-        &[user],
-        &format!(
-            "{}'s client to know {}'s device {device}",
-            user.user_id, owner.user_id
-        ),
-        || async {
-            Ok(user
-                .client
-                .encryption()
-                .get_device(&owner.user_id, device_id)
-                .await?
-                .is_some())
-        },
-    )
-    .await
-}
-
-/// The server's copy of `event_id` (as `user` fetches it) is a megolm
-/// `m.room.encrypted` event without `plaintext` anywhere in it.
-async fn assert_encrypted_on_the_wire(
-    user: &User,
-    room: &RoomId,
-    event_id: &str,
-    plaintext: &str,
-) -> Result<()> {
-    let r = user
-        .http()
-        .event(&user.access_token(), room.as_str(), event_id)
-        .await?;
-    r.expect_ok()
-        .with_context(|| format!("{}'s server: GET event {event_id}", user.user_id))?;
-    ensure!(
-        r.json["type"] == "m.room.encrypted"
-            && r.json["content"]["algorithm"] == MEGOLM
-            && r.json["content"]["ciphertext"].is_string(),
-        "{}'s server holds {event_id} as something other than megolm ciphertext: {}",
-        user.user_id,
-        r.text
-    );
-    ensure!(
-        !r.text.contains(plaintext),
-        "the plaintext {plaintext:?} is on {}'s server: {}",
-        user.user_id,
-        r.text
-    );
     Ok(())
 }
 
@@ -600,8 +544,8 @@ async fn an_encrypted_dm_between_bellwire_and_synapse_users() -> Result<()> {
             r.text
         );
 
-        wait_until_device_known(&grace, &heidi).await?;
-        wait_until_device_known(&heidi, &grace).await?;
+        wait_until_device_known(&grace, &heidi.user_id, &heidi.device_id()).await?;
+        wait_until_device_known(&heidi, &grace.user_id, &grace.device_id()).await?;
 
         let question = "Heidi, the spare key is under the third flowerpot.";
         let question_id = grace.send_text(&room, question).await?;

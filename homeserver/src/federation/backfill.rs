@@ -46,7 +46,7 @@ impl Federation {
                 }
                 match self.check_incoming(pdu, &version).await {
                     Ok((obj, id)) => {
-                        if !self.rooms.event(id.as_str())?.is_some_and(|e| e.pos != 0) {
+                        if self.rooms.event(id.as_str())?.is_none_or(|e| e.pos == 0) {
                             events.push((depth(&obj), id, obj));
                         }
                     }
@@ -57,7 +57,7 @@ impl Federation {
                 continue;
             }
             // Newest first: each takes the next position down.
-            events.sort_by(|a, b| b.0.cmp(&a.0));
+            events.sort_by_key(|e| std::cmp::Reverse(e.0));
             events.dedup_by(|a, b| a.1 == b.1);
             for (_, id, obj) in &events {
                 if let Err(e) = self.fetch_missing_auth(&server, room_id, obj, id).await {

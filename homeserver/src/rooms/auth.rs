@@ -5,65 +5,50 @@ use ruma::{EventId, RoomId, events::StateEventType, room_version_rules::RoomVers
 use super::{Rooms, pdu::Pdu};
 use crate::error::{Error, Result};
 
+/// A stored event as auth reads it.
+fn stored_pdu(rooms: &Rooms, id: &EventId) -> Option<Pdu> {
+    rooms.event(id.as_str()).ok().flatten()?.parse().ok()
+}
+
+/// The auth rules: those that need only the event's auth events, then
+/// those that need the room state, which `state` looks up.
+fn check(rooms: &Rooms, rules: &RoomVersionRules, pdu: &Pdu, state: impl Fn(&StateEventType, &str) -> Option<Pdu>) -> Result<()> {
+    ruma::state_res::check_state_independent_auth_rules(&rules.authorization, pdu, |id: &EventId| stored_pdu(rooms, id))
+        .map_err(|e| Error::Forbidden(format!("event not allowed: {e}")))?;
+    ruma::state_res::check_state_dependent_auth_rules(&rules.authorization, pdu, state)
+        .map_err(|e| Error::Forbidden(format!("event not allowed: {e}")))
+}
+
 /// Checks `pdu` against its auth events and against the room's current
 /// state. A failure is the client's fault: M_FORBIDDEN, nothing written.
 pub fn authorize(rooms: &Rooms, rules: &RoomVersionRules, room_id: &RoomId, pdu: &Pdu) -> Result<()> {
-    let fetch_event = |id: &EventId| -> Option<Pdu> {
-        let stored = rooms.event(id.as_str()).ok().flatten()?;
-        stored.parse().ok()
-    };
-    ruma::state_res::check_state_independent_auth_rules(&rules.authorization, pdu, fetch_event)
-        .map_err(|e| Error::Forbidden(format!("event not allowed: {e}")))?;
-    let fetch_state = |kind: &StateEventType, key: &str| -> Option<Pdu> {
+    check(rooms, rules, pdu, |kind, key| {
         let id = rooms.state_event_id(room_id, &kind.to_string(), key).ok().flatten()?;
-        fetch_event(&id)
-    };
-    ruma::state_res::check_state_dependent_auth_rules(&rules.authorization, pdu, fetch_state)
-        .map_err(|e| Error::Forbidden(format!("event not allowed: {e}")))
+        stored_pdu(rooms, &id)
+    })
 }
 
 /// Checks `pdu` against its auth events and a given room state (the state
 /// at its place in the graph, for an event on another branch).
 pub fn authorize_with_state(rooms: &Rooms, rules: &RoomVersionRules, pdu: &Pdu, state: &super::snapshots::StateIds) -> Result<()> {
-    let fetch_event = |id: &EventId| -> Option<Pdu> {
-        let stored = rooms.event(id.as_str()).ok().flatten()?;
-        stored.parse().ok()
-    };
-    ruma::state_res::check_state_independent_auth_rules(&rules.authorization, pdu, fetch_event)
-        .map_err(|e| Error::Forbidden(format!("event not allowed: {e}")))?;
-    let fetch_state = |kind: &StateEventType, key: &str| -> Option<Pdu> {
-        let id = state.get(&(kind.to_string(), key.to_owned()))?;
-        fetch_event(id)
-    };
-    ruma::state_res::check_state_dependent_auth_rules(&rules.authorization, pdu, fetch_state)
-        .map_err(|e| Error::Forbidden(format!("event not allowed: {e}")))
+    check(rooms, rules, pdu, |kind, key| stored_pdu(rooms, state.get(&(kind.to_string(), key.to_owned()))?))
 }
 
 /// Checks an event against its own auth events only (state received from
 /// another server, whose place in our timeline is not known).
 pub fn authorize_against_auth_events(rooms: &Rooms, rules: &RoomVersionRules, pdu: &Pdu) -> Result<()> {
-    let fetch_event = |id: &EventId| -> Option<Pdu> {
-        let stored = rooms.event(id.as_str()).ok().flatten()?;
-        stored.parse().ok()
-    };
-    ruma::state_res::check_state_independent_auth_rules(&rules.authorization, pdu, fetch_event)
-        .map_err(|e| Error::Forbidden(format!("event not allowed: {e}")))?;
-    let mut auth: Vec<Pdu> = pdu.auth_events.iter().filter_map(|id| fetch_event(id)).collect();
+    let mut auth: Vec<Pdu> = pdu.auth_events.iter().filter_map(|id| stored_pdu(rooms, id)).collect();
     // Room v12+ events do not list the create event: the room ID names it.
     if !auth.iter().any(|e| e.kind.to_string() == "m.room.create")
         && let Some(room_id) = &pdu.room_id
         && let Ok(create_id) = ruma::OwnedEventId::try_from(format!("${}", room_id.as_str().trim_start_matches('!')))
-        && let Some(create) = fetch_event(&create_id)
+        && let Some(create) = stored_pdu(rooms, &create_id)
     {
         auth.push(create);
     }
-    let fetch_state = |kind: &StateEventType, key: &str| -> Option<Pdu> {
-        auth.iter()
-            .find(|e| e.kind.to_string() == kind.to_string() && e.state_key.as_deref() == Some(key))
-            .cloned()
-    };
-    ruma::state_res::check_state_dependent_auth_rules(&rules.authorization, pdu, fetch_state)
-        .map_err(|e| Error::Forbidden(format!("event not allowed: {e}")))
+    check(rooms, rules, pdu, |kind, key| {
+        auth.iter().find(|e| e.kind.to_string() == kind.to_string() && e.state_key.as_deref() == Some(key)).cloned()
+    })
 }
 
 #[cfg(test)]

@@ -17,6 +17,9 @@ use crate::{
 /// `(type, state_key) -> event ID`.
 pub type StateIds = BTreeMap<(String, String), OwnedEventId>;
 
+/// A state row and what it becomes (`None`: removed).
+pub type StateChange = ((String, String), Option<OwnedEventId>);
+
 /// A snapshot is its parent plus a few changes; every `FULL_EVERY` links
 /// one is stored whole, so loading one never walks a long chain.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -157,7 +160,7 @@ impl Rooms {
     }
 
     /// Which current state rows change when the state becomes `target`.
-    pub(crate) fn state_diff(&self, room_id: &RoomId, target: &StateIds) -> Result<Vec<((String, String), Option<OwnedEventId>)>> {
+    pub(crate) fn state_diff(&self, room_id: &RoomId, target: &StateIds) -> Result<Vec<StateChange>> {
         let current = self.current_state_ids(room_id)?;
         let mut out = Vec::new();
         for (k, v) in target {
