@@ -96,7 +96,10 @@ class Watcher(threading.Thread):
 
     def run(self):
         while not self.stop:
-            q = "?timeout=10000" + (f"&since={enc(self.since)}" if self.since else "")
+            # A big timeline limit: a burst must not be cut to the last 20
+            # events of a "limited" sync.
+            q = "?timeout=10000&filter=" + enc(json.dumps({"room": {"timeline": {"limit": 1000}}}))
+            q += f"&since={enc(self.since)}" if self.since else ""
             status, body = call(self.base, "GET", f"{CS}/sync{q}", self.token, timeout=60)
             if status != 200:
                 time.sleep(0.2)

@@ -16,6 +16,7 @@ pub mod ratelimit;
 pub mod reports;
 pub mod rooms;
 pub mod services;
+pub mod signing_key;
 pub mod storage;
 pub mod sync;
 pub mod tls;
@@ -38,6 +39,13 @@ pub enum StartError {
     Serve(std::io::Error),
     #[error("federation TLS: {0}")]
     Tls(#[from] tls::TlsError),
+}
+
+/// Replaces the signing key in the configured database (server stopped).
+pub fn rotate_signing_key(config: &Config) -> Result<String, StartError> {
+    let store = storage::Store::open(&config.database_path, true)
+        .map_err(|source| StartError::Database { path: config.database_path.display().to_string(), source })?;
+    Ok(signing_key::rotate(&store)?)
 }
 
 /// Opens the store, builds the services and serves until SIGINT/SIGTERM.

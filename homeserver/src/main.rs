@@ -12,11 +12,18 @@ fn main() -> ExitCode {
         .init();
     let mut args = std::env::args().skip(1);
     let mut config_path: Option<PathBuf> = None;
+    let mut rotate = false;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--config" | "-c" => config_path = args.next().map(PathBuf::from),
+            "--rotate-signing-key" => rotate = true,
             "--help" | "-h" => {
-                println!("usage: bellwire [--config FILE]\nEvery config key can be overridden with BELLWIRE_<KEY> (nested keys joined with __).");
+                println!(
+                    "usage: bellwire [--config FILE] [--rotate-signing-key]\n\
+                     --rotate-signing-key: replace the server's signing key (the old one stays published\n\
+                     as an old verify key) and exit; run it while the server is stopped.\n\
+                     Every config key can be overridden with BELLWIRE_<KEY> (nested keys joined with __)."
+                );
                 return ExitCode::SUCCESS;
             }
             other => {
@@ -32,6 +39,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if rotate {
+        return match bellwire::rotate_signing_key(&config) {
+            Ok(id) => {
+                println!("bellwire: new signing key {id}; the old one is kept as an old verify key");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("bellwire: cannot rotate the signing key: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {

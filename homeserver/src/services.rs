@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use bellwire_federation::ServerKey;
 
 use crate::{
     account_data::AccountData,
@@ -53,7 +52,7 @@ const META_BYTES: Table<String> = Table::new("meta");
 
 impl Services {
     pub fn build(config: Config, store: Store) -> Result<Self> {
-        let key = Arc::new(load_or_create_key(&store)?);
+        let key = Arc::new(crate::signing_key::load_or_create(&store)?);
         let stream = Arc::new(StreamPositions::load(&store)?);
         let notifier = Arc::new(Notifier::default());
         let account_data = AccountData::new(store.clone(), stream.clone(), notifier.clone());
@@ -160,26 +159,5 @@ impl Services {
     pub async fn remove_devices(&self, user: &ruma::UserId, devices: &[&str]) -> Result<()> {
         self.accounts.delete_devices(user, devices)?;
         self.e2ee.remove_devices(user, devices).await
-    }
-}
-
-/// The server's signing key lives in the database so that event signatures
-/// stay valid across restarts.
-fn load_or_create_key(store: &Store) -> Result<ServerKey> {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let bad = |e: String| crate::error::Error::Unknown(format!("server signing key: {e}"));
-    match store.get(META_BYTES, b"signing_key")? {
-        Some(s) => {
-            let (version, der) = s.split_once(':').ok_or_else(|| bad("malformed".into()))?;
-            let der = b64.decode(der).map_err(|e| bad(e.to_string()))?;
-            ServerKey::from_der(&der, version).map_err(|e| bad(e.to_string()))
-        }
-        None => {
-            let version = random_string(6);
-            let key = ServerKey::generate(&version).map_err(|e| bad(e.to_string()))?;
-            store.put(META_BYTES, b"signing_key", &format!("{version}:{}", b64.encode(key.to_der())))?;
-            Ok(key)
-        }
     }
 }

@@ -86,6 +86,7 @@ impl E2ee {
             return Err(Error::MissingParam("no cross-signing keys in the request".into()));
         }
         batch.commit()?;
+        self.announce_signing_keys(user)?;
         self.device_list_changed(user).await
     }
 

@@ -44,14 +44,40 @@ impl E2ee {
         Ok(())
     }
 
-    /// Tells servers sharing a room with `user` that their devices changed.
-    /// `prev_id` names a position the receiver has not seen, so it refetches
-    /// the whole list (/user/devices) rather than trusting one device's keys.
-    fn announce_remote(&self, user: &UserId) -> Result<()> {
+    /// Servers other than ours sharing a room with `user`.
+    fn servers_sharing(&self, user: &UserId) -> Result<Vec<String>> {
         let mut servers = std::collections::BTreeSet::new();
         for room in self.rooms.joined_rooms(user)? {
             servers.extend(self.rooms.remote_servers(&room)?);
         }
+        Ok(servers.into_iter().collect())
+    }
+
+    /// Tells servers sharing a room with a local user about their new
+    /// master and self-signing keys (m.signing_key_update).
+    pub(crate) fn announce_signing_keys(&self, user: &UserId) -> Result<()> {
+        if user.server_name() != self.rooms.server_name {
+            return Ok(());
+        }
+        let servers = self.servers_sharing(user)?;
+        if servers.is_empty() {
+            return Ok(());
+        }
+        let mut content = serde_json::json!({"user_id": user});
+        for (field, kind) in [("master_key", "master"), ("self_signing_key", "self_signing")] {
+            if let Some(k) = self.cross_signing_key(user, kind)? {
+                content[field] = k;
+            }
+        }
+        let edu = serde_json::json!({"edu_type": "m.signing_key_update", "content": content});
+        self.rooms.outbound.push(&servers, crate::federation::queue::Outgoing::Edu(edu))
+    }
+
+    /// Tells servers sharing a room with `user` that their devices changed.
+    /// `prev_id` names a position the receiver has not seen, so it refetches
+    /// the whole list (/user/devices) rather than trusting one device's keys.
+    fn announce_remote(&self, user: &UserId) -> Result<()> {
+        let servers = self.servers_sharing(user)?;
         if servers.is_empty() {
             return Ok(());
         }
@@ -69,7 +95,7 @@ impl E2ee {
             content["keys"] = k.clone();
         }
         let edu = serde_json::json!({"edu_type": "m.device_list_update", "content": content});
-        self.rooms.outbound.push(&servers.into_iter().collect::<Vec<_>>(), crate::federation::queue::Outgoing::Edu(edu))
+        self.rooms.outbound.push(&servers, crate::federation::queue::Outgoing::Edu(edu))
     }
 
     /// Whose device lists `viewer` must refetch after `since` (up to

@@ -27,12 +27,13 @@ pub struct KeyRing {
     store: Store,
     client: FedClient,
     own_name: String,
-    own_key: (String, String),
+    /// (key ID, public key): the current key first, then retired ones.
+    own_keys: Vec<(String, String)>,
 }
 
 impl KeyRing {
-    pub fn new(store: Store, client: FedClient, own_name: String, own_key_id: String, own_public: String) -> Self {
-        KeyRing { store, client, own_name, own_key: (own_key_id, own_public) }
+    pub fn new(store: Store, client: FedClient, own_name: String, own_keys: Vec<(String, String)>) -> Self {
+        KeyRing { store, client, own_name, own_keys }
     }
 
     fn cached(&self, server: &str) -> Option<ServerKeys> {
@@ -57,7 +58,12 @@ impl KeyRing {
     /// the cached document has expired.
     pub async fn public_key(&self, server: &str, key_id: &str) -> Result<String, RemoteError> {
         if server == self.own_name {
-            return if key_id == self.own_key.0 { Ok(self.own_key.1.clone()) } else { Err(RemoteError::Invalid(format!("unknown key {key_id}"))) };
+            return self
+                .own_keys
+                .iter()
+                .find(|(id, _)| id == key_id)
+                .map(|(_, k)| k.clone())
+                .ok_or_else(|| RemoteError::Invalid(format!("unknown key {key_id}")));
         }
         if let Some(k) = self.cached(server) {
             if let Some(p) = k.verify_keys.get(key_id)
@@ -83,7 +89,9 @@ impl KeyRing {
         for server in servers {
             let mut set = BTreeMap::new();
             if *server == self.own_name {
-                set.insert(self.own_key.0.clone(), parse(&self.own_key.1)?);
+                for (id, k) in &self.own_keys {
+                    set.insert(id.clone(), parse(k)?);
+                }
             } else {
                 let keys = match self.cached(server) {
                     Some(k) => k,

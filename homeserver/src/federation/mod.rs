@@ -39,6 +39,8 @@ pub struct Federation {
     pub client: FedClient,
     pub keys: KeyRing,
     pub key: Arc<ServerKey>,
+    /// Keys retired by rotation, still published.
+    pub old_keys: Vec<bellwire_federation::server_keys::OldKey>,
     pub queue: Arc<OutboundQueue>,
     pub backoffs: Arc<Backoffs>,
     pub store: Store,
@@ -72,7 +74,10 @@ impl Federation {
         let trusted = config.federation.as_ref().map(|f| f.trusted_ca_certificates.clone()).unwrap_or_default();
         let server_name = config.server_name.to_string();
         let client = FedClient::new(server_name.clone(), p.key.clone(), &trusted)?;
-        let keys = KeyRing::new(p.store.clone(), client.clone(), server_name.clone(), p.key.key_id(), p.key.public_key_base64());
+        let old_keys = crate::signing_key::old_keys(&p.store)?;
+        let mut own_keys = vec![(p.key.key_id(), p.key.public_key_base64())];
+        own_keys.extend(old_keys.iter().map(|k| (k.key_id.clone(), k.public_key.clone())));
+        let keys = KeyRing::new(p.store.clone(), client.clone(), server_name.clone(), own_keys);
         let backoffs = Arc::new(Backoffs::default());
         let enabled = config.federation.is_some();
         let max_backoff = Duration::from_secs(config.federation.as_ref().map_or(600, |f| f.max_backoff_secs));
@@ -85,6 +90,7 @@ impl Federation {
             client,
             keys,
             key: p.key,
+            old_keys,
             queue: p.queue,
             backoffs,
             store: p.store,

@@ -339,6 +339,51 @@ impl Rooms {
         Ok(out)
     }
 
+    /// Whether another server may see an event, by the room's history
+    /// visibility where the event sits: `shared` and `world_readable` rooms
+    /// show everything to a server in the room; `invited` and `joined`
+    /// only what happened while one of its users was invited or joined.
+    pub fn visible_to_server(&self, origin: &str, ev: &StoredEvent) -> Result<bool> {
+        let visibility = |state_content: Option<Value>| {
+            state_content.and_then(|c| c["history_visibility"].as_str().map(str::to_owned)).unwrap_or_else(|| "shared".into())
+        };
+        // The common case needs no snapshot: the room is shared now.
+        let now = visibility(self.state_content(&ev.room_id, "m.room.history_visibility", "")?);
+        let Some(state) = self.state_after(&ev.event_id)? else {
+            return Ok(matches!(now.as_str(), "shared" | "world_readable"));
+        };
+        let content_of = |t: &str, k: &str| -> Option<Value> {
+            let id = state.get(&(t.to_owned(), k.to_owned()))?;
+            Some(self.event(id.as_str()).ok()??.pdu_value()["content"].clone())
+        };
+        let at_event = visibility(content_of("m.room.history_visibility", ""));
+        if matches!(at_event.as_str(), "shared" | "world_readable") {
+            return Ok(true);
+        }
+        let allowed: &[&str] = if at_event == "invited" { &["join", "invite"] } else { &["join"] };
+        Ok(state.iter().any(|((t, k), _)| {
+            t == "m.room.member"
+                && UserId::parse(k.as_str()).is_ok_and(|u| u.server_name().as_str() == origin)
+                && content_of(t, k).and_then(|c| c["membership"].as_str().map(str::to_owned)).is_some_and(|m| allowed.contains(&m.as_str()))
+        }))
+    }
+
+    /// An event as another server may receive it: whole, or redacted when
+    /// history visibility hides it from that server.
+    pub fn event_for_server(&self, origin: &str, ev: &StoredEvent) -> Result<Value> {
+        let mut v = ev.pdu_value();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("unsigned");
+        }
+        if self.visible_to_server(origin, ev)? {
+            return Ok(v);
+        }
+        let version = self.room_version(&ev.room_id)?.ok_or_else(|| Error::not_found("unknown room"))?;
+        let rules = rules_for(&version).map_err(|_| Error::UnsupportedRoomVersion)?;
+        let redacted = ruma::canonical_json::redact(to_object(v)?, &rules.redaction, None).map_err(|e| Error::Unknown(e.to_string()))?;
+        serde_json::to_value(redacted).map_err(|e| Error::Unknown(e.to_string()))
+    }
+
     pub fn room_of_event(&self, event_id: &str) -> Result<Option<OwnedRoomId>> {
         Ok(self.event(event_id)?.map(|e| e.room_id))
     }

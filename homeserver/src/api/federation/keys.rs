@@ -14,7 +14,7 @@ use crate::{
 const VALIDITY_MS: u64 = 24 * 3600 * 1000;
 
 fn own_document(s: &AppState) -> Result<Value> {
-    server_keys::key_document(s.config.server_name.as_str(), &s.federation.key, &[], now_ms() + VALIDITY_MS)
+    server_keys::key_document(s.config.server_name.as_str(), &s.federation.key, &s.federation.old_keys, now_ms() + VALIDITY_MS)
         .map_err(|e| Error::Unknown(e.to_string()))
 }
 

@@ -61,7 +61,8 @@ fn check_origin_in_room(s: &AppState, origin: &str, room: &RoomId) -> Result<()>
 pub async fn event(State(s): State<AppState>, P(event): P<String>, fed: Fed) -> Result<Json<Value>> {
     let ev = s.rooms.event(&event)?.ok_or_else(|| Error::not_found("unknown event"))?;
     check_origin_in_room(&s, &fed.origin, &ev.room_id)?;
-    Ok(Json(json!({"origin": s.config.server_name, "origin_server_ts": now_ms(), "pdus": [federation_pdu(&ev)]})))
+    let pdu = s.rooms.event_for_server(&fed.origin, &ev)?;
+    Ok(Json(json!({"origin": s.config.server_name, "origin_server_ts": now_ms(), "pdus": [pdu]})))
 }
 
 #[derive(Deserialize)]
@@ -148,7 +149,8 @@ pub async fn get_missing_events(State(s): State<AppState>, P(room): P<String>, f
         out.push(e);
     }
     out.sort_by_key(|e| e.pos);
-    Ok(Json(json!({"events": out.iter().map(federation_pdu).collect::<Vec<_>>()})))
+    let events = out.iter().map(|e| s.rooms.event_for_server(&fed.origin, e)).collect::<Result<Vec<_>>>()?;
+    Ok(Json(json!({"events": events})))
 }
 
 #[derive(Deserialize)]
@@ -166,9 +168,6 @@ pub async fn backfill(State(s): State<AppState>, P(room): P<String>, Q(q): Q<Bac
     if from.pos != 0 {
         events.extend(s.rooms.timeline_range(&room, 0, from.pos, true, limit.saturating_sub(1))?);
     }
-    Ok(Json(json!({
-        "origin": s.config.server_name,
-        "origin_server_ts": now_ms(),
-        "pdus": events.iter().map(federation_pdu).collect::<Vec<_>>(),
-    })))
+    let pdus = events.iter().map(|e| s.rooms.event_for_server(&fed.origin, e)).collect::<Result<Vec<_>>>()?;
+    Ok(Json(json!({"origin": s.config.server_name, "origin_server_ts": now_ms(), "pdus": pdus})))
 }
