@@ -212,6 +212,98 @@ impl Federation {
     }
 }
 
+/// What `bellwire --rotate-signing-key` prints on stdout before the new
+/// key id.
+pub const ROTATED_KEY_PREFIX: &str = "bellwire: new signing key ";
+
+impl TestServer {
+    /// Runs `bellwire --config <its config> --rotate-signing-key` on this
+    /// server's data directory, which must not be in use: call it between
+    /// [`TestServer::stop`] and [`TestServer::start_again`]. The command must
+    /// exit 0 within [`WAIT`] and announce the new key; returns its id
+    /// (`ed25519:...`). Its stderr is appended to the server's stderr log,
+    /// its stdout to `rotate-stdout.log` in the data directory.
+    pub async fn rotate_signing_key(&self) -> Result<String> {
+        use std::{fs::OpenOptions, io::Write, process::Stdio};
+        ensure!(
+            self.pid().is_none(),
+            "rotate the signing key of {} while it is stopped",
+            self.server_name()
+        );
+        let bin = crate::server_binary()?;
+        let mut stderr = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.stderr_path())
+            .context("cannot open the server stderr log")?;
+        writeln!(stderr, "===== bellwire --rotate-signing-key =====")?;
+        let stdout_path = self.data_dir().join("rotate-stdout.log");
+        let stdout = std::fs::File::create(&stdout_path)
+            .context("cannot create the stdout file of the rotation")?;
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.arg("--config")
+            .arg(self.config_path())
+            .arg("--rotate-signing-key");
+        // As for the server itself: the config file is the whole truth.
+        for (key, _) in std::env::vars_os() {
+            if let Some(k) = key.to_str()
+                && k.starts_with("BELLWIRE_")
+                && k != "BELLWIRE_LOG"
+            {
+                cmd.env_remove(k);
+            }
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(stdout))
+            .stderr(Stdio::from(stderr))
+            .spawn()
+            .with_context(|| format!("cannot run {} --rotate-signing-key", bin.display()))?;
+        let deadline = std::time::Instant::now() + WAIT;
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                // Our own child, by PID.
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "`bellwire --rotate-signing-key` on {} did not exit within {WAIT:?}",
+                    self.server_name()
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        };
+        let out = std::fs::read_to_string(&stdout_path).unwrap_or_default();
+        let log = self.stderr_log();
+        let since = log
+            .rfind("===== bellwire --rotate-signing-key =====")
+            .map_or("", |i| &log[i..]);
+        ensure!(
+            status.success(),
+            "`bellwire --rotate-signing-key` on {} exited with {status}; stdout:\n{out}\nstderr:\n{since}",
+            self.server_name()
+        );
+        let key_id = out
+            .lines()
+            .find_map(|l| l.strip_prefix(ROTATED_KEY_PREFIX))
+            .and_then(|rest| rest.split(';').next())
+            .map(|id| id.trim().to_owned())
+            .with_context(|| {
+                format!(
+                    "`bellwire --rotate-signing-key` did not print {ROTATED_KEY_PREFIX:?}; \
+                     stdout:\n{out}\nstderr:\n{since}"
+                )
+            })?;
+        ensure!(
+            key_id.starts_with("ed25519:") && key_id.len() > "ed25519:".len(),
+            "`bellwire --rotate-signing-key` announced a key id that is not ed25519:...: {out}"
+        );
+        Ok(key_id)
+    }
+}
+
 // ---------------------------------------------------------------------------
 // X-Matrix request signing
 // ---------------------------------------------------------------------------
