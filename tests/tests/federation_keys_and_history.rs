@@ -441,11 +441,12 @@ async fn a_late_joiner_over_federation_reads_only_the_history_the_room_shares() 
     for (id, body) in &joined.before {
         let in_history: Vec<&Value> = events
             .iter()
-            .filter(|e| e.to_string().contains(body.as_str()))
+            .filter(|e| e["event_id"] == id.as_str() || e.to_string().contains(body.as_str()))
             .collect();
         ensure!(
             in_history.is_empty(),
-            "hs2 shows Bob {body:?}, said before he joined the \"joined\" room: {in_history:#?}"
+            "hs2 shows Bob {id} ({body:?}), said before he joined the \"joined\" room, even \
+             as a stub: {in_history:#?}"
         );
         let in_sync: Vec<&Value> = seen
             .events
@@ -468,6 +469,8 @@ async fn a_late_joiner_over_federation_reads_only_the_history_the_room_shares() 
             r.status,
             r.text
         );
+        r.expect_error(404, "M_NOT_FOUND")
+            .with_context(|| format!("Bob fetching {id}, from before he joined the \"joined\" room"))?;
     }
 
     // --- history_visibility "shared" ---

@@ -71,6 +71,33 @@ impl Rooms {
 }
 
 impl Rooms {
+    /// The oldest position `user` may read in this room, by its history
+    /// visibility: everything in `shared` and `world_readable` rooms; from
+    /// the user's first invite (`invited`) or join (`joined`) otherwise.
+    /// The current setting applies to all of the room's history.
+    pub fn visible_from(&self, user: &UserId, room_id: &RoomId) -> Result<u64> {
+        let visibility = self
+            .state_content(room_id, "m.room.history_visibility", "")?
+            .and_then(|c| c["history_visibility"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "shared".into());
+        let wanted: &[&str] = match visibility.as_str() {
+            "invited" => &["invite", "join"],
+            "joined" => &["join"],
+            _ => return Ok(0),
+        };
+        let prefix = keys::strs(&[room_id.as_str()]);
+        for (k, (who, membership)) in self.store.scan_prefix(super::MEMBERSHIP_LOG, &prefix)? {
+            if who == user && wanted.contains(&membership.as_str()) {
+                return Ok(keys::trailing_u64(&k).unwrap_or(0));
+            }
+        }
+        // Rooms from before the membership log: the current membership.
+        Ok(match self.user_room(user, room_id)? {
+            Some(ur) if wanted.contains(&ur.membership.as_str()) => ur.pos,
+            _ => u64::MAX,
+        })
+    }
+
     /// Membership changes in `room` with `since < pos <= upto`.
     pub fn membership_changes(&self, room_id: &RoomId, since: u64, upto: u64) -> Result<Vec<(ruma::OwnedUserId, String)>> {
         let prefix = keys::strs(&[room_id.as_str()]);
@@ -82,5 +109,35 @@ impl Rooms {
             .into_iter()
             .map(|(_, v)| v)
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use crate::{
+        rooms::NewEvent,
+        test_support::{text, world},
+    };
+
+    /// In a room whose history is visible to members only from their join,
+    /// a newcomer cannot read what was said before; in a shared room they can.
+    #[tokio::test]
+    async fn history_visibility_sets_where_a_newcomer_starts_reading() {
+        for (visibility, sees_the_past) in [("joined", false), ("invited", false), ("shared", true), ("world_readable", true)] {
+            let w = world();
+            let (alice, carol) = (w.user("alice"), w.user("carol"));
+            let room = w.room(&alice, "12", "public_chat").await;
+            let hv = NewEvent::state("m.room.history_visibility", "", json!({"history_visibility": visibility}));
+            w.s.rooms.send(&alice, &room, hv, None).await.unwrap();
+            let secret = w.s.rooms.send(&alice, &room, text("SECRET before carol"), None).await.unwrap();
+            let secret_pos = w.s.rooms.event(secret.as_str()).unwrap().unwrap().pos;
+            w.s.rooms.join(&carol, &room).await.unwrap();
+            let from = w.s.rooms.visible_from(&carol, &room).unwrap();
+            assert_eq!(from <= secret_pos, sees_the_past, "{visibility}: carol reads from {from}, the secret is at {secret_pos}");
+            // Alice, there all along, always reads everything she was there for.
+            assert!(w.s.rooms.visible_from(&alice, &room).unwrap() <= secret_pos);
+        }
     }
 }

@@ -218,7 +218,9 @@ impl SyncService {
         let now = now_ms();
         let device = Some(session.device_id.as_str());
         let limit = filter.room.timeline.limit.map(|l| l.clamp(1, 1000) as usize).unwrap_or(self.default_limit);
-        let lo = if full { 0 } else { since_pos };
+        // History visibility: a "joined" room shows nothing from before the join.
+        let earliest = self.rooms.visible_from(&session.user_id, room_id)?.saturating_sub(1);
+        let lo = if full { 0 } else { since_pos }.max(earliest);
         let mut newest = self.rooms.timeline_range(room_id, lo, upto, true, limit + 1)?;
         let limited = newest.len() > limit;
         newest.truncate(limit);

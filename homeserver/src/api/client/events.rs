@@ -117,10 +117,11 @@ fn get_state_event_inner(s: AppState, session: Session, room: String, kind: Stri
 pub async fn get_event(State(s): State<AppState>, Auth(session): Auth, P((room, event_id)): P<(String, String)>) -> Result<Json<Value>> {
     let room = room_id(&room)?;
     let until = s.rooms.visible_until(&session.user_id, &room)?;
+    let from = s.rooms.visible_from(&session.user_id, &room)?;
     let ev = s
         .rooms
         .event(&event_id)?
-        .filter(|e| e.room_id == room && e.pos <= until)
+        .filter(|e| e.room_id == room && e.pos <= until && e.pos >= from)
         .ok_or_else(|| Error::not_found("event not found"))?;
     Ok(Json(s.rooms.client_event_for(&ev, &session.user_id, Some(session.device_id.as_str()), until, now_ms())))
 }
@@ -202,21 +203,24 @@ pub async fn messages(State(s): State<AppState>, Auth(session): Auth, P(room): P
     let limit = q.limit.or(filter.limit.map(|l| l as usize)).unwrap_or(10).clamp(1, 1000);
     let from = q.from.as_deref().map(parse_token).transpose()?;
     let to = q.to.as_deref().map(parse_token).transpose()?;
+    // History visibility: nothing before this position (timeline ranges
+    // are exclusive below).
+    let earliest = s.rooms.visible_from(&session.user_id, &room)?.saturating_sub(1);
     let (events, start, end) = match q.dir.as_str() {
         "b" => {
             let hi = from.unwrap_or(visible).min(visible);
-            let lo = to.unwrap_or(0);
+            let lo = to.unwrap_or(0).max(earliest);
             let mut evs = s.rooms.timeline_range(&room, lo, hi, true, limit)?;
             // Past the start of what this server has: ask the room's other
             // servers for the history before it.
-            if evs.len() < limit && s.federation.backfill(&room, limit - evs.len()).await.unwrap_or(0) > 0 {
+            if evs.len() < limit && earliest == 0 && s.federation.backfill(&room, limit - evs.len()).await.unwrap_or(0) > 0 {
                 evs = s.rooms.timeline_range(&room, lo, hi, true, limit)?;
             }
             let end = (evs.len() == limit).then(|| evs.last().map(|e| format!("t{}", e.pos - 1))).flatten();
             (evs, format!("t{hi}"), end)
         }
         "f" => {
-            let lo = from.unwrap_or(0);
+            let lo = from.unwrap_or(0).max(earliest);
             let hi = to.unwrap_or(u64::MAX).min(visible);
             let evs = s.rooms.timeline_range(&room, lo, hi, false, limit)?;
             let end = (evs.len() == limit).then(|| evs.last().map(|e| format!("t{}", e.pos))).flatten();
@@ -269,14 +273,15 @@ pub async fn context(
 ) -> Result<Json<Value>> {
     let room = room_id(&room)?;
     let visible = s.rooms.visible_until(&session.user_id, &room)?.min(s.rooms.stream.current());
+    let earliest = s.rooms.visible_from(&session.user_id, &room)?;
     let ev = s
         .rooms
         .event(&event_id)?
-        .filter(|e| e.room_id == room && e.pos <= visible)
+        .filter(|e| e.room_id == room && e.pos <= visible && e.pos >= earliest)
         .ok_or_else(|| Error::not_found("event not found"))?;
     let filter = s.filters.resolve(&session.user_id, q.filter.as_deref())?.room.timeline;
     let limit = q.limit.unwrap_or(10).min(100);
-    let before = s.rooms.timeline_range(&room, 0, ev.pos - 1, true, limit / 2)?;
+    let before = s.rooms.timeline_range(&room, earliest.saturating_sub(1), ev.pos - 1, true, limit / 2)?;
     let after = s.rooms.timeline_range(&room, ev.pos, visible, false, limit - limit / 2)?;
     let now = now_ms();
     let device = Some(session.device_id.as_str());
