@@ -52,7 +52,10 @@ impl OutboundQueue {
             }
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        let queue = Arc::new(OutboundQueue { store, seq: AtomicU64::new(max + 1), wakers: Mutex::default(), new_destinations: tx, our_name });
+        // Sequence numbers name transactions, so they must never repeat,
+        // also after a restart with an empty queue: start above the clock.
+        let start = (max + 1).max(crate::accounts::now_ms().saturating_mul(1000));
+        let queue = Arc::new(OutboundQueue { store, seq: AtomicU64::new(start), wakers: Mutex::default(), new_destinations: tx, our_name });
         // Whatever was queued before a restart is sent again.
         for dest in pending {
             queue.waker(&dest);
@@ -115,5 +118,38 @@ impl OutboundQueue {
             batch.delete(QUEUE, k);
         }
         Ok(batch.commit()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seqs(q: &OutboundQueue, dest: &str) -> Vec<u64> {
+        q.peek(dest, 100).unwrap().iter().filter_map(|(k, _)| keys::trailing_u64(k)).collect()
+    }
+
+    /// Sequence numbers name outbound transactions: they keep rising across
+    /// a restart even when the queue was empty, so a receiver never takes a
+    /// new transaction for one it already answered.
+    #[tokio::test]
+    async fn sequence_numbers_never_repeat_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let edu = Outgoing::Edu(serde_json::json!({"edu_type": "m.typing"}));
+        let first = {
+            let store = Store::open(dir.path(), false).unwrap();
+            let (q, _rx) = OutboundQueue::new(store, "us.example".into()).unwrap();
+            q.push(&["them.example".into(), "us.example".into()], edu.clone()).unwrap();
+            let s = seqs(&q, "them.example");
+            assert_eq!(s.len(), 1, "queued for the other server only");
+            assert!(seqs(&q, "us.example").is_empty());
+            let keys: Vec<Vec<u8>> = q.peek("them.example", 100).unwrap().into_iter().map(|(k, _)| k).collect();
+            q.remove(&keys).unwrap();
+            s[0]
+        };
+        let store = Store::open(dir.path(), false).unwrap();
+        let (q, _rx) = OutboundQueue::new(store, "us.example".into()).unwrap();
+        q.push(&["them.example".into()], edu).unwrap();
+        assert!(seqs(&q, "them.example")[0] > first);
     }
 }

@@ -93,7 +93,10 @@ impl Worker {
                     _ => break,
                 }
             }
-            let txn_id = format!("{}{}", now_ms(), sent.len());
+            // Named by the queue rows it carries: a retry of the same batch
+            // reuses the ID, so the receiver answers it from its record.
+            let seq = |k: Option<&Vec<u8>>| k.and_then(|k| crate::storage::keys::trailing_u64(k)).unwrap_or(0);
+            let txn_id = format!("{}-{}", seq(sent.first()), seq(sent.last()));
             let body = json!({
                 "origin": self.queue.our_name,
                 "origin_server_ts": now_ms(),
