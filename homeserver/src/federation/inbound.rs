@@ -11,8 +11,16 @@ use crate::{
 };
 
 /// `(origin, txn_id) -> the answer we gave`, so a retried transaction is
-/// answered the same and changes nothing.
-const FED_TXNS: Table<Value> = Table::new("federation_txns");
+/// answered the same and changes nothing. Kept a day: senders retry for
+/// minutes, not days.
+const FED_TXNS: Table<TxnRecord> = Table::new("federation_txns");
+const TXN_MEMORY_MS: u64 = 24 * 3600 * 1000;
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct TxnRecord {
+    answer: Value,
+    ts: u64,
+}
 
 const MAX_PDUS: usize = 50;
 const MAX_EDUS: usize = 100;
@@ -22,8 +30,8 @@ const MAX_MISSING: usize = 50;
 impl Federation {
     pub async fn receive_transaction(&self, origin: &str, txn_id: &str, body: Value) -> Result<Value> {
         let key = keys::strs(&[origin, txn_id]);
-        if let Some(answer) = self.store.get(FED_TXNS, &key)? {
-            return Ok(answer);
+        if let Some(record) = self.store.get(FED_TXNS, &key)? {
+            return Ok(record.answer);
         }
         let pdus = match body.get("pdus") {
             Some(Value::Array(a)) => a.clone(),
@@ -58,10 +66,34 @@ impl Federation {
             results.insert(id, entry);
         }
         let answer = json!({"pdus": results});
-        self.store.put(FED_TXNS, &key, &answer)?;
+        self.store.put(FED_TXNS, &key, &TxnRecord { answer: answer.clone(), ts: crate::accounts::now_ms() })?;
         Ok(answer)
     }
+}
 
+/// Forgets transaction answers older than a day, every hour.
+pub async fn forget_old_transactions(store: crate::storage::Store) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        let cutoff = crate::accounts::now_ms().saturating_sub(TXN_MEMORY_MS);
+        let old: Vec<Vec<u8>> = match store.scan_prefix(FED_TXNS, b"") {
+            Ok(rows) => rows.into_iter().filter(|(_, r)| r.ts < cutoff).map(|(k, _)| k).collect(),
+            Err(e) => {
+                tracing::warn!("cannot read federation transactions: {e}");
+                continue;
+            }
+        };
+        let mut batch = store.batch();
+        for k in &old {
+            batch.delete(FED_TXNS, k);
+        }
+        if let Err(e) = batch.commit() {
+            tracing::warn!("cannot forget old federation transactions: {e}");
+        }
+    }
+}
+
+impl Federation {
     /// Returns the event ID (or a placeholder) and what became of it.
     async fn receive_pdu(&self, origin: &str, pdu: &Value) -> (String, Result<()>) {
         let room_id = match pdu.get("room_id").and_then(Value::as_str).map(OwnedRoomId::try_from) {

@@ -82,6 +82,7 @@ impl Federation {
         let enabled = config.federation.is_some();
         let max_backoff = Duration::from_secs(config.federation.as_ref().map_or(600, |f| f.max_backoff_secs));
         if enabled {
+            tokio::spawn(inbound::forget_old_transactions(p.store.clone()));
             tokio::spawn(sender::run(p.new_destinations, p.queue.clone(), client.clone(), p.rooms.clone(), backoffs.clone(), max_backoff));
         }
         Ok(Federation {
