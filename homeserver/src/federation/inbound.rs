@@ -33,6 +33,9 @@ impl Federation {
         if let Some(record) = self.store.get(FED_TXNS, &key)? {
             return Ok(record.answer);
         }
+        if !body.is_object() {
+            return Err(Error::bad_json("a transaction is a JSON object"));
+        }
         let pdus = match body.get("pdus") {
             Some(Value::Array(a)) => a.clone(),
             None => Vec::new(),

@@ -67,7 +67,9 @@ impl FromRequest<AppState> for Fed {
         let uri = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
         let auth = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let limit = MAX_FEDERATION_BODY.max(state.config.max_request_bytes);
-        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|_| Error::TooLarge { limit })?;
+        // Not the `Bytes` extractor: it stops at axum's default 2 MB, well
+        // under what a full transaction may weigh.
+        let bytes = axum::body::to_bytes(req.into_body(), limit).await.map_err(|_| Error::TooLarge { limit })?;
         if bytes.len() > limit {
             return Err(Error::TooLarge { limit });
         }
