@@ -3096,6 +3096,67 @@ fn header_list(resp: &reqwest::Response) -> Vec<(String, String)> {
         .collect()
 }
 
+// ---------------------------------------------------------------------------
+// End-to-end encryption, as clients see it
+// ---------------------------------------------------------------------------
+
+/// The Megolm algorithm name rooms and events carry.
+pub const MEGOLM: &str = "m.megolm.v1.aes-sha2";
+
+/// Syncs `user` until their client has the device keys of `owner`'s
+/// `device` (learned through device list updates and /keys/query; for a
+/// remote owner, across federation).
+pub async fn wait_until_device_known(user: &User, owner: &UserId, device: &str) -> Result<()> {
+    let device_id = <&matrix_sdk::ruma::DeviceId>::from(device);
+    sync_all_until(
+        &[user],
+        &format!(
+            "{}'s client to know {owner}'s device {device}",
+            user.user_id
+        ),
+        || async {
+            Ok(user
+                .client
+                .encryption()
+                .get_device(owner, device_id)
+                .await?
+                .is_some())
+        },
+    )
+    .await
+}
+
+/// The event as `user`'s server holds it is an `m.room.encrypted` megolm
+/// event without `plaintext` anywhere in it.
+pub async fn assert_encrypted_on_the_wire(
+    user: &User,
+    room: &RoomId,
+    event_id: &str,
+    plaintext: &str,
+) -> Result<()> {
+    let r = user
+        .http()
+        .event(&user.access_token(), room.as_str(), event_id)
+        .await?;
+    r.expect_ok()
+        .with_context(|| format!("GET event {event_id} on {}'s server", user.user_id))?;
+    ensure!(
+        r.json["type"] == "m.room.encrypted"
+            && r.json["content"]["algorithm"] == MEGOLM
+            && r.json["content"]["ciphertext"].is_string(),
+        "event {event_id} on {}'s server is not a megolm m.room.encrypted event: {}",
+        user.user_id,
+        r.text
+    );
+    ensure!(
+        !r.text.contains(plaintext),
+        "the plaintext {plaintext:?} is readable on {}'s server: {}",
+        user.user_id,
+        r.text
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -3172,65 +3233,4 @@ mod tests {
             "unexpected error: {err:#}"
         );
     }
-}
-
-// ---------------------------------------------------------------------------
-// End-to-end encryption, as clients see it
-// ---------------------------------------------------------------------------
-
-/// The Megolm algorithm name rooms and events carry.
-pub const MEGOLM: &str = "m.megolm.v1.aes-sha2";
-
-/// Syncs `user` until their client has the device keys of `owner`'s
-/// `device` (learned through device list updates and /keys/query; for a
-/// remote owner, across federation).
-pub async fn wait_until_device_known(user: &User, owner: &UserId, device: &str) -> Result<()> {
-    let device_id = <&matrix_sdk::ruma::DeviceId>::from(device);
-    sync_all_until(
-        &[user],
-        &format!(
-            "{}'s client to know {owner}'s device {device}",
-            user.user_id
-        ),
-        || async {
-            Ok(user
-                .client
-                .encryption()
-                .get_device(owner, device_id)
-                .await?
-                .is_some())
-        },
-    )
-    .await
-}
-
-/// The event as `user`'s server holds it is an `m.room.encrypted` megolm
-/// event without `plaintext` anywhere in it.
-pub async fn assert_encrypted_on_the_wire(
-    user: &User,
-    room: &RoomId,
-    event_id: &str,
-    plaintext: &str,
-) -> Result<()> {
-    let r = user
-        .http()
-        .event(&user.access_token(), room.as_str(), event_id)
-        .await?;
-    r.expect_ok()
-        .with_context(|| format!("GET event {event_id} on {}'s server", user.user_id))?;
-    ensure!(
-        r.json["type"] == "m.room.encrypted"
-            && r.json["content"]["algorithm"] == MEGOLM
-            && r.json["content"]["ciphertext"].is_string(),
-        "event {event_id} on {}'s server is not a megolm m.room.encrypted event: {}",
-        user.user_id,
-        r.text
-    );
-    ensure!(
-        !r.text.contains(plaintext),
-        "the plaintext {plaintext:?} is readable on {}'s server: {}",
-        user.user_id,
-        r.text
-    );
-    Ok(())
 }

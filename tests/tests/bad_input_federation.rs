@@ -15,8 +15,8 @@ use anyhow::{Context, Result, ensure};
 use bellwire_tests::{
     Body, Http, Reply, SigningKey, TestServer, User, WAIT, enc,
     federation::{
-        FakeRemote, Federation, content_hash, hash_and_sign_pdu, message_pdu, now_ms,
-        reference_event_id, sign_pdu, x_matrix_authorization,
+        FakeRemote, Federation, RoomFacts, content_hash, hash_and_sign_pdu, message_pdu, now_ms,
+        pdu_result, reference_event_id, room_facts, sign_pdu, x_matrix_authorization,
     },
     raw_status,
 };
@@ -223,106 +223,6 @@ impl Scene {
 
 fn send_path(txn: &str) -> String {
     format!("{FED_V1}/send/{}", enc(txn))
-}
-
-/// What hs1 holds about a room, read by a member: the ids of the create
-/// and power levels events and of memberships, the latest event, and the
-/// room version. Clients do not see depths: `depth` is a number above any
-/// the short histories here reach.
-struct RoomFacts {
-    create: String,
-    power_levels: String,
-    members: std::collections::BTreeMap<String, String>,
-    latest: String,
-    depth: u64,
-    version: String,
-}
-
-impl RoomFacts {
-    /// The `auth_events` of a message by `sender`: create (before v12,
-    /// where the room id stands for it), power levels, the sender's
-    /// membership if they have one.
-    fn auth_events_for(&self, sender: &str) -> Result<Vec<String>> {
-        let version: u32 = self
-            .version
-            .parse()
-            .with_context(|| format!("room version {:?} is not a number", self.version))?;
-        let mut out = Vec::new();
-        if version < 12 {
-            out.push(self.create.clone());
-        }
-        out.push(self.power_levels.clone());
-        out.extend(self.members.get(sender).cloned());
-        Ok(out)
-    }
-}
-
-async fn room_facts(user: &User, room: &RoomId) -> Result<RoomFacts> {
-    let http = user.http();
-    let token = user.access_token();
-    let r = http
-        .get(
-            &format!("{V3}/rooms/{}/state", enc(room.as_str())),
-            Some(&token),
-        )
-        .await?;
-    r.expect_ok().context("GET /state")?;
-    let state = r.json.as_array().context("/state is not an array")?;
-    let find = |ty: &str| -> Result<&Value> {
-        state
-            .iter()
-            .find(|e| e["type"] == ty && e["state_key"] == "")
-            .with_context(|| format!("no {ty} in the room state: {}", r.text))
-    };
-    let id = |e: &Value| -> Result<String> {
-        Ok(e["event_id"]
-            .as_str()
-            .context("state event without id")?
-            .to_owned())
-    };
-    let create = find("m.room.create")?;
-    let version = create["content"]["room_version"]
-        .as_str()
-        .unwrap_or("1")
-        .to_owned();
-    let mut members = std::collections::BTreeMap::new();
-    for e in state.iter().filter(|e| e["type"] == "m.room.member") {
-        let key = e["state_key"]
-            .as_str()
-            .context("member without state_key")?;
-        members.insert(key.to_owned(), id(e)?);
-    }
-    let r = http
-        .get(
-            &format!("{V3}/rooms/{}/messages?dir=b&limit=1", enc(room.as_str())),
-            Some(&token),
-        )
-        .await?;
-    r.expect_ok().context("GET /messages")?;
-    let latest = r.json["chunk"][0]["event_id"]
-        .as_str()
-        .with_context(|| format!("no latest event: {}", r.text))?
-        .to_owned();
-    Ok(RoomFacts {
-        create: id(create)?,
-        power_levels: id(find("m.room.power_levels")?)?,
-        members,
-        latest,
-        depth: 100,
-        version,
-    })
-}
-
-/// `pdus.<event_id>` of a /send answer: `Some(Some(error))` for a refused
-/// PDU, `Some(None)` for one taken, `None` if the answer does not mention it.
-fn pdu_result(reply: &Value, event_id: &str) -> Option<Option<String>> {
-    let entry = reply.get("pdus")?.get(event_id)?;
-    Some(
-        entry
-            .get("error")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
-    )
 }
 
 /// Bodies of Alice's /messages view of the room sent by `sender`.

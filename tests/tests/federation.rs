@@ -17,7 +17,8 @@ use bellwire_tests::{
     Body, MEDIA_V1, MEGOLM, Mxc, RawSync, Reply, SigningKey, TestServer, User, assert_matrix_error,
     decode_image, enc, eventually,
     federation::{
-        Federation, TEST_MAX_BACKOFF_SECS, hash_and_sign_pdu, message_pdu, now_ms, port_of,
+        Federation, TEST_MAX_BACKOFF_SECS, alice_and_bob, hash_and_sign_pdu, message_pdu, now_ms,
+        pdu_result, port_of, room_facts, share_room, share_room_with_preset, two_servers,
         unreachable_server_name,
     },
     assert_encrypted_on_the_wire, password_for, test_image, verify_signature,
@@ -49,81 +50,8 @@ const V3: &str = "/_matrix/client/v3";
 // Helpers
 // ---------------------------------------------------------------------------
 
-/// A federation of two servers, hs1 and hs2.
-async fn two_servers() -> Result<(Federation, TestServer, TestServer)> {
-    let federation = Federation::new()?;
-    let hs1 = federation.start_server("hs1").await?;
-    let hs2 = federation.start_server("hs2").await?;
-    ensure!(
-        hs1.server_name() != hs2.server_name(),
-        "two servers with one name: {}",
-        hs1.server_name()
-    );
-    Ok((federation, hs1, hs2))
-}
-
-/// Alice (on hs1) and Bob (on hs2), each registered on their own server.
-async fn alice_and_bob(hs1: &TestServer, hs2: &TestServer) -> Result<(User, User)> {
-    let alice = hs1.new_user("alice").await?;
-    let bob = hs2.new_user("bob").await?;
-    ensure!(
-        alice.user_id == hs1.user_id("alice") && bob.user_id == hs2.user_id("bob"),
-        "user ids carry their server's name: {} and {}",
-        alice.user_id,
-        bob.user_id
-    );
-    Ok((alice, bob))
-}
-
 fn ids(users: &[&User]) -> BTreeSet<String> {
     users.iter().map(|u| u.user_id.to_string()).collect()
-}
-
-/// `owner` creates a private room named `name` and invites `guest` (on
-/// another server) with /invite; `guest` sees the invite through sync and
-/// joins through their own server; `owner` then sees the join.
-async fn share_room(owner: &User, guest: &User, name: &str) -> Result<OwnedRoomId> {
-    share_room_with_preset(owner, guest, name, RoomPreset::PrivateChat).await
-}
-
-/// [`share_room`] for a room created with `preset`.
-async fn share_room_with_preset(
-    owner: &User,
-    guest: &User,
-    name: &str,
-    preset: RoomPreset,
-) -> Result<OwnedRoomId> {
-    let mut request = create_room::v3::Request::new();
-    request.name = Some(name.to_owned());
-    request.preset = Some(preset);
-    let room = owner
-        .client
-        .create_room(request)
-        .await
-        .with_context(|| format!("{} creating room {name:?}", owner.user_id))?;
-    let room_id = room.room_id().to_owned();
-    room.invite_user_by_id(&guest.user_id)
-        .await
-        .with_context(|| {
-            format!(
-                "{} inviting {} over federation",
-                owner.user_id, guest.user_id
-            )
-        })?;
-    guest
-        .wait_for_invite(&room_id)
-        .await
-        .context("the invite crosses to the guest's server")?;
-    guest
-        .join(&room_id)
-        .await
-        .context("the guest joins through their own server")?;
-    owner
-        .sync_until(&format!("{}'s join", guest.user_id), |s| {
-            s.membership(&room_id, &guest.user_id).as_deref() == Some("join")
-        })
-        .await?;
-    Ok(room_id)
 }
 
 /// `content.user_ids` of the last `m.typing` event for `room` in `resp`.
@@ -1093,103 +1021,6 @@ async fn messages_waiting_for_a_server_survive_a_restart_of_the_sender() -> Resu
 // ---------------------------------------------------------------------------
 // Lies from other servers
 // ---------------------------------------------------------------------------
-
-/// What a server holds about `room`, read by `user`: event ids of the
-/// create and power levels events and of memberships, the latest event, and
-/// the room version.
-struct RoomFacts {
-    create: String,
-    power_levels: String,
-    members: BTreeMap<String, String>,
-    latest: String,
-    version: String,
-}
-
-impl RoomFacts {
-    /// The `auth_events` of a message by `sender`: create (before v12,
-    /// where the room id stands for it), power levels, the sender's
-    /// membership if they have one.
-    fn auth_events_for(&self, sender: &str) -> Result<Vec<String>> {
-        let version: u32 = self
-            .version
-            .parse()
-            .with_context(|| format!("room version {:?} is not a number", self.version))?;
-        let mut out = Vec::new();
-        if version < 12 {
-            out.push(self.create.clone());
-        }
-        out.push(self.power_levels.clone());
-        out.extend(self.members.get(sender).cloned());
-        Ok(out)
-    }
-}
-
-async fn room_facts(user: &User, room: &RoomId) -> Result<RoomFacts> {
-    let http = user.http();
-    let token = user.access_token();
-    let r = http
-        .get(
-            &format!("{V3}/rooms/{}/state", enc(room.as_str())),
-            Some(&token),
-        )
-        .await?;
-    r.expect_ok().context("GET /state")?;
-    let state = r.json.as_array().context("/state is not an array")?;
-    let find = |ty: &str| -> Result<&Value> {
-        state
-            .iter()
-            .find(|e| e["type"] == ty && e["state_key"] == "")
-            .with_context(|| format!("no {ty} in the room state: {}", r.text))
-    };
-    let id = |e: &Value| -> Result<String> {
-        Ok(e["event_id"]
-            .as_str()
-            .context("state event without id")?
-            .to_owned())
-    };
-    let create = find("m.room.create")?;
-    let version = create["content"]["room_version"]
-        .as_str()
-        .unwrap_or("1")
-        .to_owned();
-    let mut members = BTreeMap::new();
-    for e in state.iter().filter(|e| e["type"] == "m.room.member") {
-        let key = e["state_key"]
-            .as_str()
-            .context("member without state_key")?;
-        members.insert(key.to_owned(), id(e)?);
-    }
-    let r = http
-        .get(
-            &format!("{V3}/rooms/{}/messages?dir=b&limit=1", enc(room.as_str())),
-            Some(&token),
-        )
-        .await?;
-    r.expect_ok().context("GET /messages")?;
-    let latest = r.json["chunk"][0]["event_id"]
-        .as_str()
-        .with_context(|| format!("no latest event: {}", r.text))?
-        .to_owned();
-    Ok(RoomFacts {
-        create: id(create)?,
-        power_levels: id(find("m.room.power_levels")?)?,
-        members,
-        latest,
-        version,
-    })
-}
-
-/// `pdus.<event_id>` of a /send answer: `Some(Some(error))` for a refused
-/// PDU, `Some(None)` for one taken, `None` if the answer does not mention it.
-fn pdu_result(reply: &Value, event_id: &str) -> Option<Option<String>> {
-    let entry = reply.get("pdus")?.get(event_id)?;
-    Some(
-        entry
-            .get("error")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
-    )
-}
 
 /// Fails if anything `user` can see of `room` (what their client synced,
 /// the /messages history, the events by id) contains `marker`.

@@ -10,13 +10,10 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result, bail, ensure};
 use bellwire_tests::{
     TestServer, User, enc,
-    federation::{Federation, now_ms, port_of},
+    federation::{Federation, alice_and_bob, now_ms, port_of, share_room, two_servers},
     password_for, verify_signature,
 };
-use matrix_sdk::ruma::{
-    OwnedRoomId, RoomId,
-    api::client::room::create_room::{self, v3::RoomPreset},
-};
+use matrix_sdk::ruma::{OwnedRoomId, RoomId};
 use serde_json::{Value, json};
 
 const V3: &str = "/_matrix/client/v3";
@@ -24,69 +21,6 @@ const V3: &str = "/_matrix/client/v3";
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-/// A federation of two servers, hs1 and hs2.
-async fn two_servers() -> Result<(Federation, TestServer, TestServer)> {
-    let federation = Federation::new()?;
-    let hs1 = federation.start_server("hs1").await?;
-    let hs2 = federation.start_server("hs2").await?;
-    ensure!(
-        hs1.server_name() != hs2.server_name(),
-        "two servers with one name: {}",
-        hs1.server_name()
-    );
-    Ok((federation, hs1, hs2))
-}
-
-/// Alice (on hs1) and Bob (on hs2), each registered on their own server.
-async fn alice_and_bob(hs1: &TestServer, hs2: &TestServer) -> Result<(User, User)> {
-    let alice = hs1.new_user("alice").await?;
-    let bob = hs2.new_user("bob").await?;
-    ensure!(
-        alice.user_id == hs1.user_id("alice") && bob.user_id == hs2.user_id("bob"),
-        "user ids carry their server's name: {} and {}",
-        alice.user_id,
-        bob.user_id
-    );
-    Ok((alice, bob))
-}
-
-/// `owner` creates a private room named `name` and invites `guest` (on
-/// another server); `guest` sees the invite through sync and joins through
-/// their own server; `owner` then sees the join.
-async fn share_room(owner: &User, guest: &User, name: &str) -> Result<OwnedRoomId> {
-    let mut request = create_room::v3::Request::new();
-    request.name = Some(name.to_owned());
-    request.preset = Some(RoomPreset::PrivateChat);
-    let room = owner
-        .client
-        .create_room(request)
-        .await
-        .with_context(|| format!("{} creating room {name:?}", owner.user_id))?;
-    let room_id = room.room_id().to_owned();
-    room.invite_user_by_id(&guest.user_id)
-        .await
-        .with_context(|| {
-            format!(
-                "{} inviting {} over federation",
-                owner.user_id, guest.user_id
-            )
-        })?;
-    guest
-        .wait_for_invite(&room_id)
-        .await
-        .context("the invite crosses to the guest's server")?;
-    guest
-        .join(&room_id)
-        .await
-        .context("the guest joins through their own server")?;
-    owner
-        .sync_until(&format!("{}'s join", guest.user_id), |s| {
-            s.membership(&room_id, &guest.user_id).as_deref() == Some("join")
-        })
-        .await?;
-    Ok(room_id)
-}
 
 /// `server`'s key document (GET /_matrix/key/v2/server on its TLS
 /// listener), after checking that it is issued under its own name, still
