@@ -14,15 +14,14 @@ use std::{
 
 use anyhow::{Context, Result, ensure};
 use bellwire_tests::{
-    Body, MEDIA_V1, MEGOLM, Mxc, RawSync, Reply, SigningKey, TestServer, User, assert_matrix_error,
-    decode_image, enc, eventually,
+    Body, Http, MEDIA_V1, MEGOLM, Mxc, RawSync, Reply, SigningKey, TestServer, User,
+    assert_encrypted_on_the_wire, assert_matrix_error, decode_image, enc, eventually,
     federation::{
         Federation, TEST_MAX_BACKOFF_SECS, alice_and_bob, hash_and_sign_pdu, message_pdu, now_ms,
         pdu_result, port_of, room_facts, share_room, share_room_with_preset, two_servers,
         unreachable_server_name,
     },
-    assert_encrypted_on_the_wire, password_for, test_image, verify_signature,
-    wait_until_device_known,
+    password_for, test_image, verify_signature, wait_until_device_known,
 };
 use image::ImageFormat;
 use matrix_sdk::{
@@ -1303,5 +1302,136 @@ async fn unsigned_federation_requests_are_refused() -> Result<()> {
         .await?;
     r.expect_error(401, "M_UNAUTHORIZED")
         .context("a malformed X-Matrix header")?;
+    Ok(())
+}
+
+/// Alice's public room lets a remote server's user in; then Alice bans that
+/// server with an `m.room.server_acl`. Its next message is refused and never
+/// shown, it cannot read the room's events or join another user, while the
+/// room goes on for everyone else.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_acl_shuts_a_server_out_of_a_room() -> Result<()> {
+    let federation = Federation::new()?;
+    let hs1 = federation.start_server("hs1").await?;
+    let alice = hs1.new_user("alice").await?;
+    let token = alice.access_token();
+    let room = alice
+        .http()
+        .create_room(&token, json!({"preset": "public_chat", "name": "Quay"}))
+        .await?;
+    let room_id = OwnedRoomId::try_from(room.as_str())?;
+    let hs1_https = federation.https(&hs1)?;
+    let destination = hs1.server_name();
+    let remote = federation.fake_remote("acl-remote").await?;
+    let mallory = remote.user_id("mallory");
+    remote
+        .join(&hs1_https, destination, &room, "mallory")
+        .await
+        .context("Mallory joins before the ACL")?;
+
+    // Before the ACL, Mallory's message is taken.
+    let facts = room_facts(&alice, &room_id).await?;
+    let mut before = message_pdu(
+        &room,
+        &mallory,
+        "ACL-TEST before",
+        std::slice::from_ref(&facts.latest),
+        &facts.auth_events_for(&mallory)?,
+        100,
+    );
+    let before_id = hash_and_sign_pdu(&mut before, &facts.version, remote.name(), remote.key())?;
+    let r = hs1_https
+        .send_transaction(
+            remote.name(),
+            remote.key(),
+            destination,
+            "acl-1",
+            vec![before],
+        )
+        .await?;
+    r.expect_ok()?;
+    ensure!(
+        pdu_result(&r.json, &before_id) == Some(None),
+        "Mallory's message before the ACL was refused: {}",
+        r.text
+    );
+
+    // Alice shuts out every server on "localhost" but her own (an ACL never
+    // applies to the server that holds the room for its own users).
+    let acl = json!({"allow": ["*"], "deny": ["localhost"], "allow_ip_literals": false});
+    alice
+        .http()
+        .put(
+            &Http::state_path(&room, "m.room.server_acl", ""),
+            Some(&token),
+            acl,
+        )
+        .await?
+        .expect_ok()
+        .context("Alice sets the server ACL")?;
+
+    let facts = room_facts(&alice, &room_id).await?;
+    let mut after = message_pdu(
+        &room,
+        &mallory,
+        "ACL-TEST after",
+        std::slice::from_ref(&facts.latest),
+        &facts.auth_events_for(&mallory)?,
+        100,
+    );
+    let after_id = hash_and_sign_pdu(&mut after, &facts.version, remote.name(), remote.key())?;
+    let r = hs1_https
+        .send_transaction(
+            remote.name(),
+            remote.key(),
+            destination,
+            "acl-2",
+            vec![after],
+        )
+        .await?;
+    r.expect_ok()?;
+    ensure!(
+        matches!(pdu_result(&r.json, &after_id), Some(Some(_))),
+        "Mallory's message after the ACL was not refused: {}",
+        r.text
+    );
+
+    // The denied server can neither read the room nor bring anyone else in.
+    let path = format!("/_matrix/federation/v1/event/{}", enc(&before_id));
+    hs1_https
+        .federation_call(remote.name(), remote.key(), destination, "GET", &path, None)
+        .await?
+        .expect_error(403, "M_FORBIDDEN")
+        .context("a denied server fetching an event of the room")?;
+    let path = format!(
+        "/_matrix/federation/v1/make_join/{}/{}?ver=12",
+        enc(&room),
+        enc(&remote.user_id("trudy"))
+    );
+    hs1_https
+        .federation_call(remote.name(), remote.key(), destination, "GET", &path, None)
+        .await?
+        .expect_error(403, "M_FORBIDDEN")
+        .context("a denied server asking to join another user")?;
+
+    // Alice's room goes on; the refused message never shows.
+    alice
+        .http()
+        .send_text(&token, &room, "acl-after", "ACL-TEST still open for us")
+        .await?
+        .expect_ok()?;
+    let history = alice.http().all_messages(&token, &room).await?;
+    let bodies: Vec<&str> = history
+        .iter()
+        .filter_map(|e| e["content"]["body"].as_str())
+        .collect();
+    ensure!(
+        bodies.contains(&"ACL-TEST before") && bodies.contains(&"ACL-TEST still open for us"),
+        "history: {bodies:?}"
+    );
+    ensure!(
+        !bodies.contains(&"ACL-TEST after"),
+        "the refused message shows: {bodies:?}"
+    );
     Ok(())
 }

@@ -16,12 +16,18 @@ impl Federation {
             "m.typing" => {
                 let user = self.remote_user(origin, &content["user_id"])?;
                 let room = room(&content["room_id"])?;
+                if !self.rooms.server_allowed(&room, origin)? {
+                    return Err(Error::forbidden("the room's server ACL denies your server"));
+                }
                 let typing = content["typing"].as_bool().unwrap_or(false);
                 self.typing.set(&user, &room, typing, Some(Duration::from_secs(30))).await
             }
             "m.receipt" => {
                 for (room, by_type) in content.as_object().into_iter().flatten() {
                     let Ok(room) = OwnedRoomId::try_from(room.as_str()) else { continue };
+                    if !self.rooms.server_allowed(&room, origin).unwrap_or(false) {
+                        continue;
+                    }
                     let Some(reads) = by_type.get("m.read").and_then(Value::as_object) else { continue };
                     for (user, receipt) in reads {
                         let Ok(user) = self.remote_user(origin, &Value::from(user.as_str())) else { continue };

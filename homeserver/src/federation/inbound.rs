@@ -113,16 +113,21 @@ impl Federation {
             Ok(None) => return ("(unknown room)".into(), Err(Error::not_found("this server is not in the room"))),
             Err(e) => return ("(error)".into(), Err(e)),
         };
+        // A refused event is named by its reference hash when it has one.
+        let claimed_id = || {
+            bellwire_federation::rules_for(&version)
+                .ok()
+                .and_then(|rules| Some(bellwire_federation::event_id_of(&crate::rooms::remote::to_object(pdu.clone()).ok()?, &rules).ok()?.to_string()))
+                .unwrap_or_else(|| "(unverified)".to_owned())
+        };
+        match self.rooms.server_allowed(&room_id, origin) {
+            Ok(true) => {}
+            Ok(false) => return (claimed_id(), Err(Error::forbidden("the room's server ACL denies your server"))),
+            Err(e) => return (claimed_id(), Err(e)),
+        }
         let (object, event_id) = match self.check_incoming(pdu, &version).await {
             Ok(x) => x,
-            Err(e) => {
-                // Name the refused event by its reference hash when it has one.
-                let id = bellwire_federation::rules_for(&version)
-                    .ok()
-                    .and_then(|rules| Some(bellwire_federation::event_id_of(&crate::rooms::remote::to_object(pdu.clone()).ok()?, &rules).ok()?.to_string()))
-                    .unwrap_or_else(|| "(unverified)".to_owned());
-                return (id, Err(e));
-            }
+            Err(e) => return (claimed_id(), Err(e)),
         };
         let outcome = self.accept_with_gaps_filled(origin, &room_id, object, &event_id).await;
         (event_id.to_string(), outcome)

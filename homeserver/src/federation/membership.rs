@@ -136,6 +136,9 @@ impl Federation {
             return Err(Error::forbidden("the user does not belong to the asking server"));
         }
         let version = self.rooms.room_version(room_id)?.ok_or_else(|| Error::not_found("unknown room"))?;
+        if !self.rooms.server_allowed(room_id, origin)? {
+            return Err(Error::forbidden("the room's server ACL denies your server"));
+        }
         if let Some(v) = versions
             && !v.iter().any(|x| x == version.as_str())
         {
@@ -184,6 +187,9 @@ impl Federation {
 
     async fn check_membership_event(&self, origin: &str, room_id: &RoomId, event_id: &str, body: &Value, membership: &str) -> Result<(CanonicalJsonObject, OwnedEventId)> {
         let version = self.rooms.room_version(room_id)?.ok_or_else(|| Error::not_found("unknown room"))?;
+        if !self.rooms.server_allowed(room_id, origin)? {
+            return Err(Error::forbidden("the room's server ACL denies your server"));
+        }
         let (object, id) = self.check_incoming(body, &version).await?;
         if id.as_str() != event_id {
             return Err(Error::bad_json("the event ID does not match the event"));

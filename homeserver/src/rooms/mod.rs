@@ -1,5 +1,6 @@
 //! Rooms: the event write path (build, authorize, persist atomically, wake), and queries over room state and timelines.
 
+pub mod acl;
 pub mod aliases;
 pub mod auth;
 pub mod create;

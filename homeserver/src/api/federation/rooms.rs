@@ -50,6 +50,9 @@ pub async fn invite(State(s): State<AppState>, P((room, event)): P<(String, Stri
 /// Another server may read a room's events only while one of its users is
 /// in the room (or invited to it).
 fn check_origin_in_room(s: &AppState, origin: &str, room: &RoomId) -> Result<()> {
+    if !s.rooms.server_allowed(room, origin)? {
+        return Err(Error::forbidden("the room's server ACL denies your server"));
+    }
     let members = s.rooms.members_with(room, &["join", "invite"])?;
     if members.iter().any(|u| u.server_name().as_str() == origin) {
         Ok(())
