@@ -112,6 +112,22 @@ impl OutboundQueue {
         Ok(self.store.scan(QUEUE, &p, &p, None, false, limit)?)
     }
 
+    /// Drops what is stale once a server has been unreachable: typing and
+    /// presence would show a state long gone when it comes back. PDUs,
+    /// receipts, to-device messages and device list updates stay.
+    pub(crate) fn drop_stale_ephemeral(&self, dest: &str) -> Result<usize> {
+        let stale: Vec<Vec<u8>> = self
+            .peek(dest, 100_000)?
+            .into_iter()
+            .filter(|(_, item)| matches!(item, Outgoing::Edu(e) if matches!(e["edu_type"].as_str(), Some("m.typing" | "m.presence"))))
+            .map(|(k, _)| k)
+            .collect();
+        if !stale.is_empty() {
+            self.remove(&stale)?;
+        }
+        Ok(stale.len())
+    }
+
     pub(crate) fn remove(&self, keys: &[Vec<u8>]) -> Result<()> {
         let mut batch = self.store.batch();
         for k in keys {
@@ -151,5 +167,30 @@ mod tests {
         let (q, _rx) = OutboundQueue::new(store, "us.example".into()).unwrap();
         q.push(&["them.example".into()], edu).unwrap();
         assert!(seqs(&q, "them.example")[0] > first);
+    }
+
+    /// While a server is down, its typing and presence updates go stale and
+    /// are dropped; messages, receipts and to-device messages wait.
+    #[tokio::test]
+    async fn an_unreachable_server_gets_no_stale_typing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), false).unwrap();
+        let (q, _rx) = OutboundQueue::new(store, "us.example".into()).unwrap();
+        let dest = vec!["them.example".to_owned()];
+        for kind in ["m.typing", "m.receipt", "m.presence", "m.direct_to_device", "m.typing"] {
+            q.push(&dest, Outgoing::Edu(serde_json::json!({"edu_type": kind}))).unwrap();
+        }
+        q.push(&dest, Outgoing::Pdu(ruma::OwnedEventId::try_from("$event").unwrap())).unwrap();
+        assert_eq!(q.drop_stale_ephemeral("them.example").unwrap(), 3);
+        let left: Vec<String> = q
+            .peek("them.example", 100)
+            .unwrap()
+            .into_iter()
+            .map(|(_, i)| match i {
+                Outgoing::Edu(e) => e["edu_type"].as_str().unwrap_or_default().to_owned(),
+                Outgoing::Pdu(id) => id.to_string(),
+            })
+            .collect();
+        assert_eq!(left, ["m.receipt", "m.direct_to_device", "$event"]);
     }
 }

@@ -114,6 +114,9 @@ impl Worker {
                 }
                 Err(e) => {
                     tracing::info!("federation to {} failed, retrying in {:?}: {e}", self.dest, backoff);
+                    if let Err(e) = self.queue.drop_stale_ephemeral(&self.dest) {
+                        tracing::error!("federation queue for {}: {e}", self.dest);
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = self.retry_now.notified() => {}
