@@ -24,10 +24,14 @@ pub fn parse_x_matrix(header: &str) -> Result<XMatrix, FederationError> {
     let bad = |m: &str| FederationError::BadAuth(m.to_owned());
     let rest = header.trim_start();
     let scheme_len = "X-Matrix".len();
-    if rest.len() < scheme_len || !rest[..scheme_len].eq_ignore_ascii_case("X-Matrix") {
+    // `get` rather than indexing: a non-ASCII header must not panic.
+    let (Some(scheme), Some(after)) = (rest.get(..scheme_len), rest.get(scheme_len..)) else {
+        return Err(bad("not an X-Matrix authorization"));
+    };
+    if !scheme.eq_ignore_ascii_case("X-Matrix") {
         return Err(bad("not an X-Matrix authorization"));
     }
-    let mut params = rest[scheme_len..].trim_start();
+    let mut params = after.trim_start();
     let (mut origin, mut destination, mut key, mut sig) = (None, None, None, None);
     while !params.is_empty() {
         let eq = params.find('=').ok_or_else(|| bad("parameter without '='"))?;
@@ -194,5 +198,7 @@ mod tests {
         assert!(parse_x_matrix("Bearer abc").is_err());
         assert!(parse_x_matrix("X-Matrix origin=a").is_err());
         assert!(parse_x_matrix(r#"X-Matrix origin="a,key=1"#).is_err());
+        assert!(parse_x_matrix("X-Matri\u{e9} origin=a").is_err());
+        assert!(parse_x_matrix("\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}").is_err());
     }
 }
