@@ -63,6 +63,7 @@ struct RawFederation {
     #[serde(default)]
     trusted_ca_certificates: Vec<String>,
     max_backoff_secs: Option<u64>,
+    well_known_server: Option<String>,
 }
 
 /// The server-server API's settings; `None` in [`Config::federation`] when off.
@@ -76,6 +77,9 @@ pub struct FederationConfig {
     pub trusted_ca_certificates: Vec<PathBuf>,
     /// Longest wait between retries to an unreachable server.
     pub max_backoff_secs: u64,
+    /// Served as /.well-known/matrix/server (`m.server`), to delegate the
+    /// server name to another host and port.
+    pub well_known_server: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -340,6 +344,7 @@ impl Config {
                 tls_private_key: need("federation.tls_private_key", &f.tls_private_key)?,
                 trusted_ca_certificates: f.trusted_ca_certificates.iter().map(PathBuf::from).collect(),
                 max_backoff_secs: f.max_backoff_secs.unwrap_or(600).max(1),
+                well_known_server: f.well_known_server.clone().filter(|w| !w.is_empty()),
             })
         } else {
             None
@@ -430,6 +435,28 @@ mod tests {
         assert!(Config::load(None, env).is_ok());
         let env = vec![("BELLWIRE_NOT_A_KEY".to_owned(), "1".to_owned())];
         assert!(Config::load(None, env).unwrap_err().to_string().contains("not_a_key"));
+    }
+
+    #[test]
+    fn federation_settings_need_tls_files() {
+        let env = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
+        assert!(Config::load(None, env(&[])).unwrap().federation.is_none(), "federation is off by default");
+        let err = Config::load(None, env(&[("BELLWIRE_FEDERATION__ENABLED", "true")])).unwrap_err().to_string();
+        assert!(err.contains("federation.tls_certificate"), "{err}");
+        let c = Config::load(
+            None,
+            env(&[
+                ("BELLWIRE_FEDERATION__ENABLED", "true"),
+                ("BELLWIRE_FEDERATION__TLS_CERTIFICATE", "/c.pem"),
+                ("BELLWIRE_FEDERATION__TLS_PRIVATE_KEY", "/k.pem"),
+                ("BELLWIRE_FEDERATION__WELL_KNOWN_SERVER", "matrix.example.org:443"),
+            ]),
+        )
+        .unwrap();
+        let f = c.federation.unwrap();
+        assert_eq!(f.listen.port(), 8448);
+        assert_eq!(f.max_backoff_secs, 600);
+        assert_eq!(f.well_known_server.as_deref(), Some("matrix.example.org:443"));
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub fn routes() -> Router<AppState> {
         .route("/_matrix/key/v2/server/{key_id}", get(keys::server_keys))
         .route("/_matrix/key/v2/query", post(keys::query))
         .route("/_matrix/key/v2/query/{server}", get(keys::query_one))
+        .route("/.well-known/matrix/server", get(queries::well_known_server))
         .route("/_matrix/federation/v1/version", get(queries::version))
         .route("/_matrix/federation/v1/send/{txn_id}", put(rooms::send_transaction))
         .route("/_matrix/federation/v1/make_join/{room}/{user}", get(rooms::make_join))

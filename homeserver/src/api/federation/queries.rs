@@ -17,6 +17,14 @@ use crate::{
     federation::media::{BOUNDARY, multipart_body},
 };
 
+/// The delegation other servers look for when the server name has no port.
+pub async fn well_known_server(State(s): State<AppState>) -> Result<Json<Value>> {
+    match s.config.federation.as_ref().and_then(|f| f.well_known_server.as_ref()) {
+        Some(target) => Ok(Json(json!({"m.server": target}))),
+        None => Err(Error::not_found("this server does not delegate federation")),
+    }
+}
+
 pub async fn version() -> Json<Value> {
     Json(json!({"server": {"name": "Bellwire", "version": env!("CARGO_PKG_VERSION")}}))
 }
