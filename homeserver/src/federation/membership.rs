@@ -104,7 +104,8 @@ impl Federation {
         }
         let state: Vec<(OwnedEventId, CanonicalJsonObject)> =
             all.iter().filter(|(_, id, _)| state_ids.contains(id)).map(|(_, id, o)| (id.clone(), o.clone())).collect();
-        if !state.iter().any(|(_, o)| o.get("type").map(|t| t.to_string()) == Some("\"m.room.create\"".into())) {
+        let is_create = |o: &CanonicalJsonObject| matches!(o.get("type"), Some(ruma::CanonicalJsonValue::String(t)) if t == "m.room.create");
+        if !state.iter().any(|(_, o)| is_create(o)) {
             return Err(Error::Remote(format!("{server} sent room state without a create event")));
         }
         let joined = match answer.get("event") {
