@@ -538,76 +538,86 @@ impl TestServer {
         self.login(localpart, &password).await
     }
 
-    /// Registers an account through the matrix-sdk client with the UIA
-    /// dance: a first request without auth must answer 401 with a session and
-    /// an `m.login.dummy` flow; the second completes it.
+    /// Registers an account with the UIA `m.login.dummy` flow
+    /// ([`register_with_dummy`]).
     pub async fn register_account(&self, localpart: &str, password: &str) -> Result<OwnedUserId> {
-        let client = self.sdk_client().await?;
-        let request = |auth: Option<AuthData>| {
-            let mut r = register::v3::Request::new();
-            r.username = Some(localpart.to_owned());
-            r.password = Some(password.to_owned());
-            r.initial_device_display_name = Some("bellwire-tests registration".to_owned());
-            r.auth = auth;
-            r
-        };
-        let first = client.matrix_auth().register(request(None)).await;
-        let err = match first {
-            Ok(_) => bail!("registering {localpart} without auth succeeded; expected 401 UIA"),
-            Err(err) => err,
-        };
-        let info = err.as_uiaa_response().with_context(|| {
-            format!("registering {localpart}: expected a 401 UIA response, got {err:?}")
-        })?;
-        ensure!(
-            info.flows
-                .iter()
-                .any(|f| f.stages.contains(&AuthType::Dummy)),
-            "registration UIA offers no m.login.dummy flow: {:?}",
-            info.flows
-        );
-        let mut dummy = Dummy::new();
-        dummy.session = info.session.clone();
-        let response = client
-            .matrix_auth()
-            .register(request(Some(AuthData::Dummy(dummy))))
-            .await
-            .with_context(|| format!("registering {localpart} with m.login.dummy"))?;
-        Ok(response.user_id)
+        register_with_dummy(&self.sdk_client().await?, localpart, password).await
     }
 
     /// Logs `user` (localpart or full user id) in with a password on a fresh
-    /// client.
+    /// client ([`login_with_password`]).
     pub async fn login(&self, user: &str, password: &str) -> Result<User> {
-        let client = self.sdk_client().await?;
-        client
-            .matrix_auth()
-            .login_username(user, password)
-            .initial_device_display_name("bellwire-tests")
-            .send()
-            .await
-            .with_context(|| format!("password login as {user}"))?;
-        let user_id = client
-            .user_id()
-            .context("no user id after login")?
-            .to_owned();
-        let localpart = user_id.localpart().to_owned();
-        let user = User {
-            client,
-            user_id,
-            localpart,
-            password: password.to_owned(),
-            seen: Mutex::new(Seen::default()),
-        };
-        // A real client syncs right after logging in, and that first sync
-        // is when matrix-sdk uploads the device's E2EE keys. Without it a
-        // user could send encrypted messages from a device nobody can find,
-        // and replies to it would be undecryptable.
-        user.sync_once()
-            .await
-            .with_context(|| format!("first sync of {}'s new device", user.user_id))?;
-        Ok(user)
+        login_with_password(self.sdk_client().await?, user, password).await
     }
+}
+
+/// Registers an account on `client`'s server with the UIA
+/// dance: a first request without auth must answer 401 with a session and
+/// an `m.login.dummy` flow; the second completes it.
+pub async fn register_with_dummy(client: &Client, localpart: &str, password: &str) -> Result<OwnedUserId> {
+    let request = |auth: Option<AuthData>| {
+        let mut r = register::v3::Request::new();
+        r.username = Some(localpart.to_owned());
+        r.password = Some(password.to_owned());
+        r.initial_device_display_name = Some("bellwire-tests registration".to_owned());
+        r.auth = auth;
+        r
+    };
+    let first = client.matrix_auth().register(request(None)).await;
+    let err = match first {
+        Ok(_) => bail!("registering {localpart} without auth succeeded; expected 401 UIA"),
+        Err(err) => err,
+    };
+    let info = err.as_uiaa_response().with_context(|| {
+        format!("registering {localpart}: expected a 401 UIA response, got {err:?}")
+    })?;
+    ensure!(
+        info.flows
+            .iter()
+            .any(|f| f.stages.contains(&AuthType::Dummy)),
+        "registration UIA offers no m.login.dummy flow: {:?}",
+        info.flows
+    );
+    let mut dummy = Dummy::new();
+    dummy.session = info.session.clone();
+    let response = client
+        .matrix_auth()
+        .register(request(Some(AuthData::Dummy(dummy))))
+        .await
+        .with_context(|| format!("registering {localpart} with m.login.dummy"))?;
+    Ok(response.user_id)
+}
+
+/// Logs `user` (localpart or full user id) in with a password on a fresh
+/// `client` and gives it its first sync.
+pub async fn login_with_password(client: Client, user: &str, password: &str) -> Result<User> {
+    client
+        .matrix_auth()
+        .login_username(user, password)
+        .initial_device_display_name("bellwire-tests")
+        .send()
+        .await
+        .with_context(|| format!("password login as {user}"))?;
+    let user_id = client
+        .user_id()
+        .context("no user id after login")?
+        .to_owned();
+    let localpart = user_id.localpart().to_owned();
+    let user = User {
+        client,
+        user_id,
+        localpart,
+        password: password.to_owned(),
+        seen: Mutex::new(Seen::default()),
+    };
+    // A real client syncs right after logging in, and that first sync
+    // is when matrix-sdk uploads the device's E2EE keys. Without it a
+    // user could send encrypted messages from a device nobody can find,
+    // and replies to it would be undecryptable.
+    user.sync_once()
+        .await
+        .with_context(|| format!("first sync of {}'s new device", user.user_id))?;
+    Ok(user)
 }
 
 impl Drop for TestServer {
@@ -1606,6 +1616,26 @@ impl RawSync {
             .into_iter()
             .filter(|e| e["type"] == ty)
             .collect()
+    }
+
+    /// `content.user_ids` of the last `m.typing` event for `room` in `resp`.
+    pub fn typing_users(resp: &Value, room: &str) -> Option<Vec<String>> {
+        let ev = Self::ephemeral(resp, room, "m.typing").pop()?;
+        Some(
+            ev.pointer("/content/user_ids")?
+                .as_array()?
+                .iter()
+                .filter_map(|u| u.as_str().map(str::to_owned))
+                .collect(),
+        )
+    }
+
+    /// `user`'s `m.read` receipt for `event` in the `m.receipt` events of
+    /// `room` in `resp`.
+    pub fn read_receipt(resp: &Value, room: &str, event: &str, user: &str) -> Option<Value> {
+        Self::ephemeral(resp, room, "m.receipt")
+            .into_iter()
+            .find_map(|ev| ev.get("content")?.get(event)?.get("m.read")?.get(user).cloned())
     }
 
     /// Room account data events of type `ty` of joined `room` in one response.

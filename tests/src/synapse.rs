@@ -24,7 +24,6 @@ use std::{
     fs::File,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -32,17 +31,11 @@ use anyhow::{Context, Result, bail, ensure};
 use matrix_sdk::{
     Client,
     config::RequestConfig,
-    ruma::{
-        OwnedUserId, UserId,
-        api::client::{
-            account::register,
-            uiaa::{AuthData, AuthType, Dummy},
-        },
-    },
+    ruma::{OwnedUserId, UserId},
 };
 use serde_json::{Value, json};
 
-use crate::{Http, Seen, User, password_for, tls::TestCa};
+use crate::{Http, User, password_for, tls::TestCa};
 
 /// How long Synapse may take to answer on both listeners after starting.
 pub const SYNAPSE_READY_TIMEOUT: Duration = Duration::from_secs(90);
@@ -475,67 +468,20 @@ impl SynapseServer {
         self.login(localpart, &password).await
     }
 
-    /// Registration with the UIA dance: the first request (no auth) must be
-    /// a 401 offering `m.login.dummy`, the second completes it.
+    /// Registration with the UIA `m.login.dummy` flow
+    /// ([`crate::register_with_dummy`]).
     pub async fn register_account(&self, localpart: &str, password: &str) -> Result<OwnedUserId> {
-        let client = self.sdk_client().await?;
-        let request = |auth: Option<AuthData>| {
-            let mut r = register::v3::Request::new();
-            r.username = Some(localpart.to_owned());
-            r.password = Some(password.to_owned());
-            r.initial_device_display_name = Some("bellwire-tests registration".to_owned());
-            r.auth = auth;
-            r
-        };
-        let err = match client.matrix_auth().register(request(None)).await {
-            Ok(_) => bail!("Synapse registered {localpart} without auth; expected 401 UIA"),
-            Err(err) => err,
-        };
-        let info = err.as_uiaa_response().with_context(|| {
-            format!("registering {localpart} on Synapse: expected a 401 UIA response, got {err:?}")
-        })?;
-        ensure!(
-            info.flows
-                .iter()
-                .any(|f| f.stages.contains(&AuthType::Dummy)),
-            "Synapse's registration UIA offers no m.login.dummy flow: {:?}",
-            info.flows
-        );
-        let mut dummy = Dummy::new();
-        dummy.session = info.session.clone();
-        let response = client
-            .matrix_auth()
-            .register(request(Some(AuthData::Dummy(dummy))))
+        crate::register_with_dummy(&self.sdk_client().await?, localpart, password)
             .await
-            .with_context(|| format!("registering {localpart} on Synapse with m.login.dummy"))?;
-        Ok(response.user_id)
+            .context("registering on Synapse")
     }
 
-    /// Logs `user` in with a password on a fresh client and syncs once.
+    /// Logs `user` in with a password on a fresh client, which syncs once
+    /// ([`crate::login_with_password`]).
     pub async fn login(&self, user: &str, password: &str) -> Result<User> {
-        let client = self.sdk_client().await?;
-        client
-            .matrix_auth()
-            .login_username(user, password)
-            .initial_device_display_name("bellwire-tests")
-            .send()
+        crate::login_with_password(self.sdk_client().await?, user, password)
             .await
-            .with_context(|| format!("password login as {user} on Synapse"))?;
-        let user_id = client
-            .user_id()
-            .context("no user id after login")?
-            .to_owned();
-        let user = User {
-            client,
-            localpart: user_id.localpart().to_owned(),
-            user_id,
-            password: password.to_owned(),
-            seen: Mutex::new(Seen::default()),
-        };
-        user.sync_once()
-            .await
-            .with_context(|| format!("first sync of {}'s new device", user.user_id))?;
-        Ok(user)
+            .context("logging in on Synapse")
     }
 
     // ----- shutdown -----

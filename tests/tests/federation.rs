@@ -53,32 +53,6 @@ fn ids(users: &[&User]) -> BTreeSet<String> {
     users.iter().map(|u| u.user_id.to_string()).collect()
 }
 
-/// `content.user_ids` of the last `m.typing` event for `room` in `resp`.
-fn typing_users(resp: &Value, room: &str) -> Option<Vec<String>> {
-    let ev = RawSync::ephemeral(resp, room, "m.typing").pop()?;
-    Some(
-        ev.pointer("/content/user_ids")?
-            .as_array()?
-            .iter()
-            .filter_map(|u| u.as_str().map(str::to_owned))
-            .collect(),
-    )
-}
-
-/// The `m.read` receipt of `user` for `event` in the `m.receipt` events of
-/// `room` in `resp`.
-fn read_receipt(resp: &Value, room: &str, event: &str, user: &str) -> Option<Value> {
-    RawSync::ephemeral(resp, room, "m.receipt")
-        .into_iter()
-        .find_map(|ev| {
-            ev.get("content")?
-                .get(event)?
-                .get("m.read")?
-                .get(user)
-                .cloned()
-        })
-}
-
 /// `(sender, body)` of every message in `room` per /messages, oldest first.
 async fn history(user: &User, room: &RoomId) -> Result<Vec<(String, String)>> {
     let messages = user
@@ -278,19 +252,19 @@ async fn alice_and_bob_chat_type_and_read_across_servers() -> Result<()> {
     alice.room(&room_id)?.typing_notice(true).await?;
     bob_sync
         .until("m.typing naming Alice (from hs1)", |r| {
-            typing_users(r, room).filter(|u| u.contains(&alice.user_id.to_string()))
+            RawSync::typing_users(r, room).filter(|u| u.contains(&alice.user_id.to_string()))
         })
         .await?;
     alice.room(&room_id)?.typing_notice(false).await?;
     bob_sync
         .until("Alice to stop typing", |r| {
-            typing_users(r, room).filter(|u| !u.contains(&alice.user_id.to_string()))
+            RawSync::typing_users(r, room).filter(|u| !u.contains(&alice.user_id.to_string()))
         })
         .await?;
     bob.room(&room_id)?.typing_notice(true).await?;
     alice_sync
         .until("m.typing naming Bob (from hs2)", |r| {
-            typing_users(r, room).filter(|u| u.contains(&bob.user_id.to_string()))
+            RawSync::typing_users(r, room).filter(|u| u.contains(&bob.user_id.to_string()))
         })
         .await?;
 
@@ -305,7 +279,7 @@ async fn alice_and_bob_chat_type_and_read_across_servers() -> Result<()> {
         .context("Bob's read receipt on Alice's message")?;
     let receipt = alice_sync
         .until("Bob's m.read receipt on Alice's message (from hs2)", |r| {
-            read_receipt(r, room, &hello_id, bob.user_id.as_str())
+            RawSync::read_receipt(r, room, &hello_id, bob.user_id.as_str())
         })
         .await?;
     ensure!(
@@ -323,7 +297,7 @@ async fn alice_and_bob_chat_type_and_read_across_servers() -> Result<()> {
         .context("Alice's read receipt on Bob's reply")?;
     bob_sync
         .until("Alice's m.read receipt on Bob's reply (from hs1)", |r| {
-            read_receipt(r, room, &reply_id, alice.user_id.as_str())
+            RawSync::read_receipt(r, room, &reply_id, alice.user_id.as_str())
         })
         .await?;
     Ok(())

@@ -34,7 +34,6 @@ use matrix_sdk::{
 };
 use serde_json::{Value, json};
 
-
 // ---------------------------------------------------------------------------
 // The two servers
 // ---------------------------------------------------------------------------
@@ -588,32 +587,6 @@ async fn shared_room(host: &User, guest: &User, name: &str) -> Result<OwnedRoomI
     Ok(room)
 }
 
-/// `content.user_ids` of the last `m.typing` event for `room` in `resp`.
-fn typing_users(resp: &Value, room: &str) -> Option<Vec<String>> {
-    let ev = RawSync::ephemeral(resp, room, "m.typing").pop()?;
-    Some(
-        ev.pointer("/content/user_ids")?
-            .as_array()?
-            .iter()
-            .filter_map(|u| u.as_str().map(str::to_owned))
-            .collect(),
-    )
-}
-
-/// `user`'s `m.read` receipt for `event` in the `m.receipt` events of
-/// `room` in `resp`.
-fn read_receipt(resp: &Value, room: &str, event: &str, user: &str) -> Option<Value> {
-    RawSync::ephemeral(resp, room, "m.receipt")
-        .into_iter()
-        .find_map(|ev| {
-            ev.get("content")?
-                .get(event)?
-                .get("m.read")?
-                .get(user)
-                .cloned()
-        })
-}
-
 /// Ivan on Bellwire and Judy on Synapse share a room: each sees the other
 /// start and stop typing, and each sees the other's read receipt on their
 /// message (typing and receipt EDUs, both directions).
@@ -634,25 +607,25 @@ async fn typing_and_read_receipts_cross_between_bellwire_and_synapse() -> Result
         ivan.room(&room_id)?.typing_notice(true).await?;
         judy_sync
             .until("m.typing naming Ivan (from Bellwire)", |r| {
-                typing_users(r, room).filter(|u| u.contains(&ivan_id))
+                RawSync::typing_users(r, room).filter(|u| u.contains(&ivan_id))
             })
             .await?;
         ivan.room(&room_id)?.typing_notice(false).await?;
         judy_sync
             .until("Ivan to stop typing", |r| {
-                typing_users(r, room).filter(|u| !u.contains(&ivan_id))
+                RawSync::typing_users(r, room).filter(|u| !u.contains(&ivan_id))
             })
             .await?;
         judy.room(&room_id)?.typing_notice(true).await?;
         ivan_sync
             .until("m.typing naming Judy (from Synapse)", |r| {
-                typing_users(r, room).filter(|u| u.contains(&judy_id))
+                RawSync::typing_users(r, room).filter(|u| u.contains(&judy_id))
             })
             .await?;
         judy.room(&room_id)?.typing_notice(false).await?;
         ivan_sync
             .until("Judy to stop typing", |r| {
-                typing_users(r, room).filter(|u| !u.contains(&judy_id))
+                RawSync::typing_users(r, room).filter(|u| !u.contains(&judy_id))
             })
             .await?;
 
@@ -670,7 +643,7 @@ async fn typing_and_read_receipts_cross_between_bellwire_and_synapse() -> Result
         let receipt = ivan_sync
             .until(
                 "Judy's m.read receipt on Ivan's message (from Synapse)",
-                |r| read_receipt(r, room, &signal_id, &judy_id),
+                |r| RawSync::read_receipt(r, room, &signal_id, &judy_id),
             )
             .await?;
         ensure!(
@@ -692,7 +665,7 @@ async fn typing_and_read_receipts_cross_between_bellwire_and_synapse() -> Result
         judy_sync
             .until(
                 "Ivan's m.read receipt on Judy's reply (from Bellwire)",
-                |r| read_receipt(r, room, &reply_id, &ivan_id),
+                |r| RawSync::read_receipt(r, room, &reply_id, &ivan_id),
             )
             .await?;
         Ok(())

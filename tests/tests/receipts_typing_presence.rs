@@ -22,18 +22,6 @@ use serde_json::{Value, json};
 
 const V3: &str = "/_matrix/client/v3";
 
-/// `content.user_ids` of the last `m.typing` event for `room` in `resp`.
-fn typing_users(resp: &Value, room: &str) -> Option<Vec<String>> {
-    let ev = RawSync::ephemeral(resp, room, "m.typing").pop()?;
-    Some(
-        ev.pointer("/content/user_ids")?
-            .as_array()?
-            .iter()
-            .filter_map(|u| u.as_str().map(str::to_owned))
-            .collect(),
-    )
-}
-
 /// The receipt object (`{ts, thread_id?}`) of `user` for `event` of `rtype`
 /// in the `m.receipt` ephemeral events of `room` in `resp`.
 fn receipt_of(resp: &Value, room: &str, event: &str, rtype: &str, user: &str) -> Option<Value> {
@@ -145,7 +133,7 @@ async fn bob_sees_alice_typing_and_stopping() -> Result<()> {
     alice.room(&room_id)?.typing_notice(true).await?;
     bob_sync
         .until("m.typing naming Alice", |r| {
-            typing_users(r, room).filter(|u| *u == only_alice)
+            RawSync::typing_users(r, room).filter(|u| *u == only_alice)
         })
         .await?;
 
@@ -153,7 +141,7 @@ async fn bob_sees_alice_typing_and_stopping() -> Result<()> {
     alice.room(&room_id)?.typing_notice(false).await?;
     bob_sync
         .until("m.typing with an empty user list", |r| {
-            typing_users(r, room).filter(Vec::is_empty)
+            RawSync::typing_users(r, room).filter(Vec::is_empty)
         })
         .await?;
 
@@ -170,12 +158,12 @@ async fn bob_sees_alice_typing_and_stopping() -> Result<()> {
     .context("typing with a 1500 ms timeout")?;
     bob_sync
         .until("m.typing naming Alice again", |r| {
-            typing_users(r, room).filter(|u| *u == only_alice)
+            RawSync::typing_users(r, room).filter(|u| *u == only_alice)
         })
         .await?;
     bob_sync
         .until("Alice's 1500 ms typing timeout to expire", |r| {
-            typing_users(r, room).filter(Vec::is_empty)
+            RawSync::typing_users(r, room).filter(Vec::is_empty)
         })
         .await?;
     let elapsed = started.elapsed();
