@@ -21,7 +21,9 @@ pub fn split_host_port(name: &str) -> (String, Option<u16>) {
         && let Some(end) = rest.find(']')
     {
         let host = format!("[{}]", &rest[..end]);
-        let port = rest[end + 1..].strip_prefix(':').and_then(|p| p.parse().ok());
+        let port = rest[end + 1..]
+            .strip_prefix(':')
+            .and_then(|p| p.parse().ok());
         return (host, port);
     }
     match name.rsplit_once(':') {
@@ -43,7 +45,10 @@ pub fn plan(server_name: &str) -> Plan {
     let (host, port) = split_host_port(server_name);
     match port {
         Some(port) => Plan::Direct { host, port },
-        None if is_ip_literal(&host) => Plan::Direct { host, port: DEFAULT_PORT },
+        None if is_ip_literal(&host) => Plan::Direct {
+            host,
+            port: DEFAULT_PORT,
+        },
         None => Plan::WellKnown { host },
     }
 }
@@ -66,13 +71,48 @@ mod tests {
 
     #[test]
     fn names_resolve_per_the_spec_order() {
-        assert_eq!(plan("localhost:8481"), Plan::Direct { host: "localhost".into(), port: 8481 });
-        assert_eq!(plan("1.2.3.4"), Plan::Direct { host: "1.2.3.4".into(), port: 8448 });
-        assert_eq!(plan("[::1]:99"), Plan::Direct { host: "[::1]".into(), port: 99 });
-        assert_eq!(plan("[::1]"), Plan::Direct { host: "[::1]".into(), port: 8448 });
-        assert_eq!(plan("example.org"), Plan::WellKnown { host: "example.org".into() });
-        assert_eq!(from_well_known(&json!({"m.server": "matrix.example.org:443"})), Some(("matrix.example.org".into(), 443)));
-        assert_eq!(from_well_known(&json!({"m.server": "matrix.example.org"})), Some(("matrix.example.org".into(), 8448)));
+        assert_eq!(
+            plan("localhost:8481"),
+            Plan::Direct {
+                host: "localhost".into(),
+                port: 8481
+            }
+        );
+        assert_eq!(
+            plan("1.2.3.4"),
+            Plan::Direct {
+                host: "1.2.3.4".into(),
+                port: 8448
+            }
+        );
+        assert_eq!(
+            plan("[::1]:99"),
+            Plan::Direct {
+                host: "[::1]".into(),
+                port: 99
+            }
+        );
+        assert_eq!(
+            plan("[::1]"),
+            Plan::Direct {
+                host: "[::1]".into(),
+                port: 8448
+            }
+        );
+        assert_eq!(
+            plan("example.org"),
+            Plan::WellKnown {
+                host: "example.org".into()
+            }
+        );
+        assert_eq!(
+            from_well_known(&json!({"m.server": "matrix.example.org:443"})),
+            Some(("matrix.example.org".into(), 443))
+        );
+        assert_eq!(
+            from_well_known(&json!({"m.server": "matrix.example.org"})),
+            Some(("matrix.example.org".into(), 8448))
+        );
         assert_eq!(from_well_known(&json!({"m.server": 5})), None);
         assert_eq!(from_well_known(&json!({"m.server": "https://x/"})), None);
     }

@@ -45,7 +45,10 @@ impl ServerKey {
     pub fn from_der(der: &[u8], version: &str) -> Result<Self, FederationError> {
         let pair = Ed25519KeyPair::from_der(der, version.to_owned())
             .map_err(|e| FederationError::BadKey(e.to_string()))?;
-        Ok(ServerKey { pair, der: der.to_vec() })
+        Ok(ServerKey {
+            pair,
+            der: der.to_vec(),
+        })
     }
 
     /// The PKCS#8 document to store.
@@ -68,7 +71,9 @@ impl ServerKey {
 }
 
 pub fn rules_for(version: &RoomVersionId) -> Result<RoomVersionRules, FederationError> {
-    version.rules().ok_or_else(|| FederationError::UnsupportedRoomVersion(version.clone()))
+    version
+        .rules()
+        .ok_or_else(|| FederationError::UnsupportedRoomVersion(version.clone()))
 }
 
 /// Adds the content hash and this server's signature to a PDU under
@@ -86,11 +91,16 @@ pub fn hash_sign_and_id(
 
 /// Which servers' signatures an incoming PDU needs (the sender's, and for
 /// some membership events the authorising server's).
-pub fn servers_to_verify(pdu: &CanonicalJsonObject, rules: &RoomVersionRules) -> Result<Vec<String>, FederationError> {
-    Ok(ruma::signatures::required_server_signatures_to_verify_event(pdu, &rules.signatures)?
-        .into_iter()
-        .map(|s| s.to_string())
-        .collect())
+pub fn servers_to_verify(
+    pdu: &CanonicalJsonObject,
+    rules: &RoomVersionRules,
+) -> Result<Vec<String>, FederationError> {
+    Ok(
+        ruma::signatures::required_server_signatures_to_verify_event(pdu, &rules.signatures)?
+            .into_iter()
+            .map(|s| s.to_string())
+            .collect(),
+    )
 }
 
 /// The outcome of checking a received PDU's hashes and signatures.
@@ -117,20 +127,30 @@ pub fn check_pdu(
 }
 
 /// A received PDU's event ID (its reference hash, room v3+).
-pub fn event_id_of(pdu: &CanonicalJsonObject, rules: &RoomVersionRules) -> Result<OwnedEventId, FederationError> {
+pub fn event_id_of(
+    pdu: &CanonicalJsonObject,
+    rules: &RoomVersionRules,
+) -> Result<OwnedEventId, FederationError> {
     let hash = ruma::signatures::reference_hash(pdu, rules)?;
     Ok(OwnedEventId::try_from(format!("${hash}"))?)
 }
 
 /// Adds this server's signature to an event another server built (for
 /// invites and joins the resident server countersigns).
-pub fn countersign_event(pdu: &mut CanonicalJsonObject, origin: &str, key: &ServerKey, rules: &RoomVersionRules) -> Result<(), FederationError> {
+pub fn countersign_event(
+    pdu: &mut CanonicalJsonObject,
+    origin: &str,
+    key: &ServerKey,
+    rules: &RoomVersionRules,
+) -> Result<(), FederationError> {
     ruma::signatures::sign_event(origin, &key.pair, pdu, &rules.redaction)?;
     Ok(())
 }
 
 /// Room v12+: the room ID is the create event's reference hash with `!`.
-pub fn room_id_from_create_event(create_event_id: &OwnedEventId) -> Result<OwnedRoomId, FederationError> {
+pub fn room_id_from_create_event(
+    create_event_id: &OwnedEventId,
+) -> Result<OwnedRoomId, FederationError> {
     let hash = create_event_id.as_str().trim_start_matches('$');
     Ok(OwnedRoomId::try_from(format!("!{hash}"))?)
 }
@@ -170,12 +190,18 @@ mod tests {
 
         let mut keys = ruma::signatures::PublicKeyMap::new();
         let mut set = ruma::signatures::PublicKeySet::new();
-        set.insert(key.key_id(), ruma::serde::Base64::parse(key.public_key_base64()).unwrap());
+        set.insert(
+            key.key_id(),
+            ruma::serde::Base64::parse(key.public_key_base64()).unwrap(),
+        );
         keys.insert("example.org".into(), set);
         ruma::signatures::verify_event(&keys, &e1, &rules).unwrap();
 
         // Tampering with the content breaks the content hash.
-        e1.insert("content".into(), to_canonical_value(serde_json::json!({"body": "evil"})).unwrap());
+        e1.insert(
+            "content".into(),
+            to_canonical_value(serde_json::json!({"body": "evil"})).unwrap(),
+        );
         let verified = ruma::signatures::verify_event(&keys, &e1, &rules).unwrap();
         assert_eq!(verified, ruma::signatures::Verified::Signatures);
     }
@@ -191,6 +217,9 @@ mod tests {
     #[test]
     fn v12_room_id_is_create_event_hash() {
         let id = OwnedEventId::try_from("$abcDEF123_-").unwrap();
-        assert_eq!(room_id_from_create_event(&id).unwrap().as_str(), "!abcDEF123_-");
+        assert_eq!(
+            room_id_from_create_event(&id).unwrap().as_str(),
+            "!abcDEF123_-"
+        );
     }
 }

@@ -34,7 +34,9 @@ pub fn parse_x_matrix(header: &str) -> Result<XMatrix, FederationError> {
     let mut params = after.trim_start();
     let (mut origin, mut destination, mut key, mut sig) = (None, None, None, None);
     while !params.is_empty() {
-        let eq = params.find('=').ok_or_else(|| bad("parameter without '='"))?;
+        let eq = params
+            .find('=')
+            .ok_or_else(|| bad("parameter without '='"))?;
         let name = params[..eq].trim().to_ascii_lowercase();
         params = &params[eq + 1..];
         let value;
@@ -91,10 +93,19 @@ fn signed_object(
     content: Option<&CanonicalJsonValue>,
 ) -> CanonicalJsonObject {
     let mut o = CanonicalJsonObject::new();
-    o.insert("method".into(), CanonicalJsonValue::String(method.to_owned()));
+    o.insert(
+        "method".into(),
+        CanonicalJsonValue::String(method.to_owned()),
+    );
     o.insert("uri".into(), CanonicalJsonValue::String(uri.to_owned()));
-    o.insert("origin".into(), CanonicalJsonValue::String(origin.to_owned()));
-    o.insert("destination".into(), CanonicalJsonValue::String(destination.to_owned()));
+    o.insert(
+        "origin".into(),
+        CanonicalJsonValue::String(origin.to_owned()),
+    );
+    o.insert(
+        "destination".into(),
+        CanonicalJsonValue::String(destination.to_owned()),
+    );
     if let Some(c) = content {
         o.insert("content".into(), c.clone());
     }
@@ -119,9 +130,17 @@ pub fn sign_request(
     }) {
         Some(CanonicalJsonValue::Object(m)) => match m.get(&key.key_id()) {
             Some(CanonicalJsonValue::String(s)) => s.clone(),
-            _ => return Err(FederationError::BadKey("signature missing after signing".into())),
+            _ => {
+                return Err(FederationError::BadKey(
+                    "signature missing after signing".into(),
+                ));
+            }
         },
-        _ => return Err(FederationError::BadKey("signature missing after signing".into())),
+        _ => {
+            return Err(FederationError::BadKey(
+                "signature missing after signing".into(),
+            ));
+        }
     };
     Ok(format!(
         "X-Matrix origin=\"{}\",destination=\"{}\",key=\"{}\",sig=\"{}\"",
@@ -145,20 +164,27 @@ pub fn verify_request(
     if let Some(d) = &auth.destination
         && d != destination
     {
-        return Err(FederationError::BadAuth(format!("request is for {d}, not {destination}")));
+        return Err(FederationError::BadAuth(format!(
+            "request is for {d}, not {destination}"
+        )));
     }
     let mut o = signed_object(method, uri, &auth.origin, destination, content);
     let mut sigs = CanonicalJsonObject::new();
     let mut by_origin = CanonicalJsonObject::new();
-    by_origin.insert(auth.key.clone(), CanonicalJsonValue::String(auth.sig.clone()));
+    by_origin.insert(
+        auth.key.clone(),
+        CanonicalJsonValue::String(auth.sig.clone()),
+    );
     sigs.insert(auth.origin.clone(), CanonicalJsonValue::Object(by_origin));
     o.insert("signatures".into(), CanonicalJsonValue::Object(sigs));
-    let public = Base64::parse(public_key_b64).map_err(|e| FederationError::BadKey(e.to_string()))?;
+    let public =
+        Base64::parse(public_key_b64).map_err(|e| FederationError::BadKey(e.to_string()))?;
     let mut set = PublicKeySet::new();
     set.insert(auth.key.clone(), public);
     let mut map = PublicKeyMap::new();
     map.insert(auth.origin.clone(), set);
-    ruma::signatures::verify_json(&map, &o).map_err(|e| FederationError::BadAuth(format!("bad request signature: {e}")))
+    ruma::signatures::verify_json(&map, &o)
+        .map_err(|e| FederationError::BadAuth(format!("bad request signature: {e}")))
 }
 
 #[cfg(test)]
@@ -173,25 +199,94 @@ mod tests {
     #[test]
     fn signed_request_verifies_and_tampering_fails() {
         let key = ServerKey::generate("k1").unwrap();
-        let header = sign_request(&key, "a.example:8448", "b.example", "PUT", "/_matrix/federation/v1/send/1", Some(&body())).unwrap();
+        let header = sign_request(
+            &key,
+            "a.example:8448",
+            "b.example",
+            "PUT",
+            "/_matrix/federation/v1/send/1",
+            Some(&body()),
+        )
+        .unwrap();
         let auth = parse_x_matrix(&header).unwrap();
         assert_eq!(auth.origin, "a.example:8448");
         assert_eq!(auth.destination.as_deref(), Some("b.example"));
         assert_eq!(auth.key, "ed25519:k1");
         let pk = key.public_key_base64();
-        verify_request(&auth, &pk, "b.example", "PUT", "/_matrix/federation/v1/send/1", Some(&body())).unwrap();
+        verify_request(
+            &auth,
+            &pk,
+            "b.example",
+            "PUT",
+            "/_matrix/federation/v1/send/1",
+            Some(&body()),
+        )
+        .unwrap();
         // Another path, method, body or destination breaks it.
-        assert!(verify_request(&auth, &pk, "b.example", "PUT", "/_matrix/federation/v1/send/2", Some(&body())).is_err());
-        assert!(verify_request(&auth, &pk, "b.example", "POST", "/_matrix/federation/v1/send/1", Some(&body())).is_err());
-        assert!(verify_request(&auth, &pk, "b.example", "PUT", "/_matrix/federation/v1/send/1", None).is_err());
-        assert!(verify_request(&auth, &pk, "c.example", "PUT", "/_matrix/federation/v1/send/1", Some(&body())).is_err());
+        assert!(
+            verify_request(
+                &auth,
+                &pk,
+                "b.example",
+                "PUT",
+                "/_matrix/federation/v1/send/2",
+                Some(&body())
+            )
+            .is_err()
+        );
+        assert!(
+            verify_request(
+                &auth,
+                &pk,
+                "b.example",
+                "POST",
+                "/_matrix/federation/v1/send/1",
+                Some(&body())
+            )
+            .is_err()
+        );
+        assert!(
+            verify_request(
+                &auth,
+                &pk,
+                "b.example",
+                "PUT",
+                "/_matrix/federation/v1/send/1",
+                None
+            )
+            .is_err()
+        );
+        assert!(
+            verify_request(
+                &auth,
+                &pk,
+                "c.example",
+                "PUT",
+                "/_matrix/federation/v1/send/1",
+                Some(&body())
+            )
+            .is_err()
+        );
         let other = ServerKey::generate("k1").unwrap();
-        assert!(verify_request(&auth, &other.public_key_base64(), "b.example", "PUT", "/_matrix/federation/v1/send/1", Some(&body())).is_err());
+        assert!(
+            verify_request(
+                &auth,
+                &other.public_key_base64(),
+                "b.example",
+                "PUT",
+                "/_matrix/federation/v1/send/1",
+                Some(&body())
+            )
+            .is_err()
+        );
     }
 
     #[test]
     fn header_parsing_accepts_bare_and_quoted_values() {
-        let a = parse_x_matrix(r#"X-Matrix origin=origin.example,key="ed25519:1",sig="ABC\"D", destination="x""#).unwrap();
+        let a = parse_x_matrix(
+            r#"X-Matrix origin=origin.example,key="ed25519:1",sig="ABC\"D", destination="x""#,
+        )
+        .unwrap();
         assert_eq!(a.origin, "origin.example");
         assert_eq!(a.sig, "ABC\"D");
         assert_eq!(a.destination.as_deref(), Some("x"));

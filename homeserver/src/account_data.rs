@@ -40,23 +40,46 @@ fn key(user: &UserId, room: Option<&RoomId>, kind: &str) -> Vec<u8> {
 
 impl AccountData {
     pub fn new(store: Store, stream: Arc<StreamPositions>, notifier: Arc<Notifier>) -> Self {
-        AccountData { store, stream, notifier }
+        AccountData {
+            store,
+            stream,
+            notifier,
+        }
     }
 
     pub fn get(&self, user: &UserId, room: Option<&RoomId>, kind: &str) -> Result<Option<Value>> {
-        Ok(self.store.get(ACCOUNT_DATA, &key(user, room, kind))?.map(|e| e.content))
+        Ok(self
+            .store
+            .get(ACCOUNT_DATA, &key(user, room, kind))?
+            .map(|e| e.content))
     }
 
-    pub async fn set(&self, user: &UserId, room: Option<&RoomId>, kind: &str, content: Value) -> Result<()> {
+    pub async fn set(
+        &self,
+        user: &UserId,
+        room: Option<&RoomId>,
+        kind: &str,
+        content: Value,
+    ) -> Result<()> {
         let _writer = self.stream.writer.lock().await;
         self.set_locked(user, room, kind, content)
     }
 
     /// For callers that already hold the stream writer lock.
-    pub fn set_locked(&self, user: &UserId, room: Option<&RoomId>, kind: &str, content: Value) -> Result<()> {
+    pub fn set_locked(
+        &self,
+        user: &UserId,
+        room: Option<&RoomId>,
+        kind: &str,
+        content: Value,
+    ) -> Result<()> {
         let pos = self.stream.next();
         let mut batch = self.store.batch();
-        batch.put(ACCOUNT_DATA, &key(user, room, kind), &Entry { pos, content });
+        batch.put(
+            ACCOUNT_DATA,
+            &key(user, room, kind),
+            &Entry { pos, content },
+        );
         self.stream.record(&mut batch, pos);
         batch.commit()?;
         self.stream.publish(pos);
@@ -68,23 +91,37 @@ impl AccountData {
     pub fn ignored_users(&self, user: &UserId) -> Result<std::collections::BTreeSet<String>> {
         let list = self.get(user, None, "m.ignored_user_list")?;
         Ok(list
-            .and_then(|l| l.get("ignored_users").and_then(Value::as_object).map(|m| m.keys().cloned().collect()))
+            .and_then(|l| {
+                l.get("ignored_users")
+                    .and_then(Value::as_object)
+                    .map(|m| m.keys().cloned().collect())
+            })
             .unwrap_or_default())
     }
 
     /// Everything of `user`'s that changed in `(since, upto]` (all of it for 0).
     pub fn changed_since(&self, user: &UserId, since: u64, upto: u64) -> Result<Changes> {
         let mut out = Changes::default();
-        for (k, entry) in self.store.scan_prefix(ACCOUNT_DATA, &keys::strs(&[user.as_str()]))? {
+        for (k, entry) in self
+            .store
+            .scan_prefix(ACCOUNT_DATA, &keys::strs(&[user.as_str()]))?
+        {
             if entry.pos <= since || entry.pos > upto {
                 continue;
             }
-            let Some(parts) = keys::split_strs(&k) else { continue };
-            let (Some(room), Some(kind)) = (parts.get(1), parts.get(2)) else { continue };
+            let Some(parts) = keys::split_strs(&k) else {
+                continue;
+            };
+            let (Some(room), Some(kind)) = (parts.get(1), parts.get(2)) else {
+                continue;
+            };
             if room.is_empty() {
                 out.global.push((kind.to_string(), entry.content));
             } else if let Ok(room) = OwnedRoomId::try_from(*room) {
-                out.rooms.entry(room).or_default().push((kind.to_string(), entry.content));
+                out.rooms
+                    .entry(room)
+                    .or_default()
+                    .push((kind.to_string(), entry.content));
             }
         }
         Ok(out)

@@ -8,7 +8,10 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid configuration (file or BELLWIRE_* variables): {0}")]
     Toml(String),
     #[error("config key `{key}`: {message}")]
@@ -239,20 +242,29 @@ impl Config {
     ) -> Result<Self, ConfigError> {
         let mut table: toml::Table = match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .map_err(|source| ConfigError::Read { path: p.to_owned(), source })?;
-                text.parse::<toml::Table>().map_err(|e| ConfigError::Toml(e.to_string()))?
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_owned(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Toml(e.to_string()))?
             }
             None => toml::Table::new(),
         };
         for (name, value) in env {
-            let Some(rest) = name.strip_prefix("BELLWIRE_") else { continue };
+            let Some(rest) = name.strip_prefix("BELLWIRE_") else {
+                continue;
+            };
             if rest.is_empty() || RESERVED_ENV.contains(&rest) || rest.starts_with("TEST_") {
                 continue;
             }
             let keys: Vec<String> = rest.split("__").map(|k| k.to_ascii_lowercase()).collect();
-            set_path(&mut table, &keys, env_value(&value))
-                .map_err(|message| ConfigError::Invalid { key: keys.join("."), message })?;
+            set_path(&mut table, &keys, env_value(&value)).map_err(|message| {
+                ConfigError::Invalid {
+                    key: keys.join("."),
+                    message,
+                }
+            })?;
         }
         let raw: RawConfig = toml::Value::Table(table)
             .try_into()
@@ -261,7 +273,10 @@ impl Config {
     }
 
     fn validate(raw: RawConfig) -> Result<Self, ConfigError> {
-        let invalid = |key: &str, message: String| ConfigError::Invalid { key: key.into(), message };
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: key.into(),
+            message,
+        };
         let server_name = raw.server_name.unwrap_or_else(|| "localhost".into());
         let server_name = OwnedServerName::try_from(server_name.as_str())
             .map_err(|e| invalid("server_name", format!("not a valid server name: {e}")))?;
@@ -285,36 +300,75 @@ impl Config {
         let mode = raw.registration.mode.unwrap_or(RegistrationMode::Token);
         let token = raw.registration.token.filter(|t| !t.is_empty());
         if let Some(t) = &token
-            && (t.len() > 64 || !t.chars().all(|c| c.is_ascii_alphanumeric() || "._~-".contains(c))) {
-                return Err(invalid(
-                    "registration.token",
-                    "1-64 characters of [A-Za-z0-9._~-] (the spec's token alphabet)".into(),
-                ));
-            }
+            && (t.len() > 64
+                || !t
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._~-".contains(c)))
+        {
+            return Err(invalid(
+                "registration.token",
+                "1-64 characters of [A-Za-z0-9._~-] (the spec's token alphabet)".into(),
+            ));
+        }
         let timeline_limit = raw.sync.default_timeline_limit.unwrap_or(20);
         if timeline_limit == 0 || timeline_limit > 1000 {
-            return Err(invalid("sync.default_timeline_limit", "must be 1..=1000".into()));
+            return Err(invalid(
+                "sync.default_timeline_limit",
+                "must be 1..=1000".into(),
+            ));
         }
         let rl = &raw.rate_limits;
-        let rate = |key: &str, per_second: Option<Number>, burst: Option<Number>, d: (f64, f64)| -> Result<Rate, ConfigError> {
-            let r = Rate { per_second: per_second.map_or(d.0, Number::get), burst: burst.map_or(d.1, Number::get) };
-            if !(r.per_second > 0.0 && r.per_second.is_finite() && r.burst >= 1.0 && r.burst.is_finite()) {
-                return Err(invalid(&format!("rate_limits.{key}"), "per_second must be > 0 and burst >= 1".into()));
+        let rate = |key: &str,
+                    per_second: Option<Number>,
+                    burst: Option<Number>,
+                    d: (f64, f64)|
+         -> Result<Rate, ConfigError> {
+            let r = Rate {
+                per_second: per_second.map_or(d.0, Number::get),
+                burst: burst.map_or(d.1, Number::get),
+            };
+            if !(r.per_second > 0.0
+                && r.per_second.is_finite()
+                && r.burst >= 1.0
+                && r.burst.is_finite())
+            {
+                return Err(invalid(
+                    &format!("rate_limits.{key}"),
+                    "per_second must be > 0 and burst >= 1".into(),
+                ));
             }
             Ok(r)
         };
         let rate_limits = RateLimits {
             enabled: rl.enabled.unwrap_or(true),
-            message: rate("message", rl.message_per_second, rl.message_burst, (10.0, 30.0))?,
+            message: rate(
+                "message",
+                rl.message_per_second,
+                rl.message_burst,
+                (10.0, 30.0),
+            )?,
             login: rate("login", rl.login_per_second, rl.login_burst, (0.5, 5.0))?,
-            registration: rate("registration", rl.registration_per_second, rl.registration_burst, (0.2, 5.0))?,
+            registration: rate(
+                "registration",
+                rl.registration_per_second,
+                rl.registration_burst,
+                (0.2, 5.0),
+            )?,
         };
-        let database_path = PathBuf::from(raw.database.path.clone().unwrap_or_else(|| "./data/bellwire.db".into()));
+        let database_path = PathBuf::from(
+            raw.database
+                .path
+                .clone()
+                .unwrap_or_else(|| "./data/bellwire.db".into()),
+        );
         let m = &raw.media;
         let media_path = match &m.path {
             Some(p) => PathBuf::from(p),
             // Beside the database, so one data directory holds everything.
-            None => database_path.parent().map(|p| p.join("media")).unwrap_or_else(|| PathBuf::from("./data/media")),
+            None => database_path
+                .parent()
+                .map(|p| p.join("media"))
+                .unwrap_or_else(|| PathBuf::from("./data/media")),
         };
         let max_upload_bytes = m.max_upload_bytes.unwrap_or(50 * 1024 * 1024);
         if max_upload_bytes == 0 {
@@ -336,13 +390,19 @@ impl Config {
                 .parse()
                 .map_err(|e| invalid("federation.listen", format!("expected ADDRESS:PORT: {e}")))?;
             let need = |key: &str, v: &Option<String>| {
-                v.clone().map(PathBuf::from).ok_or_else(|| invalid(key, "required when federation is enabled".into()))
+                v.clone()
+                    .map(PathBuf::from)
+                    .ok_or_else(|| invalid(key, "required when federation is enabled".into()))
             };
             Some(FederationConfig {
                 listen,
                 tls_certificate: need("federation.tls_certificate", &f.tls_certificate)?,
                 tls_private_key: need("federation.tls_private_key", &f.tls_private_key)?,
-                trusted_ca_certificates: f.trusted_ca_certificates.iter().map(PathBuf::from).collect(),
+                trusted_ca_certificates: f
+                    .trusted_ca_certificates
+                    .iter()
+                    .map(PathBuf::from)
+                    .collect(),
                 max_backoff_secs: f.max_backoff_secs.unwrap_or(600).max(1),
                 well_known_server: f.well_known_server.clone().filter(|w| !w.is_empty()),
             })
@@ -378,9 +438,11 @@ fn env_value(value: &str) -> toml::Value {
         return toml::Value::Integer(i);
     }
     if let Ok(f) = value.parse::<f64>()
-        && f.is_finite() && value.contains('.') {
-            return toml::Value::Float(f);
-        }
+        && f.is_finite()
+        && value.contains('.')
+    {
+        return toml::Value::Float(f);
+    }
     match value {
         "true" => toml::Value::Boolean(true),
         "false" => toml::Value::Boolean(false),
@@ -392,14 +454,19 @@ fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) -> Res
     let (last, parents) = keys.split_last().ok_or("empty key")?;
     let mut cur = table;
     for k in parents {
-        let entry = cur.entry(k.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        cur = entry.as_table_mut().ok_or_else(|| format!("`{k}` is not a table"))?;
+        let entry = cur
+            .entry(k.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("`{k}` is not a table"))?;
     }
     // A numeric-looking value for a string key (e.g. a token) stays a string.
     let value = match (&value, last.as_str()) {
-        (toml::Value::Integer(i), "server_name" | "token" | "default_room_version" | "path" | "listen") => {
-            toml::Value::String(i.to_string())
-        }
+        (
+            toml::Value::Integer(i),
+            "server_name" | "token" | "default_room_version" | "path" | "listen",
+        ) => toml::Value::String(i.to_string()),
         _ => value,
     };
     cur.insert(last.clone(), value);
@@ -434,14 +501,29 @@ mod tests {
         ];
         assert!(Config::load(None, env).is_ok());
         let env = vec![("BELLWIRE_NOT_A_KEY".to_owned(), "1".to_owned())];
-        assert!(Config::load(None, env).unwrap_err().to_string().contains("not_a_key"));
+        assert!(
+            Config::load(None, env)
+                .unwrap_err()
+                .to_string()
+                .contains("not_a_key")
+        );
     }
 
     #[test]
     fn federation_settings_need_tls_files() {
-        let env = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
-        assert!(Config::load(None, env(&[])).unwrap().federation.is_none(), "federation is off by default");
-        let err = Config::load(None, env(&[("BELLWIRE_FEDERATION__ENABLED", "true")])).unwrap_err().to_string();
+        let env = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>()
+        };
+        assert!(
+            Config::load(None, env(&[])).unwrap().federation.is_none(),
+            "federation is off by default"
+        );
+        let err = Config::load(None, env(&[("BELLWIRE_FEDERATION__ENABLED", "true")]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("federation.tls_certificate"), "{err}");
         let c = Config::load(
             None,
@@ -449,14 +531,20 @@ mod tests {
                 ("BELLWIRE_FEDERATION__ENABLED", "true"),
                 ("BELLWIRE_FEDERATION__TLS_CERTIFICATE", "/c.pem"),
                 ("BELLWIRE_FEDERATION__TLS_PRIVATE_KEY", "/k.pem"),
-                ("BELLWIRE_FEDERATION__WELL_KNOWN_SERVER", "matrix.example.org:443"),
+                (
+                    "BELLWIRE_FEDERATION__WELL_KNOWN_SERVER",
+                    "matrix.example.org:443",
+                ),
             ]),
         )
         .unwrap();
         let f = c.federation.unwrap();
         assert_eq!(f.listen.port(), 8448);
         assert_eq!(f.max_backoff_secs, 600);
-        assert_eq!(f.well_known_server.as_deref(), Some("matrix.example.org:443"));
+        assert_eq!(
+            f.well_known_server.as_deref(),
+            Some("matrix.example.org:443")
+        );
     }
 
     #[test]
@@ -465,6 +553,11 @@ mod tests {
         let err = Config::load(None, env).unwrap_err().to_string();
         assert!(err.contains("default_room_version"), "{err}");
         let env = vec![("BELLWIRE_LISTEN".to_owned(), "nowhere".to_owned())];
-        assert!(Config::load(None, env).unwrap_err().to_string().contains("listen"));
+        assert!(
+            Config::load(None, env)
+                .unwrap_err()
+                .to_string()
+                .contains("listen")
+        );
     }
 }

@@ -104,10 +104,12 @@ impl Error {
             UnknownToken { .. } => (StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN"),
             Forbidden(_) => (StatusCode::FORBIDDEN, "M_FORBIDDEN"),
             NotFound(_) => (StatusCode::NOT_FOUND, "M_NOT_FOUND"),
-            Unrecognized { method_not_allowed: false } => (StatusCode::NOT_FOUND, "M_UNRECOGNIZED"),
-            Unrecognized { method_not_allowed: true } => {
-                (StatusCode::METHOD_NOT_ALLOWED, "M_UNRECOGNIZED")
-            }
+            Unrecognized {
+                method_not_allowed: false,
+            } => (StatusCode::NOT_FOUND, "M_UNRECOGNIZED"),
+            Unrecognized {
+                method_not_allowed: true,
+            } => (StatusCode::METHOD_NOT_ALLOWED, "M_UNRECOGNIZED"),
             TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE"),
             UserInUse => (StatusCode::BAD_REQUEST, "M_USER_IN_USE"),
             InvalidUsername(_) => (StatusCode::BAD_REQUEST, "M_INVALID_USERNAME"),
@@ -164,7 +166,9 @@ impl IntoResponse for Error {
         if let Error::LimitExceeded { retry_after_ms } = &self {
             let secs = retry_after_ms.div_ceil(1000).max(1);
             if let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string()) {
-                response.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+                response
+                    .headers_mut()
+                    .insert(axum::http::header::RETRY_AFTER, v);
             }
         }
         if matches!(self, Error::TooLarge { .. }) {

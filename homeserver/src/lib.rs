@@ -19,9 +19,9 @@ pub mod services;
 pub mod signing_key;
 pub mod storage;
 pub mod sync;
-pub mod tls;
 #[cfg(test)]
 mod test_support;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -30,11 +30,17 @@ use config::Config;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot open the database at {path}: {source}")]
-    Database { path: String, source: storage::StorageError },
+    Database {
+        path: String,
+        source: storage::StorageError,
+    },
     #[error("cannot start services: {0}")]
     Services(#[from] error::Error),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: std::net::SocketAddr, source: std::io::Error },
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("server failed: {0}")]
     Serve(std::io::Error),
     #[error("federation TLS: {0}")]
@@ -43,8 +49,12 @@ pub enum StartError {
 
 /// Replaces the signing key in the configured database (server stopped).
 pub fn rotate_signing_key(config: &Config) -> Result<String, StartError> {
-    let store = storage::Store::open(&config.database_path, true)
-        .map_err(|source| StartError::Database { path: config.database_path.display().to_string(), source })?;
+    let store = storage::Store::open(&config.database_path, true).map_err(|source| {
+        StartError::Database {
+            path: config.database_path.display().to_string(),
+            source,
+        }
+    })?;
     Ok(signing_key::rotate(&store)?)
 }
 
@@ -53,8 +63,13 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     if let Some(parent) = config.database_path.parent() {
         let _ = std::fs::create_dir_all(parent);
     }
-    let store = storage::Store::open(&config.database_path, config.sync_writes)
-        .map_err(|source| StartError::Database { path: config.database_path.display().to_string(), source })?;
+    let store =
+        storage::Store::open(&config.database_path, config.sync_writes).map_err(|source| {
+            StartError::Database {
+                path: config.database_path.display().to_string(),
+                source,
+            }
+        })?;
     let addr = config.listen;
     let services = Arc::new(services::Services::build(config, store)?);
     let federation = services.config.federation.clone();
@@ -63,7 +78,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         let tls = tls::server_config(&f.tls_certificate, &f.tls_private_key)?;
         let tcp = tokio::net::TcpListener::bind(f.listen)
             .await
-            .map_err(|source| StartError::Listen { addr: f.listen, source })?;
+            .map_err(|source| StartError::Listen {
+                addr: f.listen,
+                source,
+            })?;
         let bound = tcp.local_addr().map_err(StartError::Serve)?;
         let listener = tls::TlsListener::new(tcp, tls).map_err(StartError::Serve)?;
         println!("bellwire: federation listening on {bound}");
@@ -72,18 +90,29 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             use axum::serve::ListenerExt;
             // tap_io only to get axum's ConnectInfo<SocketAddr> for a custom listener.
             let listener = listener.tap_io(|_| {});
-            let served = axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).await;
+            let served = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .await;
             if let Err(e) = served {
                 tracing::error!("federation listener stopped: {e}");
             }
         });
     }
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Listen { addr, source })?;
     let bound = listener.local_addr().map_err(StartError::Serve)?;
     // Tests and scripts read this exact line to learn the port.
     println!("bellwire: listening on {bound}");
-    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(shutdown_signal()).await.map_err(StartError::Serve)
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+    .map_err(StartError::Serve)
 }
 
 async fn shutdown_signal() {

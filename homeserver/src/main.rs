@@ -7,7 +7,10 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     limit_allocator_retention();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("BELLWIRE_LOG").unwrap_or_else(|_| EnvFilter::new("info,ruma_state_res=warn")))
+        .with_env_filter(
+            EnvFilter::try_from_env("BELLWIRE_LOG")
+                .unwrap_or_else(|_| EnvFilter::new("info,ruma_state_res=warn")),
+        )
         .with_writer(std::io::stderr)
         .init();
     let mut args = std::env::args().skip(1);
@@ -42,7 +45,9 @@ fn main() -> ExitCode {
     if rotate {
         return match bellwire::rotate_signing_key(&config) {
             Ok(id) => {
-                println!("bellwire: new signing key {id}; the old one is kept as an old verify key");
+                println!(
+                    "bellwire: new signing key {id}; the old one is kept as an old verify key"
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -51,7 +56,10 @@ fn main() -> ExitCode {
             }
         };
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("bellwire: cannot start runtime: {e}");

@@ -26,7 +26,9 @@ impl Profiles {
 
     /// The whole profile, or `None` for an unknown user.
     pub fn get(&self, user: &UserId) -> Result<Option<Map<String, Value>>> {
-        let Some(u) = self.store.get(USERS, user.as_bytes())? else { return Ok(None) };
+        let Some(u) = self.store.get(USERS, user.as_bytes())? else {
+            return Ok(None);
+        };
         let mut out = u.profile_fields.clone();
         if let Some(n) = u.displayname {
             out.insert("displayname".into(), Value::from(n));
@@ -43,7 +45,10 @@ impl Profiles {
         if key.is_empty() || key.len() > 255 {
             return Err(Error::invalid_param("profile keys are 1-255 bytes"));
         }
-        let mut record = self.store.get(USERS, user.as_bytes())?.ok_or_else(|| Error::not_found("no such user"))?;
+        let mut record = self
+            .store
+            .get(USERS, user.as_bytes())?
+            .ok_or_else(|| Error::not_found("no such user"))?;
         match key {
             "displayname" | "avatar_url" => {
                 let v = match value {
@@ -54,7 +59,11 @@ impl Profiles {
                 if key == "avatar_url" && v.as_deref().is_some_and(|u| !u.starts_with("mxc://")) {
                     return Err(Error::invalid_param("avatar_url must be an mxc:// URI"));
                 }
-                if key == "displayname" { record.displayname = v } else { record.avatar_url = v }
+                if key == "displayname" {
+                    record.displayname = v
+                } else {
+                    record.avatar_url = v
+                }
             }
             _ => match value {
                 None => {
@@ -65,7 +74,9 @@ impl Profiles {
                 }
             },
         }
-        let size = serde_json::to_vec(&record.profile_fields).map(|b| b.len()).unwrap_or(0)
+        let size = serde_json::to_vec(&record.profile_fields)
+            .map(|b| b.len())
+            .unwrap_or(0)
             + record.displayname.as_ref().map_or(0, String::len)
             + record.avatar_url.as_ref().map_or(0, String::len);
         if size > MAX_PROFILE_BYTES {
@@ -84,8 +95,14 @@ impl Profiles {
             Err(e) => return tracing::warn!("profile propagation for {user}: {e}"),
         };
         for room in rooms {
-            let content = self.rooms.state_content(&room, "m.room.member", user.as_str()).ok().flatten();
-            let mut content = content.and_then(|c| c.as_object().cloned()).unwrap_or_default();
+            let content = self
+                .rooms
+                .state_content(&room, "m.room.member", user.as_str())
+                .ok()
+                .flatten();
+            let mut content = content
+                .and_then(|c| c.as_object().cloned())
+                .unwrap_or_default();
             let fresh = self.rooms.member_event(user, "join", None);
             content.insert("membership".into(), Value::from("join"));
             for k in ["displayname", "avatar_url"] {

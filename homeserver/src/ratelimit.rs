@@ -31,7 +31,10 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     pub fn new(limits: RateLimits) -> Self {
-        RateLimiter { limits, buckets: Mutex::new(HashMap::new()) }
+        RateLimiter {
+            limits,
+            buckets: Mutex::new(HashMap::new()),
+        }
     }
 
     fn rate(&self, action: Action) -> Rate {
@@ -58,10 +61,14 @@ impl RateLimiter {
         if buckets.len() > 10_000 {
             buckets.retain(|(a, _), b| {
                 let r = self.rate(*a);
-                b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * r.per_second < r.burst
+                b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * r.per_second
+                    < r.burst
             });
         }
-        let bucket = buckets.entry((action, key.to_owned())).or_insert(Bucket { tokens: rate.burst, at: now });
+        let bucket = buckets.entry((action, key.to_owned())).or_insert(Bucket {
+            tokens: rate.burst,
+            at: now,
+        });
         let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * rate.per_second).min(rate.burst);
         bucket.at = now;
@@ -70,7 +77,9 @@ impl RateLimiter {
             return Ok(());
         }
         let wait = Duration::from_secs_f64((1.0 - bucket.tokens) / rate.per_second);
-        Err(Error::LimitExceeded { retry_after_ms: (wait.as_millis() as u64).max(1) })
+        Err(Error::LimitExceeded {
+            retry_after_ms: (wait.as_millis() as u64).max(1),
+        })
     }
 }
 
@@ -79,8 +88,16 @@ mod tests {
     use super::*;
 
     fn limiter(enabled: bool) -> RateLimiter {
-        let r = Rate { per_second: 1.0, burst: 2.0 };
-        RateLimiter::new(RateLimits { enabled, message: r, login: r, registration: r })
+        let r = Rate {
+            per_second: 1.0,
+            burst: 2.0,
+        };
+        RateLimiter::new(RateLimits {
+            enabled,
+            message: r,
+            login: r,
+            registration: r,
+        })
     }
 
     #[test]
@@ -90,13 +107,18 @@ mod tests {
         assert!(l.check_at(Action::Message, "@a:x", t0).is_ok());
         assert!(l.check_at(Action::Message, "@a:x", t0).is_ok());
         match l.check_at(Action::Message, "@a:x", t0) {
-            Err(Error::LimitExceeded { retry_after_ms }) => assert!((900..=1000).contains(&retry_after_ms)),
+            Err(Error::LimitExceeded { retry_after_ms }) => {
+                assert!((900..=1000).contains(&retry_after_ms))
+            }
             other => panic!("expected a limit, got {other:?}"),
         }
         // Other keys and other actions have their own buckets.
         assert!(l.check_at(Action::Message, "@b:x", t0).is_ok());
         assert!(l.check_at(Action::Login, "@a:x", t0).is_ok());
-        assert!(l.check_at(Action::Message, "@a:x", t0 + Duration::from_millis(1001)).is_ok());
+        assert!(
+            l.check_at(Action::Message, "@a:x", t0 + Duration::from_millis(1001))
+                .is_ok()
+        );
     }
 
     #[test]

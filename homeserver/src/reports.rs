@@ -24,10 +24,17 @@ const REPORTS: Table<Report> = Table::new("reports");
 
 pub fn file(store: &Store, mut report: Report) -> Result<()> {
     report.ts = now_ms();
-    let key = keys::KeyBuf::new().u64(report.ts).str(&random_string(8)).into_vec();
+    let key = keys::KeyBuf::new()
+        .u64(report.ts)
+        .str(&random_string(8))
+        .into_vec();
     tracing::info!(
         "report from {} (room {:?}, event {:?}, user {:?}): {:?}",
-        report.reporter, report.room_id, report.event_id, report.user_id, report.reason
+        report.reporter,
+        report.room_id,
+        report.event_id,
+        report.user_id,
+        report.reason
     );
     Ok(store.put(REPORTS, &key, &report)?)
 }

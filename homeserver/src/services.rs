@@ -2,16 +2,15 @@
 
 use std::sync::Arc;
 
-
 use crate::{
     account_data::AccountData,
     accounts::{Accounts, random_string, uia::UiaSessions},
     config::{Config, RegistrationMode},
     directory::{public_rooms::PublicRooms, users::UserDirectory},
     e2ee::E2ee,
-    media::Media,
     ephemeral::{presence::Presence, receipts::Receipts, typing::Typing},
     error::Result,
+    media::Media,
     profiles::Profiles,
     push::{Push, pusher},
     ratelimit::RateLimiter,
@@ -57,7 +56,10 @@ impl Services {
         let notifier = Arc::new(Notifier::default());
         let account_data = AccountData::new(store.clone(), stream.clone(), notifier.clone());
         let (push, push_queue) = Push::new(store.clone(), account_data.clone());
-        let (outbound, new_destinations) = crate::federation::queue::OutboundQueue::new(store.clone(), config.server_name.to_string())?;
+        let (outbound, new_destinations) = crate::federation::queue::OutboundQueue::new(
+            store.clone(),
+            config.server_name.to_string(),
+        )?;
         let rooms = Rooms::new(
             store.clone(),
             config.server_name.clone(),
@@ -69,8 +71,18 @@ impl Services {
             push.clone(),
             outbound.clone(),
         );
-        let typing = Typing::new(store.clone(), stream.clone(), notifier.clone(), rooms.clone());
-        let receipts = Receipts::new(store.clone(), stream.clone(), notifier.clone(), rooms.clone());
+        let typing = Typing::new(
+            store.clone(),
+            stream.clone(),
+            notifier.clone(),
+            rooms.clone(),
+        );
+        let receipts = Receipts::new(
+            store.clone(),
+            stream.clone(),
+            notifier.clone(),
+            rooms.clone(),
+        );
         let presence = Presence::new(
             store.clone(),
             stream.clone(),
@@ -80,7 +92,13 @@ impl Services {
             config.presence_enabled,
         );
         let accounts = Accounts::new(store.clone(), &config.server_name);
-        let e2ee = E2ee::new(store.clone(), stream.clone(), notifier.clone(), rooms.clone(), accounts.clone());
+        let e2ee = E2ee::new(
+            store.clone(),
+            stream.clone(),
+            notifier.clone(),
+            rooms.clone(),
+            accounts.clone(),
+        );
         let sync = SyncService {
             rooms: rooms.clone(),
             account_data: account_data.clone(),
@@ -110,24 +128,33 @@ impl Services {
                         t
                     }
                 };
-                tracing::warn!("registration needs the token {t} (set registration.token to choose one)");
+                tracing::warn!(
+                    "registration needs the token {t} (set registration.token to choose one)"
+                );
                 Some(t)
             }
             _ => None,
         };
-        let media = Media::new(store.clone(), config.media.clone(), config.server_name.clone())?;
-        let federation = crate::federation::Federation::start(&config, crate::federation::Parts {
-            store: store.clone(),
-            key: key.clone(),
-            queue: outbound,
-            new_destinations,
-            rooms: rooms.clone(),
-            typing: typing.clone(),
-            receipts: receipts.clone(),
-            presence: presence.clone(),
-            e2ee: e2ee.clone(),
-            media: media.clone(),
-        })?;
+        let media = Media::new(
+            store.clone(),
+            config.media.clone(),
+            config.server_name.clone(),
+        )?;
+        let federation = crate::federation::Federation::start(
+            &config,
+            crate::federation::Parts {
+                store: store.clone(),
+                key: key.clone(),
+                queue: outbound,
+                new_destinations,
+                rooms: rooms.clone(),
+                typing: typing.clone(),
+                receipts: receipts.clone(),
+                presence: presence.clone(),
+                e2ee: e2ee.clone(),
+                media: media.clone(),
+            },
+        )?;
         Ok(Services {
             accounts,
             e2ee,
@@ -141,7 +168,11 @@ impl Services {
             push,
             profiles: Profiles::new(store.clone(), rooms.clone()),
             public_rooms: PublicRooms::new(store.clone(), rooms.clone(), config.publish_policy),
-            user_directory: UserDirectory::new(store.clone(), rooms.clone(), config.user_directory_search_all),
+            user_directory: UserDirectory::new(
+                store.clone(),
+                rooms.clone(),
+                config.user_directory_search_all,
+            ),
             rate_limiter: RateLimiter::new(config.rate_limits.clone()),
             store,
             rooms,

@@ -27,7 +27,10 @@ fn bad(e: impl std::fmt::Display) -> Error {
 
 fn encode(key: &ServerKey, version: &str) -> String {
     use base64::Engine;
-    format!("{version}:{}", base64::engine::general_purpose::STANDARD.encode(key.to_der()))
+    format!(
+        "{version}:{}",
+        base64::engine::general_purpose::STANDARD.encode(key.to_der())
+    )
 }
 
 /// The current key, made and stored on first start, so that event
@@ -37,7 +40,9 @@ pub fn load_or_create(store: &Store) -> Result<ServerKey> {
     match store.get(META_BYTES, b"signing_key")? {
         Some(s) => {
             let (version, der) = s.split_once(':').ok_or_else(|| bad("malformed"))?;
-            let der = base64::engine::general_purpose::STANDARD.decode(der).map_err(bad)?;
+            let der = base64::engine::general_purpose::STANDARD
+                .decode(der)
+                .map_err(bad)?;
             ServerKey::from_der(&der, version).map_err(bad)
         }
         None => {
@@ -55,7 +60,11 @@ pub fn old_keys(store: &Store) -> Result<Vec<OldKey>> {
         .get(OLD_KEYS, b"old_signing_keys")?
         .unwrap_or_default()
         .into_iter()
-        .map(|k| OldKey { key_id: k.key_id, public_key: k.public_key, expired_ts: k.expired_ts })
+        .map(|k| OldKey {
+            key_id: k.key_id,
+            public_key: k.public_key,
+            expired_ts: k.expired_ts,
+        })
         .collect())
 }
 
@@ -63,8 +72,14 @@ pub fn old_keys(store: &Store) -> Result<Vec<OldKey>> {
 /// old verify key from now on. Returns the new key ID.
 pub fn rotate(store: &Store) -> Result<String> {
     let current = load_or_create(store)?;
-    let mut old: Vec<StoredOldKey> = store.get(OLD_KEYS, b"old_signing_keys")?.unwrap_or_default();
-    old.push(StoredOldKey { key_id: current.key_id(), public_key: current.public_key_base64(), expired_ts: now_ms() });
+    let mut old: Vec<StoredOldKey> = store
+        .get(OLD_KEYS, b"old_signing_keys")?
+        .unwrap_or_default();
+    old.push(StoredOldKey {
+        key_id: current.key_id(),
+        public_key: current.public_key_base64(),
+        expired_ts: now_ms(),
+    });
     let version = random_string(6);
     let key = ServerKey::generate(&version).map_err(bad)?;
     let mut batch = store.batch();
@@ -83,7 +98,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), false).unwrap();
         let first = load_or_create(&store).unwrap();
-        assert_eq!(load_or_create(&store).unwrap().key_id(), first.key_id(), "the key survives a restart");
+        assert_eq!(
+            load_or_create(&store).unwrap().key_id(),
+            first.key_id(),
+            "the key survives a restart"
+        );
         let new_id = rotate(&store).unwrap();
         assert_ne!(new_id, first.key_id());
         assert_eq!(load_or_create(&store).unwrap().key_id(), new_id);

@@ -19,21 +19,37 @@ pub struct World {
 pub fn world() -> World {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Store::open(dir.path(), false).expect("store");
-    let config = Config::load(None, [("BELLWIRE_REGISTRATION__MODE".to_owned(), "open".to_owned())]).expect("config");
+    let config = Config::load(
+        None,
+        [("BELLWIRE_REGISTRATION__MODE".to_owned(), "open".to_owned())],
+    )
+    .expect("config");
     let s = Services::build(config, store).expect("services");
     World { _dir: dir, s }
 }
 
 impl World {
     pub fn user(&self, name: &str) -> OwnedUserId {
-        let id = self.s.accounts.user_id_for_localpart(name).expect("localpart");
+        let id = self
+            .s
+            .accounts
+            .user_id_for_localpart(name)
+            .expect("localpart");
         self.s.accounts.create(&id, None).expect("create user");
         id
     }
 
     pub async fn room(&self, creator: &UserId, version: &str, preset: &str) -> OwnedRoomId {
-        let req = CreateRoom { room_version: Some(version.into()), preset: Some(preset.into()), ..Default::default() };
-        self.s.rooms.create_room(creator, req).await.expect("create room")
+        let req = CreateRoom {
+            room_version: Some(version.into()),
+            preset: Some(preset.into()),
+            ..Default::default()
+        };
+        self.s
+            .rooms
+            .create_room(creator, req)
+            .await
+            .expect("create room")
     }
 }
 

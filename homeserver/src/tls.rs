@@ -15,7 +15,10 @@ pub enum TlsError {
 }
 
 pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, TlsError> {
-    let pem_err = |p: &Path, e: rustls::pki_types::pem::Error| TlsError::Pem { path: p.display().to_string(), message: e.to_string() };
+    let pem_err = |p: &Path, e: rustls::pki_types::pem::Error| TlsError::Pem {
+        path: p.display().to_string(),
+        message: e.to_string(),
+    };
     let chain = CertificateDer::pem_file_iter(cert)
         .map_err(|e| pem_err(cert, e))?
         .collect::<Result<Vec<_>, _>>()
@@ -54,7 +57,8 @@ impl TlsListener {
                 };
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+                    {
                         Ok(Ok(stream)) => {
                             let _ = tx.send((stream, peer)).await;
                         }
@@ -64,7 +68,10 @@ impl TlsListener {
                 });
             }
         });
-        Ok(TlsListener { incoming: rx, local })
+        Ok(TlsListener {
+            incoming: rx,
+            local,
+        })
     }
 }
 

@@ -1008,7 +1008,10 @@ pub async fn room_facts(user: &User, room: &RoomId) -> Result<RoomFacts> {
     }
     let r = http
         .get(
-            &format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1", enc(room.as_str())),
+            &format!(
+                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1",
+                enc(room.as_str())
+            ),
             Some(&token),
         )
         .await?;

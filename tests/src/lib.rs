@@ -40,8 +40,8 @@ use matrix_sdk::{
 use serde_json::{Value, json};
 
 pub mod federation;
-pub mod tls;
 pub mod synapse;
+pub mod tls;
 
 /// How long any single "wait until X happens" may take.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -554,7 +554,11 @@ impl TestServer {
 /// Registers an account on `client`'s server with the UIA
 /// dance: a first request without auth must answer 401 with a session and
 /// an `m.login.dummy` flow; the second completes it.
-pub async fn register_with_dummy(client: &Client, localpart: &str, password: &str) -> Result<OwnedUserId> {
+pub async fn register_with_dummy(
+    client: &Client,
+    localpart: &str,
+    password: &str,
+) -> Result<OwnedUserId> {
     let request = |auth: Option<AuthData>| {
         let mut r = register::v3::Request::new();
         r.username = Some(localpart.to_owned());
@@ -919,7 +923,10 @@ impl User {
             let resp = tokio::time::timeout(bound, self.client.sync_once(settings))
                 .await
                 .map_err(|_| {
-                    anyhow!("{}: /sync hung for {bound:?} while waiting for {what}", self.user_id)
+                    anyhow!(
+                        "{}: /sync hung for {bound:?} while waiting for {what}",
+                        self.user_id
+                    )
                 })?
                 .with_context(|| {
                     format!("{}: /sync failed while waiting for {what}", self.user_id)
@@ -1635,7 +1642,13 @@ impl RawSync {
     pub fn read_receipt(resp: &Value, room: &str, event: &str, user: &str) -> Option<Value> {
         Self::ephemeral(resp, room, "m.receipt")
             .into_iter()
-            .find_map(|ev| ev.get("content")?.get(event)?.get("m.read")?.get(user).cloned())
+            .find_map(|ev| {
+                ev.get("content")?
+                    .get(event)?
+                    .get("m.read")?
+                    .get(user)
+                    .cloned()
+            })
     }
 
     /// Room account data events of type `ty` of joined `room` in one response.
@@ -2643,7 +2656,13 @@ impl Mxc {
 
 impl Http {
     /// A request to `path` on this server with the token and extra headers set.
-    fn request(&self, method: &str, path: &str, token: Option<&str>, headers: &[(&str, &str)]) -> Result<reqwest::RequestBuilder> {
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Result<reqwest::RequestBuilder> {
         let method = reqwest::Method::from_bytes(method.as_bytes())?;
         let mut req = self.client.request(method, format!("{}{path}", self.base));
         if let Some(t) = token {
@@ -3122,7 +3141,12 @@ impl BytesReply {
 fn header_list(resp: &reqwest::Response) -> Vec<(String, String)> {
     resp.headers()
         .iter()
-        .map(|(k, v)| (k.as_str().to_ascii_lowercase(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_ascii_lowercase(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect()
 }
 

@@ -460,11 +460,15 @@ async fn an_upload_killed_halfway_leaves_no_half_file() -> Result<()> {
     let http = server.http();
     let (_, token) = http.register("alice", &password_for("alice")).await?;
     let kept: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-    let kept_mxc = http.upload_media_ok(&token, "image/jpeg", Some("kept.jpg"), kept.clone()).await?;
+    let kept_mxc = http
+        .upload_media_ok(&token, "image/jpeg", Some("kept.jpg"), kept.clone())
+        .await?;
 
     // Half of a 4 MB body, then the server dies mid-upload.
     let addr = server.url().trim_start_matches("http://").to_owned();
-    let mut stream = tokio::net::TcpStream::connect(&addr).await.context("connect for the raw upload")?;
+    let mut stream = tokio::net::TcpStream::connect(&addr)
+        .await
+        .context("connect for the raw upload")?;
     let head = format!(
         "POST /_matrix/media/v3/upload?filename=half.bin HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/octet-stream\r\nContent-Length: 4000000\r\n\r\n"
     );
@@ -484,7 +488,10 @@ async fn an_upload_killed_halfway_leaves_no_half_file() -> Result<()> {
     })
     .await?;
     let status = server.kill9().await?;
-    ensure!(status.signal() == Some(9), "the server was not killed by SIGKILL: {status:?}");
+    ensure!(
+        status.signal() == Some(9),
+        "the server was not killed by SIGKILL: {status:?}"
+    );
     drop(stream);
 
     server.start_again().await?;
@@ -493,18 +500,44 @@ async fn an_upload_killed_halfway_leaves_no_half_file() -> Result<()> {
     let files = bellwire_tests::files_under(&media_dir)?;
     let sizes: Vec<(String, u64)> = files
         .iter()
-        .map(|p| (p.display().to_string(), std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)))
+        .map(|p| {
+            (
+                p.display().to_string(),
+                std::fs::metadata(p).map(|m| m.len()).unwrap_or(0),
+            )
+        })
         .collect();
     ensure!(
         sizes.iter().all(|(_, len)| *len == kept.len() as u64),
         "after the crash only the acknowledged photo may be on disk, found {sizes:?}"
     );
-    ensure!(sizes.len() == 1, "expected exactly the one acknowledged file, found {sizes:?}");
+    ensure!(
+        sizes.len() == 1,
+        "expected exactly the one acknowledged file, found {sizes:?}"
+    );
 
-    let got = http.get_bytes(&kept_mxc.download_path(), Some(&token), &[]).await?;
-    ensure!(got.status == 200 && got.body == kept, "the acknowledged photo is not served intact after the crash (status {})", got.status);
-    let again = http.upload_media_ok(&token, "text/plain", Some("after.txt"), b"after the crash".to_vec()).await?;
-    let got = http.get_bytes(&again.download_path(), Some(&token), &[]).await?;
-    ensure!(got.body == b"after the crash", "an upload after the restart does not round-trip");
+    let got = http
+        .get_bytes(&kept_mxc.download_path(), Some(&token), &[])
+        .await?;
+    ensure!(
+        got.status == 200 && got.body == kept,
+        "the acknowledged photo is not served intact after the crash (status {})",
+        got.status
+    );
+    let again = http
+        .upload_media_ok(
+            &token,
+            "text/plain",
+            Some("after.txt"),
+            b"after the crash".to_vec(),
+        )
+        .await?;
+    let got = http
+        .get_bytes(&again.download_path(), Some(&token), &[])
+        .await?;
+    ensure!(
+        got.body == b"after the crash",
+        "an upload after the restart does not round-trip"
+    );
     Ok(())
 }

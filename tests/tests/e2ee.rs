@@ -8,9 +8,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context, Result, bail, ensure};
 use bellwire_tests::{
-    FakeDevice, Http, MEGOLM, RawSync, TestServer, User, device_list, enc, eventually, only_ed25519_key,
-    password_for, queried_devices, sync_all_until, sync_all_until_some, to_device_events,
-    verify_signature, wait_until_device_known,
+    FakeDevice, Http, MEGOLM, RawSync, TestServer, User, device_list, enc, eventually,
+    only_ed25519_key, password_for, queried_devices, sync_all_until, sync_all_until_some,
+    to_device_events, verify_signature, wait_until_device_known,
 };
 use matrix_sdk::{
     deserialized_responses::{TimelineEvent, TimelineEventKind},

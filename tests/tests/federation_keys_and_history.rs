@@ -403,8 +403,9 @@ async fn a_late_joiner_over_federation_reads_only_the_history_the_room_shares() 
             r.status,
             r.text
         );
-        r.expect_error(404, "M_NOT_FOUND")
-            .with_context(|| format!("Bob fetching {id}, from before he joined the \"joined\" room"))?;
+        r.expect_error(404, "M_NOT_FOUND").with_context(|| {
+            format!("Bob fetching {id}, from before he joined the \"joined\" room")
+        })?;
     }
 
     // --- history_visibility "shared" ---

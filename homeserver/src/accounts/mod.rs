@@ -60,11 +60,18 @@ pub struct Session {
 }
 
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 pub fn random_string(len: usize) -> String {
-    rand::thread_rng().sample_iter(&Alphanumeric).take(len).map(char::from).collect()
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
 }
 
 #[derive(Clone)]
@@ -75,14 +82,19 @@ pub struct Accounts {
 
 impl Accounts {
     pub fn new(store: Store, server_name: &ServerName) -> Self {
-        Accounts { store, server_name: server_name.to_owned() }
+        Accounts {
+            store,
+            server_name: server_name.to_owned(),
+        }
     }
 
     /// Validates a requested localpart (the spec's historical-safe subset).
     pub fn user_id_for_localpart(&self, localpart: &str) -> Result<OwnedUserId> {
         let localpart = localpart.to_lowercase();
         if localpart.is_empty()
-            || !localpart.chars().all(|c| matches!(c, 'a'..='z' | '0'..='9' | '.' | '_' | '=' | '-' | '/' | '+'))
+            || !localpart
+                .chars()
+                .all(|c| matches!(c, 'a'..='z' | '0'..='9' | '.' | '_' | '=' | '-' | '/' | '+'))
         {
             return Err(Error::InvalidUsername(
                 "user names may contain only a-z, 0-9, and . _ = - / +".into(),
@@ -90,7 +102,9 @@ impl Accounts {
         }
         let id = format!("@{localpart}:{}", self.server_name);
         if id.len() > 255 {
-            return Err(Error::InvalidUsername("user ID longer than 255 bytes".into()));
+            return Err(Error::InvalidUsername(
+                "user ID longer than 255 bytes".into(),
+            ));
         }
         UserId::parse(&id).map_err(|e| Error::InvalidUsername(e.to_string()))
     }
@@ -98,13 +112,15 @@ impl Accounts {
     /// Accepts `@user:server` or a bare localpart, for login.
     pub fn resolve_login_user(&self, user: &str) -> Result<OwnedUserId> {
         if user.starts_with('@') {
-            let id = UserId::parse(user).map_err(|_| Error::forbidden("invalid username or password"))?;
+            let id = UserId::parse(user)
+                .map_err(|_| Error::forbidden("invalid username or password"))?;
             if id.server_name() != self.server_name {
                 return Err(Error::forbidden("invalid username or password"));
             }
             Ok(id)
         } else {
-            self.user_id_for_localpart(user).map_err(|_| Error::forbidden("invalid username or password"))
+            self.user_id_for_localpart(user)
+                .map_err(|_| Error::forbidden("invalid username or password"))
         }
     }
 
@@ -142,14 +158,22 @@ impl Accounts {
         if user.deactivated {
             return Ok(false);
         }
-        let Some(hash) = user.password_hash else { return Ok(false) };
+        let Some(hash) = user.password_hash else {
+            return Ok(false);
+        };
         Ok(PasswordHash::new(&hash)
-            .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+            .map(|h| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &h)
+                    .is_ok()
+            })
             .unwrap_or(false))
     }
 
     pub fn set_password(&self, user_id: &UserId, password: &str) -> Result<()> {
-        let mut user = self.get(user_id)?.ok_or_else(|| Error::not_found("no such user"))?;
+        let mut user = self
+            .get(user_id)?
+            .ok_or_else(|| Error::not_found("no such user"))?;
         user.password_hash = Some(hash_password(password)?);
         self.store.put(USERS, user_id.as_bytes(), &user)?;
         Ok(())
@@ -191,15 +215,29 @@ impl Accounts {
         batch.put(
             TOKENS,
             token.as_bytes(),
-            &TokenRecord { user_id: user_id.to_owned(), device_id: device_id.clone() },
+            &TokenRecord {
+                user_id: user_id.to_owned(),
+                device_id: device_id.clone(),
+            },
         );
         batch.commit()?;
-        Ok(Session { user_id: user_id.to_owned(), device_id, access_token: token })
+        Ok(Session {
+            user_id: user_id.to_owned(),
+            device_id,
+            access_token: token,
+        })
     }
 
     pub fn authenticate(&self, token: &str) -> Result<Session> {
-        let record = self.store.get(TOKENS, token.as_bytes())?.ok_or(Error::UnknownToken { soft_logout: false })?;
-        Ok(Session { user_id: record.user_id, device_id: record.device_id, access_token: token.to_owned() })
+        let record = self
+            .store
+            .get(TOKENS, token.as_bytes())?
+            .ok_or(Error::UnknownToken { soft_logout: false })?;
+        Ok(Session {
+            user_id: record.user_id,
+            device_id: record.device_id,
+            access_token: token.to_owned(),
+        })
     }
 
     pub fn devices(&self, user_id: &UserId) -> Result<Vec<(OwnedDeviceId, DeviceRecord)>> {
@@ -215,12 +253,22 @@ impl Accounts {
     }
 
     pub fn device(&self, user_id: &UserId, device_id: &str) -> Result<Option<DeviceRecord>> {
-        Ok(self.store.get(DEVICES, &keys::strs(&[user_id.as_str(), device_id]))?)
+        Ok(self
+            .store
+            .get(DEVICES, &keys::strs(&[user_id.as_str(), device_id]))?)
     }
 
-    pub fn rename_device(&self, user_id: &UserId, device_id: &str, name: Option<String>) -> Result<()> {
+    pub fn rename_device(
+        &self,
+        user_id: &UserId,
+        device_id: &str,
+        name: Option<String>,
+    ) -> Result<()> {
         let key = keys::strs(&[user_id.as_str(), device_id]);
-        let mut dev = self.store.get(DEVICES, &key)?.ok_or_else(|| Error::not_found("unknown device"))?;
+        let mut dev = self
+            .store
+            .get(DEVICES, &key)?
+            .ok_or_else(|| Error::not_found("unknown device"))?;
         dev.display_name = name;
         self.store.put(DEVICES, &key, &dev)?;
         Ok(())
@@ -246,9 +294,16 @@ impl Accounts {
 static PASSWORD_HASHERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 
 /// Runs password hashing or checking off the async threads, bounded.
-pub async fn with_password_hasher<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    let _permit = PASSWORD_HASHERS.acquire().await.map_err(|e| Error::Unknown(e.to_string()))?;
-    tokio::task::spawn_blocking(f).await.map_err(|e| Error::Unknown(e.to_string()))?
+pub async fn with_password_hasher<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let _permit = PASSWORD_HASHERS
+        .acquire()
+        .await
+        .map_err(|e| Error::Unknown(e.to_string()))?;
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Unknown(e.to_string()))?
 }
 
 fn hash_password(password: &str) -> Result<String> {
@@ -279,13 +334,25 @@ mod tests {
         let alice = acc.user_id_for_localpart("Alice").unwrap();
         assert_eq!(alice.as_str(), "@alice:example.org");
         acc.create(&alice, Some("pw")).unwrap();
-        assert!(matches!(acc.create(&alice, Some("pw")), Err(Error::UserInUse)));
+        assert!(matches!(
+            acc.create(&alice, Some("pw")),
+            Err(Error::UserInUse)
+        ));
         assert!(acc.check_password(&alice, "pw").unwrap());
         assert!(!acc.check_password(&alice, "nope").unwrap());
         let s1 = acc.open_session(&alice, Some("DEV"), None).unwrap();
         let s2 = acc.open_session(&alice, Some("DEV"), None).unwrap();
-        assert!(acc.authenticate(&s1.access_token).is_err(), "old token of a re-used device must die");
-        assert_eq!(acc.authenticate(&s2.access_token).unwrap().device_id.as_str(), "DEV");
+        assert!(
+            acc.authenticate(&s1.access_token).is_err(),
+            "old token of a re-used device must die"
+        );
+        assert_eq!(
+            acc.authenticate(&s2.access_token)
+                .unwrap()
+                .device_id
+                .as_str(),
+            "DEV"
+        );
         acc.delete_devices(&alice, &["DEV"]).unwrap();
         assert!(acc.authenticate(&s2.access_token).is_err());
     }
@@ -294,7 +361,13 @@ mod tests {
     fn bad_localparts_rejected() {
         let (_d, acc) = accounts();
         for bad in ["", "al ice", "ali:ce", "émile"] {
-            assert!(matches!(acc.user_id_for_localpart(bad), Err(Error::InvalidUsername(_))), "{bad}");
+            assert!(
+                matches!(
+                    acc.user_id_for_localpart(bad),
+                    Err(Error::InvalidUsername(_))
+                ),
+                "{bad}"
+            );
         }
     }
 }

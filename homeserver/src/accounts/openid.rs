@@ -4,7 +4,10 @@ use ruma::{OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
 
 use super::{Accounts, now_ms, random_string};
-use crate::{error::{Error, Result}, storage::Table};
+use crate::{
+    error::{Error, Result},
+    storage::Table,
+};
 
 /// An hour, as Synapse and the spec's examples use.
 pub const LIFETIME_MS: u64 = 3600 * 1000;
@@ -21,7 +24,10 @@ const OPENID_TOKENS: Table<OpenIdToken> = Table::new("openid_tokens");
 impl Accounts {
     pub fn issue_openid_token(&self, user: &UserId) -> Result<(String, u64)> {
         let token = random_string(32);
-        let record = OpenIdToken { user_id: user.to_owned(), expires_ts: now_ms() + LIFETIME_MS };
+        let record = OpenIdToken {
+            user_id: user.to_owned(),
+            expires_ts: now_ms() + LIFETIME_MS,
+        };
         self.store.put(OPENID_TOKENS, token.as_bytes(), &record)?;
         Ok((token, LIFETIME_MS / 1000))
     }

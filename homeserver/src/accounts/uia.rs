@@ -82,8 +82,16 @@ impl UiaSessions {
         match session {
             None => Ok(()),
             Some(s) => {
-                let live = self.inner.lock().map(|m| m.get(s).is_some_and(|t| t.elapsed() < SESSION_TTL)).unwrap_or(false);
-                if live { Ok(()) } else { Err(Error::forbidden("unknown or expired UIA session")) }
+                let live = self
+                    .inner
+                    .lock()
+                    .map(|m| m.get(s).is_some_and(|t| t.elapsed() < SESSION_TTL))
+                    .unwrap_or(false);
+                if live {
+                    Ok(())
+                } else {
+                    Err(Error::forbidden("unknown or expired UIA session"))
+                }
             }
         }
     }

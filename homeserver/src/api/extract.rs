@@ -29,7 +29,12 @@ impl FromRequestParts<AppState> for Auth {
                 .uri
                 .query()
                 .and_then(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(q).ok())
-                .and_then(|pairs| pairs.into_iter().find(|(k, _)| k == "access_token").map(|(_, v)| v))
+                .and_then(|pairs| {
+                    pairs
+                        .into_iter()
+                        .find(|(k, _)| k == "access_token")
+                        .map(|(_, v)| v)
+                })
                 .ok_or(Error::MissingToken)?,
         };
         Ok(Auth(state.accounts.authenticate(&token)?))
@@ -86,16 +91,21 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Body<T> {
         if declared.is_some_and(|n| n > limit) {
             return Err(Error::TooLarge { limit });
         }
-        let bytes = axum::body::to_bytes(req.into_body(), limit).await.map_err(|_| Error::TooLarge { limit })?;
+        let bytes = axum::body::to_bytes(req.into_body(), limit)
+            .await
+            .map_err(|_| Error::TooLarge { limit })?;
         let value: serde_json::Value = if bytes.iter().all(u8::is_ascii_whitespace) {
             serde_json::Value::Object(Default::default())
         } else {
-            serde_json::from_slice(&bytes).map_err(|e| Error::NotJson(format!("body is not valid JSON: {e}")))?
+            serde_json::from_slice(&bytes)
+                .map_err(|e| Error::NotJson(format!("body is not valid JSON: {e}")))?
         };
         if !value.is_object() {
             return Err(Error::NotJson("body must be a JSON object".into()));
         }
-        serde_json::from_value(value).map(Body).map_err(|e| Error::bad_json(e.to_string()))
+        serde_json::from_value(value)
+            .map(Body)
+            .map_err(|e| Error::bad_json(e.to_string()))
     }
 }
 

@@ -25,14 +25,31 @@ use crate::{
 /// Types a browser may render in place; everything else downloads, so an
 /// uploaded HTML or SVG file can never run script in the server's origin.
 const INLINE_TYPES: [&str; 14] = [
-    "image/png", "image/jpeg", "image/gif", "image/webp", "image/apng", "image/avif",
-    "text/plain", "text/csv", "application/json", "video/mp4", "video/webm", "video/ogg",
-    "video/quicktime", "application/ld+json",
+    "image/png",
+    "image/jpeg",
+    "image/gif",
+    "image/webp",
+    "image/apng",
+    "image/avif",
+    "text/plain",
+    "text/csv",
+    "application/json",
+    "video/mp4",
+    "video/webm",
+    "video/ogg",
+    "video/quicktime",
+    "application/ld+json",
 ];
 
 fn inline_ok(content_type: &str) -> bool {
-    let base = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    INLINE_TYPES.contains(&base.as_str()) || (base.starts_with("audio/") && base != "audio/x-mpegurl")
+    let base = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    INLINE_TYPES.contains(&base.as_str())
+        || (base.starts_with("audio/") && base != "audio/x-mpegurl")
 }
 
 struct BodyChunks(Body);
@@ -42,7 +59,9 @@ impl ChunkSource for BodyChunks {
         loop {
             match self.0.frame().await {
                 None => return Ok(None),
-                Some(Err(e)) => return Err(Error::Unknown(format!("reading the upload failed: {e}"))),
+                Some(Err(e)) => {
+                    return Err(Error::Unknown(format!("reading the upload failed: {e}")));
+                }
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
                         return Ok(Some(data));
@@ -82,14 +101,23 @@ fn refuse(e: Error, chunks: BodyChunks) -> Response {
 }
 
 /// Stores the request body as media, or refuses it (see `refuse`).
-async fn receive(s: &AppState, user: &ruma::UserId, id: Option<&str>, filename: Option<String>, req: Request) -> std::result::Result<String, Response> {
+async fn receive(
+    s: &AppState,
+    user: &ruma::UserId,
+    id: Option<&str>,
+    filename: Option<String>,
+    req: Request,
+) -> std::result::Result<String, Response> {
     let ct = content_type(req.headers());
     let declared = declared_length(req.headers());
     let mut chunks = BodyChunks(req.into_body());
     if let Err(e) = s.media.check_declared(user, declared) {
         return Err(refuse(e, chunks));
     }
-    s.media.store_upload(user, id, ct, filename, &mut chunks).await.map_err(|e| refuse(e, chunks))
+    s.media
+        .store_upload(user, id, ct, filename, &mut chunks)
+        .await
+        .map_err(|e| refuse(e, chunks))
 }
 
 #[derive(Deserialize)]
@@ -98,33 +126,53 @@ pub struct UploadQuery {
 }
 
 fn declared_length(headers: &HeaderMap) -> Option<u64> {
-    headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
 }
 
 fn content_type(headers: &HeaderMap) -> Option<String> {
-    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned).filter(|s| !s.is_empty() && s.len() <= 255)
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .filter(|s| !s.is_empty() && s.len() <= 255)
 }
 
 fn check_filename(name: &Option<String>) -> Result<()> {
-    if name.as_ref().is_some_and(|n| n.len() > 255 || n.contains(['/', '\\', '\0'])) {
-        return Err(Error::invalid_param("filename must be at most 255 bytes without slashes"));
+    if name
+        .as_ref()
+        .is_some_and(|n| n.len() > 255 || n.contains(['/', '\\', '\0']))
+    {
+        return Err(Error::invalid_param(
+            "filename must be at most 255 bytes without slashes",
+        ));
     }
     Ok(())
 }
 
-pub async fn upload(State(s): State<AppState>, Auth(session): Auth, Q(q): Q<UploadQuery>, req: Request) -> Response {
+pub async fn upload(
+    State(s): State<AppState>,
+    Auth(session): Auth,
+    Q(q): Q<UploadQuery>,
+    req: Request,
+) -> Response {
     if let Err(e) = check_filename(&q.filename) {
         return refuse(e, BodyChunks(req.into_body()));
     }
     match receive(&s, &session.user_id, None, q.filename, req).await {
-        Ok(id) => Json(json!({"content_uri": format!("mxc://{}/{id}", s.media.server_name())})).into_response(),
+        Ok(id) => Json(json!({"content_uri": format!("mxc://{}/{id}", s.media.server_name())}))
+            .into_response(),
         Err(resp) => resp,
     }
 }
 
 pub async fn create(State(s): State<AppState>, Auth(session): Auth) -> Result<Json<Value>> {
     let (id, expires) = s.media.create(&session.user_id)?;
-    Ok(Json(json!({"content_uri": format!("mxc://{}/{id}", s.media.server_name()), "unused_expires_at": expires})))
+    Ok(Json(
+        json!({"content_uri": format!("mxc://{}/{id}", s.media.server_name()), "unused_expires_at": expires}),
+    ))
 }
 
 pub async fn upload_to(
@@ -163,10 +211,17 @@ pub struct DownloadQuery {
 }
 
 /// The record of a media ID that exists (or, if reserved, once uploaded).
-async fn find(media: &Media, server: &str, id: &str, timeout_ms: Option<u64>) -> Result<MediaRecord> {
+async fn find(
+    media: &Media,
+    server: &str,
+    id: &str,
+    timeout_ms: Option<u64>,
+) -> Result<MediaRecord> {
     if server != media.server_name() {
         // Remote media was fetched (or not) before we got here.
-        return media.record(server, id)?.ok_or_else(|| Error::not_found("no such media"));
+        return media
+            .record(server, id)?
+            .ok_or_else(|| Error::not_found("no such media"));
     }
     let timeout = Duration::from_millis(timeout_ms.unwrap_or(20_000).min(120_000));
     media.wait_uploaded(server, id, timeout).await
@@ -174,7 +229,13 @@ async fn find(media: &Media, server: &str, id: &str, timeout_ms: Option<u64>) ->
 
 fn percent_encode(s: &str) -> String {
     s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }
 
@@ -192,9 +253,21 @@ fn safe_headers(h: &mut HeaderMap, content_type: &str, filename: Option<&str>) {
         "sandbox; default-src 'none'; script-src 'none'; plugin-types application/pdf; style-src 'unsafe-inline'; media-src 'self'; object-src 'self';",
     );
     put(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
-    put(h, header::HeaderName::from_static("cross-origin-resource-policy"), "cross-origin");
-    put(h, header::CACHE_CONTROL, "private, max-age=31536000, immutable");
-    let disposition = if inline_ok(content_type) { "inline" } else { "attachment" };
+    put(
+        h,
+        header::HeaderName::from_static("cross-origin-resource-policy"),
+        "cross-origin",
+    );
+    put(
+        h,
+        header::CACHE_CONTROL,
+        "private, max-age=31536000, immutable",
+    );
+    let disposition = if inline_ok(content_type) {
+        "inline"
+    } else {
+        "attachment"
+    };
     let value = match filename {
         Some(f) => format!("{disposition}; filename*=utf-8''{}", percent_encode(f)),
         None => disposition.to_owned(),
@@ -205,11 +278,15 @@ fn safe_headers(h: &mut HeaderMap, content_type: &str, filename: Option<&str>) {
 /// `bytes=a-b`, `bytes=a-` or `bytes=-n` against a file of `len` bytes.
 /// `Ok(None)` means "send it all" (no or unusable header, or several ranges).
 fn parse_range(header: Option<&str>, len: u64) -> Result<Option<(u64, u64)>> {
-    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else { return Ok(None) };
+    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
+        return Ok(None);
+    };
     if spec.contains(',') {
         return Ok(None);
     }
-    let Some((a, b)) = spec.split_once('-') else { return Ok(None) };
+    let Some((a, b)) = spec.split_once('-') else {
+        return Ok(None);
+    };
     let (a, b) = (a.trim(), b.trim());
     let range = match (a.parse::<u64>(), b.parse::<u64>()) {
         (Ok(start), Ok(end)) if start <= end => (start, end.min(len.saturating_sub(1))),
@@ -223,13 +300,26 @@ fn parse_range(header: Option<&str>, len: u64) -> Result<Option<(u64, u64)>> {
     Ok(Some(range))
 }
 
-async fn serve_file(media: &Media, server: &str, id: &str, rec: &MediaRecord, filename: Option<&str>, headers: &HeaderMap) -> Result<Response> {
+async fn serve_file(
+    media: &Media,
+    server: &str,
+    id: &str,
+    rec: &MediaRecord,
+    filename: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Response> {
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
     let path = media.file_path(server, id);
     let io = |e: std::io::Error| Error::Unknown(format!("media file: {e}"));
-    let content_type = rec.content_type.clone().unwrap_or_else(|| "application/octet-stream".into());
+    let content_type = rec
+        .content_type
+        .clone()
+        .unwrap_or_else(|| "application/octet-stream".into());
     let name = filename.or(rec.filename.as_deref());
-    let range = match parse_range(headers.get(header::RANGE).and_then(|v| v.to_str().ok()), rec.size) {
+    let range = match parse_range(
+        headers.get(header::RANGE).and_then(|v| v.to_str().ok()),
+        rec.size,
+    ) {
         Ok(r) => r,
         Err(e) => {
             let mut resp = e.into_response();
@@ -258,36 +348,59 @@ async fn serve_file(media: &Media, server: &str, id: &str, rec: &MediaRecord, fi
         h.insert(header::CONTENT_LENGTH, v);
     }
     if let Some((start, end)) = range
-        && let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{}", rec.size)) {
-            h.insert(header::CONTENT_RANGE, v);
-        }
+        && let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{}", rec.size))
+    {
+        h.insert(header::CONTENT_RANGE, v);
+    }
     Ok(resp)
 }
 
 /// Another server's media is fetched over federation on first request.
 async fn fetch_if_remote(s: &AppState, server: &str, id: &str) -> Result<()> {
-    if server == s.config.server_name.as_str() || !crate::media::valid_media_id(id) || s.media.record(server, id)?.is_some() {
+    if server == s.config.server_name.as_str()
+        || !crate::media::valid_media_id(id)
+        || s.media.record(server, id)?.is_some()
+    {
         return Ok(());
     }
     if ruma::ServerName::parse(server).is_err() {
         return Err(Error::not_found("no such media"));
     }
-    s.federation.fetch_remote_media(server, id).await.map_err(|e| match e {
-        Error::Remote(m) => Error::NotFound(format!("remote media unavailable: {m}")),
-        e => e,
-    })
+    s.federation
+        .fetch_remote_media(server, id)
+        .await
+        .map_err(|e| match e {
+            Error::Remote(m) => Error::NotFound(format!("remote media unavailable: {m}")),
+            e => e,
+        })
 }
 
-async fn download_inner(s: &AppState, server: &str, id: &str, filename: Option<&str>, q: &DownloadQuery, headers: &HeaderMap, legacy: bool) -> Result<Response> {
+async fn download_inner(
+    s: &AppState,
+    server: &str,
+    id: &str,
+    filename: Option<&str>,
+    q: &DownloadQuery,
+    headers: &HeaderMap,
+    legacy: bool,
+) -> Result<Response> {
     fetch_if_remote(s, server, id).await?;
     let rec = find(&s.media, server, id, q.timeout_ms).await?;
     if legacy && !rec.legacy_ok {
-        return Err(Error::not_found("this media is only served by the authenticated endpoints"));
+        return Err(Error::not_found(
+            "this media is only served by the authenticated endpoints",
+        ));
     }
     serve_file(&s.media, server, id, &rec, filename, headers).await
 }
 
-pub async fn download(State(s): State<AppState>, Auth(_session): Auth, P((server, id)): P<(String, String)>, Q(q): Q<DownloadQuery>, headers: HeaderMap) -> Result<Response> {
+pub async fn download(
+    State(s): State<AppState>,
+    Auth(_session): Auth,
+    P((server, id)): P<(String, String)>,
+    Q(q): Q<DownloadQuery>,
+    headers: HeaderMap,
+) -> Result<Response> {
     download_inner(&s, &server, &id, None, &q, &headers, false).await
 }
 
@@ -301,7 +414,12 @@ pub async fn download_named(
     download_inner(&s, &server, &id, Some(&name), &q, &headers, false).await
 }
 
-pub async fn legacy_download(State(s): State<AppState>, P((server, id)): P<(String, String)>, Q(q): Q<DownloadQuery>, headers: HeaderMap) -> Result<Response> {
+pub async fn legacy_download(
+    State(s): State<AppState>,
+    P((server, id)): P<(String, String)>,
+    Q(q): Q<DownloadQuery>,
+    headers: HeaderMap,
+) -> Result<Response> {
     download_inner(&s, &server, &id, None, &q, &headers, true).await
 }
 
@@ -327,22 +445,35 @@ fn dimension(v: Option<&str>, name: &str) -> Result<u32> {
     let v = v.ok_or_else(|| Error::MissingParam(format!("{name} is required")))?;
     match v.parse::<u32>() {
         Ok(n) if (1..=10_000).contains(&n) => Ok(n),
-        _ => Err(Error::invalid_param(format!("{name} must be a positive integer"))),
+        _ => Err(Error::invalid_param(format!(
+            "{name} must be a positive integer"
+        ))),
     }
 }
 
-async fn thumbnail_inner(s: &AppState, server: &str, id: &str, q: &ThumbnailQuery, legacy: bool) -> Result<Response> {
+async fn thumbnail_inner(
+    s: &AppState,
+    server: &str,
+    id: &str,
+    q: &ThumbnailQuery,
+    legacy: bool,
+) -> Result<Response> {
     let w = dimension(q.width.as_deref(), "width")?;
     let h = dimension(q.height.as_deref(), "height")?;
     let method = Method::parse(q.method.as_deref().unwrap_or("scale"))?;
     // Animated thumbnails are optional in the spec; the flag must still be a boolean.
-    if q.animated.as_deref().is_some_and(|a| a != "true" && a != "false") {
+    if q.animated
+        .as_deref()
+        .is_some_and(|a| a != "true" && a != "false")
+    {
         return Err(Error::invalid_param("animated must be true or false"));
     }
     fetch_if_remote(s, server, id).await?;
     let rec = find(&s.media, server, id, q.timeout_ms).await?;
     if legacy && !rec.legacy_ok {
-        return Err(Error::not_found("this media is only served by the authenticated endpoints"));
+        return Err(Error::not_found(
+            "this media is only served by the authenticated endpoints",
+        ));
     }
     let (bytes, mime) = s.media.thumbnail(server, id, &rec, w, h, method).await?;
     let mut resp = bytes.into_response();
@@ -350,11 +481,20 @@ async fn thumbnail_inner(s: &AppState, server: &str, id: &str, q: &ThumbnailQuer
     Ok(resp)
 }
 
-pub async fn thumbnail(State(s): State<AppState>, Auth(_session): Auth, P((server, id)): P<(String, String)>, Q(q): Q<ThumbnailQuery>) -> Result<Response> {
+pub async fn thumbnail(
+    State(s): State<AppState>,
+    Auth(_session): Auth,
+    P((server, id)): P<(String, String)>,
+    Q(q): Q<ThumbnailQuery>,
+) -> Result<Response> {
     thumbnail_inner(&s, &server, &id, &q, false).await
 }
 
-pub async fn legacy_thumbnail(State(s): State<AppState>, P((server, id)): P<(String, String)>, Q(q): Q<ThumbnailQuery>) -> Result<Response> {
+pub async fn legacy_thumbnail(
+    State(s): State<AppState>,
+    P((server, id)): P<(String, String)>,
+    Q(q): Q<ThumbnailQuery>,
+) -> Result<Response> {
     thumbnail_inner(&s, &server, &id, &q, true).await
 }
 
@@ -365,11 +505,17 @@ pub struct PreviewQuery {
     ts: Option<u64>,
 }
 
-pub async fn preview_url(State(s): State<AppState>, Auth(_session): Auth, Q(q): Q<PreviewQuery>) -> Result<Json<Value>> {
+pub async fn preview_url(
+    State(s): State<AppState>,
+    Auth(_session): Auth,
+    Q(q): Q<PreviewQuery>,
+) -> Result<Json<Value>> {
     if !s.media.config.url_previews {
         return Err(Error::forbidden("URL previews are disabled on this server"));
     }
-    Ok(Json(preview::fetch(&q.url, s.media.config.url_preview_allow_private).await?))
+    Ok(Json(
+        preview::fetch(&q.url, s.media.config.url_preview_allow_private).await?,
+    ))
 }
 
 #[cfg(test)]
@@ -381,7 +527,10 @@ mod tests {
         assert_eq!(parse_range(Some("bytes=0-9"), 100).unwrap(), Some((0, 9)));
         assert_eq!(parse_range(Some("bytes=90-"), 100).unwrap(), Some((90, 99)));
         assert_eq!(parse_range(Some("bytes=-10"), 100).unwrap(), Some((90, 99)));
-        assert_eq!(parse_range(Some("bytes=50-500"), 100).unwrap(), Some((50, 99)));
+        assert_eq!(
+            parse_range(Some("bytes=50-500"), 100).unwrap(),
+            Some((50, 99))
+        );
         assert!(parse_range(Some("bytes=100-"), 100).is_err());
         assert_eq!(parse_range(Some("garbage"), 100).unwrap(), None);
         assert_eq!(parse_range(Some("bytes=0-1,5-6"), 100).unwrap(), None);
@@ -390,10 +539,22 @@ mod tests {
 
     #[test]
     fn only_safe_types_render_inline() {
-        for t in ["image/png", "audio/ogg", "audio/webm; codecs=opus", "text/plain; charset=utf-8", "video/mp4"] {
+        for t in [
+            "image/png",
+            "audio/ogg",
+            "audio/webm; codecs=opus",
+            "text/plain; charset=utf-8",
+            "video/mp4",
+        ] {
             assert!(inline_ok(t), "{t}");
         }
-        for t in ["text/html", "image/svg+xml", "application/octet-stream", "application/javascript", "text/xml"] {
+        for t in [
+            "text/html",
+            "image/svg+xml",
+            "application/octet-stream",
+            "application/javascript",
+            "text/xml",
+        ] {
             assert!(!inline_ok(t), "{t}");
         }
     }

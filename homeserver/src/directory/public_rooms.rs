@@ -31,7 +31,11 @@ pub struct Query {
 
 impl PublicRooms {
     pub fn new(store: Store, rooms: Rooms, policy: PublishPolicy) -> Self {
-        PublicRooms { store, rooms, policy }
+        PublicRooms {
+            store,
+            rooms,
+            policy,
+        }
     }
 
     pub fn is_listed(&self, room: &RoomId) -> Result<bool> {
@@ -40,14 +44,22 @@ impl PublicRooms {
 
     /// Lists or unlists a room, if `user` may.
     pub fn set_visibility(&self, user: &UserId, room: &RoomId, public: bool) -> Result<()> {
-        let record = self.rooms.room(room)?.ok_or_else(|| Error::not_found("unknown room"))?;
+        let record = self
+            .rooms
+            .room(room)?
+            .ok_or_else(|| Error::not_found("unknown room"))?;
         if self.rooms.membership_of(room, user)?.as_deref() != Some("join") {
-            return Err(Error::forbidden("only members may change the room's directory listing"));
+            return Err(Error::forbidden(
+                "only members may change the room's directory listing",
+            ));
         }
         if self.policy == PublishPolicy::Moderators {
-            let rules = bellwire_federation::rules_for(&record.version).map_err(|_| Error::UnsupportedRoomVersion)?;
+            let rules = bellwire_federation::rules_for(&record.version)
+                .map_err(|_| Error::UnsupportedRoomVersion)?;
             if !has_power_for(&self.rooms, room, user, "state_default", &rules)? {
-                return Err(Error::forbidden("only moderators may change the room's directory listing"));
+                return Err(Error::forbidden(
+                    "only moderators may change the room's directory listing",
+                ));
             }
         }
         let mut b = self.store.batch();
@@ -63,10 +75,19 @@ impl PublicRooms {
     /// that order ("n<offset>" forwards, "p<offset>" backwards).
     pub fn search(&self, q: &Query) -> Result<Value> {
         let limit = q.limit.unwrap_or(100).clamp(1, 500);
-        let needle = q.search.as_deref().map(str::to_lowercase).filter(|s| !s.is_empty());
+        let needle = q
+            .search
+            .as_deref()
+            .map(str::to_lowercase)
+            .filter(|s| !s.is_empty());
         let mut chunks = Vec::new();
         for (k, _) in self.store.scan_prefix(PUBLIC_ROOMS, &[])? {
-            let Ok(room) = std::str::from_utf8(&k).map_err(|_| ()).and_then(|s| RoomId::parse(s).map_err(|_| ())) else { continue };
+            let Ok(room) = std::str::from_utf8(&k)
+                .map_err(|_| ())
+                .and_then(|s| RoomId::parse(s).map_err(|_| ()))
+            else {
+                continue;
+            };
             if self.rooms.room(&room)?.is_none() {
                 continue;
             }
@@ -90,14 +111,19 @@ impl PublicRooms {
             chunks.push(chunk);
         }
         chunks.sort_by(|a, b| {
-            b["num_joined_members"].as_u64().cmp(&a["num_joined_members"].as_u64()).then_with(|| a["room_id"].as_str().cmp(&b["room_id"].as_str()))
+            b["num_joined_members"]
+                .as_u64()
+                .cmp(&a["num_joined_members"].as_u64())
+                .then_with(|| a["room_id"].as_str().cmp(&b["room_id"].as_str()))
         });
         let total = chunks.len();
         let (start, end) = match q.since.as_deref() {
             None => (0, limit.min(total)),
             Some(t) => {
                 let (dir, n) = t.split_at(1.min(t.len()));
-                let n: usize = n.parse().map_err(|_| Error::invalid_param("invalid since token"))?;
+                let n: usize = n
+                    .parse()
+                    .map_err(|_| Error::invalid_param("invalid since token"))?;
                 match dir {
                     "n" => (n.min(total), (n + limit).min(total)),
                     "p" => (n.saturating_sub(limit), n.min(total)),
@@ -105,7 +131,8 @@ impl PublicRooms {
                 }
             }
         };
-        let mut body = json!({"chunk": chunks[start..end].to_vec(), "total_room_count_estimate": total});
+        let mut body =
+            json!({"chunk": chunks[start..end].to_vec(), "total_room_count_estimate": total});
         if end < total {
             body["next_batch"] = Value::from(format!("n{end}"));
         }

@@ -5,12 +5,7 @@ use std::collections::BTreeSet;
 use ruma::{OwnedUserId, UserId};
 use serde_json::{Value, json};
 
-use crate::{
-    accounts::USERS,
-    error::Result,
-    rooms::Rooms,
-    storage::Store,
-};
+use crate::{accounts::USERS, error::Result, rooms::Rooms, storage::Store};
 
 #[derive(Clone)]
 pub struct UserDirectory {
@@ -21,7 +16,11 @@ pub struct UserDirectory {
 
 impl UserDirectory {
     pub fn new(store: Store, rooms: Rooms, search_all: bool) -> Self {
-        UserDirectory { store, rooms, search_all }
+        UserDirectory {
+            store,
+            rooms,
+            search_all,
+        }
     }
 
     /// Users `searcher` is allowed to find.
@@ -32,7 +31,11 @@ impl UserDirectory {
                 .scan_prefix(USERS, &[])?
                 .into_iter()
                 .filter(|(_, u)| !u.deactivated)
-                .filter_map(|(k, _)| std::str::from_utf8(&k).ok().and_then(|s| OwnedUserId::try_from(s).ok()))
+                .filter_map(|(k, _)| {
+                    std::str::from_utf8(&k)
+                        .ok()
+                        .and_then(|s| OwnedUserId::try_from(s).ok())
+                })
                 .collect());
         }
         let mut out = BTreeSet::new();
@@ -55,10 +58,15 @@ impl UserDirectory {
         let needle = term.trim().to_lowercase();
         let mut hits: Vec<(u8, String, Value)> = Vec::new();
         for user in self.candidates(searcher)? {
-            let (name, avatar) = self.rooms.profile_of(&user)?.unwrap_or((Value::Null, Value::Null));
+            let (name, avatar) = self
+                .rooms
+                .profile_of(&user)?
+                .unwrap_or((Value::Null, Value::Null));
             let name_lc = name.as_str().map(str::to_lowercase).unwrap_or_default();
             let id_lc = user.as_str().to_lowercase();
-            let rank = if name_lc.starts_with(&needle) || user.localpart().to_lowercase().starts_with(&needle) {
+            let rank = if name_lc.starts_with(&needle)
+                || user.localpart().to_lowercase().starts_with(&needle)
+            {
                 0
             } else if name_lc.contains(&needle) || id_lc.contains(&needle) {
                 1

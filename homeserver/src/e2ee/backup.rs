@@ -27,7 +27,10 @@ const BACKUP_VERSIONS: Table<BackupVersion> = Table::new("backup_versions");
 const BACKUP_KEYS: Table<Value> = Table::new("backup_keys");
 
 fn vkey(user: &UserId, version: u64) -> Vec<u8> {
-    keys::KeyBuf::new().str(user.as_str()).u64(version).into_vec()
+    keys::KeyBuf::new()
+        .str(user.as_str())
+        .u64(version)
+        .into_vec()
 }
 
 fn keys_prefix(user: &UserId, version: u64) -> keys::KeyBuf {
@@ -35,7 +38,8 @@ fn keys_prefix(user: &UserId, version: u64) -> keys::KeyBuf {
 }
 
 pub fn parse_version(v: &str) -> Result<u64> {
-    v.parse().map_err(|_| Error::not_found("unknown backup version"))
+    v.parse()
+        .map_err(|_| Error::not_found("unknown backup version"))
 }
 
 /// Which of two backups of the same session to keep (the spec's rules):
@@ -55,8 +59,17 @@ fn better(new: &Value, old: &Value) -> bool {
 }
 
 fn check_key_data(v: &Value) -> Result<()> {
-    let ok = v["first_message_index"].is_u64() && v["forwarded_count"].is_u64() && v["is_verified"].is_boolean() && v["session_data"].is_object();
-    if ok { Ok(()) } else { Err(Error::bad_json("key backup data needs first_message_index, forwarded_count, is_verified and session_data")) }
+    let ok = v["first_message_index"].is_u64()
+        && v["forwarded_count"].is_u64()
+        && v["is_verified"].is_boolean()
+        && v["session_data"].is_object();
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::bad_json(
+            "key backup data needs first_message_index, forwarded_count, is_verified and session_data",
+        ))
+    }
 }
 
 impl E2ee {
@@ -78,7 +91,9 @@ impl E2ee {
 
     fn version(&self, user: &UserId, version: Option<&str>) -> Result<(u64, BackupVersion)> {
         match version {
-            None => self.latest_version(user)?.ok_or_else(|| Error::not_found("no backup")),
+            None => self
+                .latest_version(user)?
+                .ok_or_else(|| Error::not_found("no backup")),
             Some(v) => {
                 let n = parse_version(v)?;
                 let b = self
@@ -92,15 +107,32 @@ impl E2ee {
     }
 
     fn key_count(&self, user: &UserId, version: u64) -> Result<usize> {
-        Ok(self.store.scan_prefix(BACKUP_KEYS, &keys_prefix(user, version).into_vec())?.len())
+        Ok(self
+            .store
+            .scan_prefix(BACKUP_KEYS, &keys_prefix(user, version).into_vec())?
+            .len())
     }
 
-    pub fn create_backup(&self, user: &UserId, algorithm: String, auth_data: Value) -> Result<String> {
+    pub fn create_backup(
+        &self,
+        user: &UserId,
+        algorithm: String,
+        auth_data: Value,
+    ) -> Result<String> {
         if !auth_data.is_object() {
             return Err(Error::bad_json("auth_data must be an object"));
         }
         let next = self.newest_version(user)?.map_or(1, |(n, _)| n + 1);
-        self.store.put(BACKUP_VERSIONS, &vkey(user, next), &BackupVersion { algorithm, auth_data, etag: 0, deleted: false })?;
+        self.store.put(
+            BACKUP_VERSIONS,
+            &vkey(user, next),
+            &BackupVersion {
+                algorithm,
+                auth_data,
+                etag: 0,
+                deleted: false,
+            },
+        )?;
         Ok(next.to_string())
     }
 
@@ -115,13 +147,24 @@ impl E2ee {
         }))
     }
 
-    pub fn update_backup(&self, user: &UserId, version: &str, algorithm: String, auth_data: Value, body_version: Option<String>) -> Result<()> {
+    pub fn update_backup(
+        &self,
+        user: &UserId,
+        version: &str,
+        algorithm: String,
+        auth_data: Value,
+        body_version: Option<String>,
+    ) -> Result<()> {
         let (n, mut b) = self.version(user, Some(version))?;
         if body_version.is_some_and(|v| v != version) {
-            return Err(Error::invalid_param("version in the body does not match the path"));
+            return Err(Error::invalid_param(
+                "version in the body does not match the path",
+            ));
         }
         if algorithm != b.algorithm {
-            return Err(Error::invalid_param("the algorithm of a backup cannot change"));
+            return Err(Error::invalid_param(
+                "the algorithm of a backup cannot change",
+            ));
         }
         if !auth_data.is_object() {
             return Err(Error::bad_json("auth_data must be an object"));
@@ -135,27 +178,43 @@ impl E2ee {
         let mut batch = self.store.batch();
         b.deleted = true;
         batch.put(BACKUP_VERSIONS, &vkey(user, n), &b);
-        for (k, _) in self.store.scan_prefix(BACKUP_KEYS, &keys_prefix(user, n).into_vec())? {
+        for (k, _) in self
+            .store
+            .scan_prefix(BACKUP_KEYS, &keys_prefix(user, n).into_vec())?
+        {
             batch.delete(BACKUP_KEYS, &k);
         }
         Ok(batch.commit()?)
     }
 
     /// Stores keys (`room -> session -> data`) into the current version only.
-    pub fn put_backup_keys(&self, user: &UserId, version: &str, rooms: &Map<String, Value>) -> Result<Value> {
+    pub fn put_backup_keys(
+        &self,
+        user: &UserId,
+        version: &str,
+        rooms: &Map<String, Value>,
+    ) -> Result<Value> {
         let current = self.latest_version(user)?;
         let requested = parse_version(version).ok();
         let Some((n, mut b)) = current.filter(|(n, _)| Some(*n) == requested) else {
-            return Err(Error::WrongRoomKeysVersion { current_version: self.latest_version(user)?.map(|(n, _)| n.to_string()) });
+            return Err(Error::WrongRoomKeysVersion {
+                current_version: self.latest_version(user)?.map(|(n, _)| n.to_string()),
+            });
         };
         let mut batch = self.store.batch();
         let mut changed = false;
         for (room, sessions) in rooms {
-            let sessions = sessions.get("sessions").and_then(Value::as_object).ok_or_else(|| Error::bad_json("each room needs a sessions object"))?;
+            let sessions = sessions
+                .get("sessions")
+                .and_then(Value::as_object)
+                .ok_or_else(|| Error::bad_json("each room needs a sessions object"))?;
             for (session, data) in sessions {
                 check_key_data(data)?;
                 let k = keys_prefix(user, n).str(room).str(session).into_vec();
-                let keep_old = self.store.get(BACKUP_KEYS, &k)?.is_some_and(|old| !better(data, &old));
+                let keep_old = self
+                    .store
+                    .get(BACKUP_KEYS, &k)?
+                    .is_some_and(|old| !better(data, &old));
                 if !keep_old {
                     batch.put(BACKUP_KEYS, &k, data);
                     changed = true;
@@ -171,7 +230,13 @@ impl E2ee {
     }
 
     /// Keys of a version: all (`room == None`), one room's, or one session.
-    pub fn get_backup_keys(&self, user: &UserId, version: &str, room: Option<&str>, session: Option<&str>) -> Result<Value> {
+    pub fn get_backup_keys(
+        &self,
+        user: &UserId,
+        version: &str,
+        room: Option<&str>,
+        session: Option<&str>,
+    ) -> Result<Value> {
         let (n, _) = self.version(user, Some(version))?;
         let mut prefix = keys_prefix(user, n);
         if let Some(r) = room {
@@ -179,14 +244,23 @@ impl E2ee {
         }
         if let (Some(_), Some(s)) = (room, session) {
             let k = prefix.str(s).into_vec();
-            return self.store.get(BACKUP_KEYS, &k)?.ok_or_else(|| Error::not_found("no such session in the backup"));
+            return self
+                .store
+                .get(BACKUP_KEYS, &k)?
+                .ok_or_else(|| Error::not_found("no such session in the backup"));
         }
         let base_len = keys_prefix(user, n).into_vec().len();
         let mut rooms: Map<String, Value> = Map::new();
         for (k, data) in self.store.scan_prefix(BACKUP_KEYS, &prefix.into_vec())? {
-            let Some(parts) = k.get(base_len..).and_then(keys::split_strs) else { continue };
-            let (Some(r), Some(s)) = (parts.first(), parts.get(1)) else { continue };
-            let entry = rooms.entry(r.to_string()).or_insert_with(|| json!({"sessions": {}}));
+            let Some(parts) = k.get(base_len..).and_then(keys::split_strs) else {
+                continue;
+            };
+            let (Some(r), Some(s)) = (parts.first(), parts.get(1)) else {
+                continue;
+            };
+            let entry = rooms
+                .entry(r.to_string())
+                .or_insert_with(|| json!({"sessions": {}}));
             entry["sessions"][*s] = data;
         }
         Ok(match room {
@@ -195,7 +269,13 @@ impl E2ee {
         })
     }
 
-    pub fn delete_backup_keys(&self, user: &UserId, version: &str, room: Option<&str>, session: Option<&str>) -> Result<Value> {
+    pub fn delete_backup_keys(
+        &self,
+        user: &UserId,
+        version: &str,
+        room: Option<&str>,
+        session: Option<&str>,
+    ) -> Result<Value> {
         let (n, mut b) = self.version(user, Some(version))?;
         let mut prefix = keys_prefix(user, n);
         if let Some(r) = room {
@@ -223,13 +303,14 @@ mod tests {
 
     #[test]
     fn verified_then_lower_index_then_fewer_forwards_wins() {
-        let k = |verified: bool, index: u64, forwarded: u64| {
-            json!({"is_verified": verified, "first_message_index": index, "forwarded_count": forwarded, "session_data": {}})
-        };
+        let k = |verified: bool, index: u64, forwarded: u64| json!({"is_verified": verified, "first_message_index": index, "forwarded_count": forwarded, "session_data": {}});
         assert!(better(&k(true, 9, 9), &k(false, 0, 0)));
         assert!(!better(&k(false, 0, 0), &k(true, 9, 9)));
         assert!(better(&k(false, 1, 5), &k(false, 2, 0)));
         assert!(better(&k(false, 2, 0), &k(false, 2, 1)));
-        assert!(!better(&k(false, 2, 1), &k(false, 2, 1)), "an equal key keeps the stored one");
+        assert!(
+            !better(&k(false, 2, 1), &k(false, 2, 1)),
+            "an equal key keeps the stored one"
+        );
     }
 }

@@ -28,24 +28,41 @@ pub struct CrossSigningUpload {
 
 impl CrossSigningUpload {
     fn by_kind(&self) -> [(&'static str, Option<&Value>); 3] {
-        [("master", self.master_key.as_ref()), ("self_signing", self.self_signing_key.as_ref()), ("user_signing", self.user_signing_key.as_ref())]
+        [
+            ("master", self.master_key.as_ref()),
+            ("self_signing", self.self_signing_key.as_ref()),
+            ("user_signing", self.user_signing_key.as_ref()),
+        ]
     }
 }
 
 fn check_shape(user: &UserId, kind: &str, key: &Value) -> Result<(String, String)> {
     if key.get("user_id").and_then(Value::as_str) != Some(user.as_str()) {
-        return Err(Error::invalid_param(format!("{kind} key: user_id is not yours")));
+        return Err(Error::invalid_param(format!(
+            "{kind} key: user_id is not yours"
+        )));
     }
-    let usage_ok = key.get("usage").and_then(Value::as_array).is_some_and(|u| u.iter().any(|x| x.as_str() == Some(kind)));
+    let usage_ok = key
+        .get("usage")
+        .and_then(Value::as_array)
+        .is_some_and(|u| u.iter().any(|x| x.as_str() == Some(kind)));
     if !usage_ok {
-        return Err(Error::invalid_param(format!("{kind} key: usage must include {kind}")));
+        return Err(Error::invalid_param(format!(
+            "{kind} key: usage must include {kind}"
+        )));
     }
-    signatures::cross_signing_key(key).ok_or_else(|| Error::bad_json(format!("{kind} key: keys must hold exactly one ed25519 key")))
+    signatures::cross_signing_key(key).ok_or_else(|| {
+        Error::bad_json(format!(
+            "{kind} key: keys must hold exactly one ed25519 key"
+        ))
+    })
 }
 
 impl E2ee {
     pub fn cross_signing_key(&self, user: &UserId, kind: &str) -> Result<Option<Value>> {
-        Ok(self.store.get(CROSS_SIGNING_KEYS, &keys::strs(&[user.as_str(), kind]))?)
+        Ok(self
+            .store
+            .get(CROSS_SIGNING_KEYS, &keys::strs(&[user.as_str(), kind]))?)
     }
 
     /// Whether storing `up` would replace keys the user already has, which
@@ -53,9 +70,10 @@ impl E2ee {
     pub fn cross_signing_replaces(&self, user: &UserId, up: &CrossSigningUpload) -> Result<bool> {
         for (kind, new) in up.by_kind() {
             if let (Some(new), Some(old)) = (new, self.cross_signing_key(user, kind)?)
-                && new.get("keys") != old.get("keys") {
-                    return Ok(true);
-                }
+                && new.get("keys") != old.get("keys")
+            {
+                return Ok(true);
+            }
         }
         Ok(false)
     }
@@ -73,17 +91,26 @@ impl E2ee {
             let Some(key) = key else { continue };
             check_shape(user, kind, key)?;
             if kind != "master" {
-                let m = master.as_ref().ok_or_else(|| Error::MissingParam("no master signing key is available: upload one first".into()))?;
-                let (name, public) = signatures::cross_signing_key(m).ok_or_else(|| Error::bad_json("stored master key is malformed"))?;
+                let m = master.as_ref().ok_or_else(|| {
+                    Error::MissingParam(
+                        "no master signing key is available: upload one first".into(),
+                    )
+                })?;
+                let (name, public) = signatures::cross_signing_key(m)
+                    .ok_or_else(|| Error::bad_json("stored master key is malformed"))?;
                 if !signatures::verify(key, user.as_str(), &name, &public) {
-                    return Err(Error::InvalidSignature(format!("{kind} key is not signed by the master key")));
+                    return Err(Error::InvalidSignature(format!(
+                        "{kind} key is not signed by the master key"
+                    )));
                 }
             }
             batch.put(CROSS_SIGNING_KEYS, &keys::strs(&[user.as_str(), kind]), key);
             any = true;
         }
         if !any {
-            return Err(Error::MissingParam("no cross-signing keys in the request".into()));
+            return Err(Error::MissingParam(
+                "no cross-signing keys in the request".into(),
+            ));
         }
         batch.commit()?;
         self.announce_signing_keys(user)?;
@@ -92,10 +119,23 @@ impl E2ee {
 
     /// Adds to `object` the signatures on `target_key` of `user` that
     /// `viewer` may see: the owner's own, and the viewer's.
-    pub(crate) fn merge_signatures(&self, viewer: &UserId, user: &UserId, target_key: &str, object: &mut Value) -> Result<()> {
-        for (k, sig) in self.store.scan_prefix(KEY_SIGNATURES, &keys::strs(&[user.as_str(), target_key]))? {
-            let Some(parts) = keys::split_strs(&k) else { continue };
-            let (Some(signer), Some(key_id)) = (parts.get(2), parts.get(3)) else { continue };
+    pub(crate) fn merge_signatures(
+        &self,
+        viewer: &UserId,
+        user: &UserId,
+        target_key: &str,
+        object: &mut Value,
+    ) -> Result<()> {
+        for (k, sig) in self
+            .store
+            .scan_prefix(KEY_SIGNATURES, &keys::strs(&[user.as_str(), target_key]))?
+        {
+            let Some(parts) = keys::split_strs(&k) else {
+                continue;
+            };
+            let (Some(signer), Some(key_id)) = (parts.get(2), parts.get(3)) else {
+                continue;
+            };
             if *signer != user.as_str() && *signer != viewer.as_str() {
                 continue;
             }
@@ -108,8 +148,15 @@ impl E2ee {
     }
 
     /// A cross-signing key as `viewer` sees it (with visible signatures).
-    pub fn cross_signing_for(&self, viewer: &UserId, user: &UserId, kind: &str) -> Result<Option<Value>> {
-        let Some(mut key) = self.cross_signing_key(user, kind)? else { return Ok(None) };
+    pub fn cross_signing_for(
+        &self,
+        viewer: &UserId,
+        user: &UserId,
+        kind: &str,
+    ) -> Result<Option<Value>> {
+        let Some(mut key) = self.cross_signing_key(user, kind)? else {
+            return Ok(None);
+        };
         if let Some((_, public)) = signatures::cross_signing_key(&key) {
             self.merge_signatures(viewer, user, &public, &mut key)?;
         }
@@ -118,12 +165,19 @@ impl E2ee {
 
     /// POST /keys/signatures/upload: every signature is checked against
     /// the key it claims to be made with; failures are reported per key.
-    pub async fn upload_signatures(&self, signer: &UserId, body: BTreeMap<String, Map<String, Value>>) -> Result<Map<String, Value>> {
+    pub async fn upload_signatures(
+        &self,
+        signer: &UserId,
+        body: BTreeMap<String, Map<String, Value>>,
+    ) -> Result<Map<String, Value>> {
         let mut failures = Map::new();
         let mut changed_users = Vec::new();
         for (target_user, objects) in body {
             let Ok(target) = ruma::OwnedUserId::try_from(target_user.as_str()) else {
-                failures.insert(target_user, json!({"*": {"errcode": "M_INVALID_PARAM", "error": "invalid user ID"}}));
+                failures.insert(
+                    target_user,
+                    json!({"*": {"errcode": "M_INVALID_PARAM", "error": "invalid user ID"}}),
+                );
                 continue;
             };
             for (key_id, object) in objects {
@@ -131,14 +185,26 @@ impl E2ee {
                     Ok(sigs) => {
                         let mut batch = self.store.batch();
                         for (signer_key, sig) in sigs {
-                            batch.put(KEY_SIGNATURES, &keys::strs(&[target.as_str(), &key_id, signer.as_str(), &signer_key]), &sig);
+                            batch.put(
+                                KEY_SIGNATURES,
+                                &keys::strs(&[
+                                    target.as_str(),
+                                    &key_id,
+                                    signer.as_str(),
+                                    &signer_key,
+                                ]),
+                                &sig,
+                            );
                         }
                         batch.commit()?;
                         changed_users.push(target.clone());
                     }
                     Err(e) => {
-                        let entry = failures.entry(target.to_string()).or_insert_with(|| json!({}));
-                        entry[key_id.as_str()] = json!({"errcode": error_code(&e), "error": e.to_string()});
+                        let entry = failures
+                            .entry(target.to_string())
+                            .or_insert_with(|| json!({}));
+                        entry[key_id.as_str()] =
+                            json!({"errcode": error_code(&e), "error": e.to_string()});
                     }
                 }
             }
@@ -152,30 +218,59 @@ impl E2ee {
 
     /// The signer's valid signatures on one uploaded object, as
     /// `(signer key ID, signature)`.
-    fn check_signature_upload(&self, signer: &UserId, target: &UserId, key_id: &str, object: &Value) -> Result<Vec<(String, String)>> {
+    fn check_signature_upload(
+        &self,
+        signer: &UserId,
+        target: &UserId,
+        key_id: &str,
+        object: &Value,
+    ) -> Result<Vec<(String, String)>> {
         // What the object must be, and which of the signer's keys may sign it.
         let (stored, signing_key): (Value, Option<(String, String)>) = if target == signer {
-            if let Some(dk) = self.store.get(DEVICE_KEYS, &keys::strs(&[target.as_str(), key_id]))? {
-                let ssk = self.cross_signing_key(signer, "self_signing")?.ok_or_else(|| Error::invalid_param("no self-signing key"))?;
+            if let Some(dk) = self
+                .store
+                .get(DEVICE_KEYS, &keys::strs(&[target.as_str(), key_id]))?
+            {
+                let ssk = self
+                    .cross_signing_key(signer, "self_signing")?
+                    .ok_or_else(|| Error::invalid_param("no self-signing key"))?;
                 (dk, signatures::cross_signing_key(&ssk))
             } else {
-                let master = self.cross_signing_key(target, "master")?.ok_or_else(|| Error::not_found("no such key"))?;
-                if signatures::cross_signing_key(&master).map(|(_, p)| p).as_deref() != Some(key_id) {
+                let master = self
+                    .cross_signing_key(target, "master")?
+                    .ok_or_else(|| Error::not_found("no such key"))?;
+                if signatures::cross_signing_key(&master)
+                    .map(|(_, p)| p)
+                    .as_deref()
+                    != Some(key_id)
+                {
                     return Err(Error::not_found("no such key"));
                 }
                 // The master key is signed by one of the user's devices.
                 (master, None)
             }
         } else {
-            let master = self.cross_signing_key(target, "master")?.ok_or_else(|| Error::not_found("no such key"))?;
-            if signatures::cross_signing_key(&master).map(|(_, p)| p).as_deref() != Some(key_id) {
-                return Err(Error::invalid_param("only another user's master key can be signed"));
+            let master = self
+                .cross_signing_key(target, "master")?
+                .ok_or_else(|| Error::not_found("no such key"))?;
+            if signatures::cross_signing_key(&master)
+                .map(|(_, p)| p)
+                .as_deref()
+                != Some(key_id)
+            {
+                return Err(Error::invalid_param(
+                    "only another user's master key can be signed",
+                ));
             }
-            let usk = self.cross_signing_key(signer, "user_signing")?.ok_or_else(|| Error::invalid_param("no user-signing key"))?;
+            let usk = self
+                .cross_signing_key(signer, "user_signing")?
+                .ok_or_else(|| Error::invalid_param("no user-signing key"))?;
             (master, signatures::cross_signing_key(&usk))
         };
         if stored.get("keys") != object.get("keys") {
-            return Err(Error::invalid_param("the signed object does not match the stored key"));
+            return Err(Error::invalid_param(
+                "the signed object does not match the stored key",
+            ));
         }
         let sigs = object
             .get("signatures")
@@ -184,7 +279,9 @@ impl E2ee {
             .ok_or_else(|| Error::InvalidSignature("no signature by the uploader".into()))?;
         let mut good = Vec::new();
         for (sig_key_id, sig) in sigs {
-            let Some(name) = sig_key_id.strip_prefix("ed25519:") else { continue };
+            let Some(name) = sig_key_id.strip_prefix("ed25519:") else {
+                continue;
+            };
             let Some(sig) = sig.as_str() else { continue };
             let public = match &signing_key {
                 Some((n, p)) if n == name => Some(p.clone()),
@@ -193,15 +290,23 @@ impl E2ee {
                 None => self
                     .store
                     .get(DEVICE_KEYS, &keys::strs(&[signer.as_str(), name]))?
-                    .and_then(|dk| dk.get("keys").and_then(|k| k.get(sig_key_id)).and_then(Value::as_str).map(str::to_owned)),
+                    .and_then(|dk| {
+                        dk.get("keys")
+                            .and_then(|k| k.get(sig_key_id))
+                            .and_then(Value::as_str)
+                            .map(str::to_owned)
+                    }),
             };
             if let Some(public) = public
-                && signatures::verify(object, signer.as_str(), name, &public) {
-                    good.push((sig_key_id.clone(), sig.to_owned()));
-                }
+                && signatures::verify(object, signer.as_str(), name, &public)
+            {
+                good.push((sig_key_id.clone(), sig.to_owned()));
+            }
         }
         if good.is_empty() {
-            return Err(Error::InvalidSignature("no signature verifies with the signer's key".into()));
+            return Err(Error::InvalidSignature(
+                "no signature verifies with the signer's key".into(),
+            ));
         }
         Ok(good)
     }

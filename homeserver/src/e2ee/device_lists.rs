@@ -31,7 +31,11 @@ impl E2ee {
     pub(crate) fn device_list_changed_locked(&self, user: &UserId) -> Result<()> {
         let pos = self.stream.next();
         let mut batch = self.store.batch();
-        batch.put(DEVICE_LIST_LOG, &keys::KeyBuf::new().u64(pos).into_vec(), &user.to_owned());
+        batch.put(
+            DEVICE_LIST_LOG,
+            &keys::KeyBuf::new().u64(pos).into_vec(),
+            &user.to_owned(),
+        );
         self.stream.record(&mut batch, pos);
         batch.commit()?;
         self.stream.publish(pos);
@@ -64,13 +68,18 @@ impl E2ee {
             return Ok(());
         }
         let mut content = serde_json::json!({"user_id": user});
-        for (field, kind) in [("master_key", "master"), ("self_signing_key", "self_signing")] {
+        for (field, kind) in [
+            ("master_key", "master"),
+            ("self_signing_key", "self_signing"),
+        ] {
             if let Some(k) = self.cross_signing_key(user, kind)? {
                 content[field] = k;
             }
         }
         let edu = serde_json::json!({"edu_type": "m.signing_key_update", "content": content});
-        self.rooms.outbound.push(&servers, crate::federation::queue::Outgoing::Edu(edu))
+        self.rooms
+            .outbound
+            .push(&servers, crate::federation::queue::Outgoing::Edu(edu))
     }
 
     /// Tells servers sharing a room with `user` that their devices changed.
@@ -83,7 +92,11 @@ impl E2ee {
         }
         let devices = self.device_keys(user, user, &[])?;
         let stream_id = self.stream.current();
-        let device_id = devices.keys().next().cloned().unwrap_or_else(|| "unknown".into());
+        let device_id = devices
+            .keys()
+            .next()
+            .cloned()
+            .unwrap_or_else(|| "unknown".into());
         let mut content = serde_json::json!({
             "user_id": user,
             "device_id": device_id,
@@ -95,18 +108,28 @@ impl E2ee {
             content["keys"] = k.clone();
         }
         let edu = serde_json::json!({"edu_type": "m.device_list_update", "content": content});
-        self.rooms.outbound.push(&servers, crate::federation::queue::Outgoing::Edu(edu))
+        self.rooms
+            .outbound
+            .push(&servers, crate::federation::queue::Outgoing::Edu(edu))
     }
 
     /// Whose device lists `viewer` must refetch after `since` (up to
     /// `upto`): users whose keys changed, users who started sharing a room
     /// with the viewer; and in `left`, those who no longer share any.
-    pub fn device_list_changes(&self, viewer: &UserId, since: u64, upto: u64) -> Result<DeviceListChanges> {
+    pub fn device_list_changes(
+        &self,
+        viewer: &UserId,
+        since: u64,
+        upto: u64,
+    ) -> Result<DeviceListChanges> {
         let mut out = DeviceListChanges::default();
         let from = keys::KeyBuf::new().u64(since.saturating_add(1)).into_vec();
         let until = keys::KeyBuf::new().u64(upto.saturating_add(1)).into_vec();
         let mut own_changed = false;
-        for (_, user) in self.store.scan(DEVICE_LIST_LOG, &[], &from, Some(&until), false, usize::MAX)? {
+        for (_, user) in
+            self.store
+                .scan(DEVICE_LIST_LOG, &[], &from, Some(&until), false, usize::MAX)?
+        {
             if user == viewer {
                 own_changed = true;
             } else if !out.changed.contains(&user) && self.rooms.shares_room(viewer, &user)? {
@@ -118,7 +141,9 @@ impl E2ee {
             let viewer_moved = ur.pos > since && ur.pos <= upto;
             match ur.membership.as_str() {
                 // The viewer joined: everyone there is new to track.
-                "join" if viewer_moved => out.changed.extend(self.rooms.members_with(&room, &["join"])?),
+                "join" if viewer_moved => out
+                    .changed
+                    .extend(self.rooms.members_with(&room, &["join"])?),
                 "join" => {
                     for (user, membership) in self.rooms.membership_changes(&room, since, upto)? {
                         match membership.as_str() {
@@ -132,7 +157,9 @@ impl E2ee {
                         }
                     }
                 }
-                "leave" | "ban" if viewer_moved => gone.extend(self.rooms.members_with(&room, &["join"])?),
+                "leave" | "ban" if viewer_moved => {
+                    gone.extend(self.rooms.members_with(&room, &["join"])?)
+                }
                 _ => {}
             }
         }

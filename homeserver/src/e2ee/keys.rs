@@ -51,32 +51,58 @@ fn split_key_id(id: &str) -> Result<(&str, &str)> {
 fn check_key_value(id: &str, v: &Value) -> Result<()> {
     let ok = match v {
         Value::String(s) => !s.is_empty(),
-        Value::Object(o) => o.get("key").and_then(Value::as_str).is_some_and(|k| !k.is_empty()),
+        Value::Object(o) => o
+            .get("key")
+            .and_then(Value::as_str)
+            .is_some_and(|k| !k.is_empty()),
         _ => false,
     };
-    if ok { Ok(()) } else { Err(Error::bad_json(format!("key {id} must be a string or an object with a key"))) }
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::bad_json(format!(
+            "key {id} must be a string or an object with a key"
+        )))
+    }
 }
 
 fn validate_device_keys(user: &UserId, device: &str, dk: &Value) -> Result<()> {
-    let obj = dk.as_object().ok_or_else(|| Error::bad_json("device_keys must be an object"))?;
+    let obj = dk
+        .as_object()
+        .ok_or_else(|| Error::bad_json("device_keys must be an object"))?;
     if obj.get("user_id").and_then(Value::as_str) != Some(user.as_str()) {
         return Err(Error::invalid_param("device_keys.user_id is not yours"));
     }
     if obj.get("device_id").and_then(Value::as_str) != Some(device) {
-        return Err(Error::invalid_param("device_keys.device_id is not this device"));
+        return Err(Error::invalid_param(
+            "device_keys.device_id is not this device",
+        ));
     }
-    if !obj.get("algorithms").is_some_and(|a| a.as_array().is_some_and(|a| a.iter().all(Value::is_string))) {
-        return Err(Error::bad_json("device_keys.algorithms must be a list of strings"));
+    if !obj
+        .get("algorithms")
+        .is_some_and(|a| a.as_array().is_some_and(|a| a.iter().all(Value::is_string)))
+    {
+        return Err(Error::bad_json(
+            "device_keys.algorithms must be a list of strings",
+        ));
     }
-    let keys = obj.get("keys").and_then(Value::as_object).ok_or_else(|| Error::bad_json("device_keys.keys must be an object"))?;
+    let keys = obj
+        .get("keys")
+        .and_then(Value::as_object)
+        .ok_or_else(|| Error::bad_json("device_keys.keys must be an object"))?;
     if !keys.values().all(Value::is_string) {
         return Err(Error::bad_json("device_keys.keys values must be strings"));
     }
     // The device signs its own keys with its ed25519 key; a device whose
     // keys do not verify would only produce undecryptable messages.
-    let ed = keys.get(&format!("ed25519:{device}")).and_then(Value::as_str).ok_or_else(|| Error::bad_json("device_keys needs ed25519:<device_id>"))?;
+    let ed = keys
+        .get(&format!("ed25519:{device}"))
+        .and_then(Value::as_str)
+        .ok_or_else(|| Error::bad_json("device_keys needs ed25519:<device_id>"))?;
     if !signatures::verify(dk, user.as_str(), device, ed) {
-        return Err(Error::InvalidSignature("device_keys are not signed by the device's ed25519 key".into()));
+        return Err(Error::InvalidSignature(
+            "device_keys are not signed by the device's ed25519 key".into(),
+        ));
     }
     Ok(())
 }
@@ -87,14 +113,21 @@ fn dkey(user: &UserId, device: &str) -> Vec<u8> {
 
 impl E2ee {
     /// Stores what a device uploads and returns its one-time key counts.
-    pub async fn upload(&self, user: &UserId, device: &str, up: Upload) -> Result<BTreeMap<String, u64>> {
+    pub async fn upload(
+        &self,
+        user: &UserId,
+        device: &str,
+        up: Upload,
+    ) -> Result<BTreeMap<String, u64>> {
         if let Some(dk) = &up.device_keys {
             validate_device_keys(user, device, dk)?;
         }
         let mut batch = self.store.batch();
         if let Some(otks) = &up.one_time_keys {
             if otks.len() > 1000 {
-                return Err(Error::invalid_param("at most 1000 one-time keys per upload"));
+                return Err(Error::invalid_param(
+                    "at most 1000 one-time keys per upload",
+                ));
             }
             for (id, v) in otks {
                 let (alg, key_id) = split_key_id(id)?;
@@ -102,7 +135,9 @@ impl E2ee {
                 let k = keys::strs(&[user.as_str(), device, alg, key_id]);
                 match self.store.get(ONE_TIME_KEYS, &k)? {
                     Some(old) if &old != v => {
-                        return Err(Error::invalid_param(format!("one-time key {id} already exists with another value")));
+                        return Err(Error::invalid_param(format!(
+                            "one-time key {id} already exists with another value"
+                        )));
                     }
                     _ => batch.put(ONE_TIME_KEYS, &k, v),
                 }
@@ -112,15 +147,25 @@ impl E2ee {
             for (id, v) in fbs {
                 let (alg, key_id) = split_key_id(id)?;
                 check_key_value(id, v)?;
-                let fb = FallbackKey { key_id: key_id.to_owned(), key: v.clone(), used: false };
-                batch.put(FALLBACK_KEYS, &keys::strs(&[user.as_str(), device, alg]), &fb);
+                let fb = FallbackKey {
+                    key_id: key_id.to_owned(),
+                    key: v.clone(),
+                    used: false,
+                };
+                batch.put(
+                    FALLBACK_KEYS,
+                    &keys::strs(&[user.as_str(), device, alg]),
+                    &fb,
+                );
             }
         }
         let mut changed = false;
         if let Some(dk) = &up.device_keys {
             let old = self.store.get(DEVICE_KEYS, &dkey(user, device))?;
             // Keep signatures others (cross-signing) added to the same keys.
-            let same_keys = old.as_ref().is_some_and(|o| o.get("keys") == dk.get("keys"));
+            let same_keys = old
+                .as_ref()
+                .is_some_and(|o| o.get("keys") == dk.get("keys"));
             if !same_keys {
                 batch.put(DEVICE_KEYS, &dkey(user, device), dk);
                 changed = true;
@@ -133,7 +178,11 @@ impl E2ee {
         self.one_time_key_counts(user, device)
     }
 
-    pub fn one_time_key_counts(&self, user: &UserId, device: &str) -> Result<BTreeMap<String, u64>> {
+    pub fn one_time_key_counts(
+        &self,
+        user: &UserId,
+        device: &str,
+    ) -> Result<BTreeMap<String, u64>> {
         let mut counts: BTreeMap<String, u64> = BTreeMap::new();
         for (k, _) in self.store.scan_prefix(ONE_TIME_KEYS, &dkey(user, device))? {
             if let Some(alg) = keys::split_strs(&k).and_then(|p| p.get(2).map(|s| s.to_string())) {
@@ -157,10 +206,21 @@ impl E2ee {
 
     /// Device keys of `user` (all devices, or those listed), with the
     /// signatures `viewer` may see merged in.
-    pub fn device_keys(&self, viewer: &UserId, user: &UserId, only: &[String]) -> Result<Map<String, Value>> {
+    pub fn device_keys(
+        &self,
+        viewer: &UserId,
+        user: &UserId,
+        only: &[String],
+    ) -> Result<Map<String, Value>> {
         let mut out = Map::new();
-        for (k, mut dk) in self.store.scan_prefix(DEVICE_KEYS, &keys::strs(&[user.as_str()]))? {
-            let Some(device) = keys::split_strs(&k).and_then(|p| p.get(1).map(|s| s.to_string())) else { continue };
+        for (k, mut dk) in self
+            .store
+            .scan_prefix(DEVICE_KEYS, &keys::strs(&[user.as_str()]))?
+        {
+            let Some(device) = keys::split_strs(&k).and_then(|p| p.get(1).map(|s| s.to_string()))
+            else {
+                continue;
+            };
             if !only.is_empty() && !only.contains(&device) {
                 continue;
             }
@@ -174,12 +234,18 @@ impl E2ee {
     }
 
     fn device_display_name(&self, user: &UserId, device: &str) -> Result<Option<String>> {
-        Ok(self.accounts.device(user, device)?.and_then(|d| d.display_name))
+        Ok(self
+            .accounts
+            .device(user, device)?
+            .and_then(|d| d.display_name))
     }
 
     /// Hands out one key per requested device: a one-time key (each exactly
     /// once), or the fallback key when none are left.
-    pub async fn claim(&self, wanted: &BTreeMap<OwnedUserId, BTreeMap<String, String>>) -> Result<Map<String, Value>> {
+    pub async fn claim(
+        &self,
+        wanted: &BTreeMap<OwnedUserId, BTreeMap<String, String>>,
+    ) -> Result<Map<String, Value>> {
         let _claims = self.claim_lock.lock().await;
         let mut out = Map::new();
         let mut batch = self.store.batch();
@@ -198,11 +264,23 @@ impl E2ee {
         Ok(out)
     }
 
-    fn claim_one(&self, batch: &mut Batch<'_>, user: &UserId, device: &str, alg: &str) -> Result<Option<(String, Value)>> {
+    fn claim_one(
+        &self,
+        batch: &mut Batch<'_>,
+        user: &UserId,
+        device: &str,
+        alg: &str,
+    ) -> Result<Option<(String, Value)>> {
         let prefix = keys::strs(&[user.as_str(), device, alg]);
-        if let Some((k, key)) = self.store.scan(ONE_TIME_KEYS, &prefix, &prefix, None, false, 1)?.pop() {
+        if let Some((k, key)) = self
+            .store
+            .scan(ONE_TIME_KEYS, &prefix, &prefix, None, false, 1)?
+            .pop()
+        {
             batch.delete(ONE_TIME_KEYS, &k);
-            let key_id = keys::split_strs(&k).and_then(|p| p.get(3).map(|s| s.to_string())).unwrap_or_default();
+            let key_id = keys::split_strs(&k)
+                .and_then(|p| p.get(3).map(|s| s.to_string()))
+                .unwrap_or_default();
             return Ok(Some((format!("{alg}:{key_id}"), key)));
         }
         let fk = keys::strs(&[user.as_str(), device, alg]);
@@ -257,15 +335,29 @@ mod tests {
         let (alice, bob) = (w.user("alice"), w.user("bob"));
         let mut otks = Map::new();
         for i in 0..3 {
-            otks.insert(format!("signed_curve25519:K{i}"), json!({"key": format!("otk{i}"), "signatures": {}}));
+            otks.insert(
+                format!("signed_curve25519:K{i}"),
+                json!({"key": format!("otk{i}"), "signatures": {}}),
+            );
         }
         let mut fallback = Map::new();
-        fallback.insert("signed_curve25519:F".into(), json!({"key": "fb", "fallback": true, "signatures": {}}));
-        let up = Upload { device_keys: None, one_time_keys: Some(otks), fallback_keys: Some(fallback) };
+        fallback.insert(
+            "signed_curve25519:F".into(),
+            json!({"key": "fb", "fallback": true, "signatures": {}}),
+        );
+        let up = Upload {
+            device_keys: None,
+            one_time_keys: Some(otks),
+            fallback_keys: Some(fallback),
+        };
         let counts = w.s.e2ee.upload(&bob, "PHONE", up).await.unwrap();
         assert_eq!(counts.get("signed_curve25519"), Some(&3));
 
-        let want: BTreeMap<_, _> = [(bob.clone(), BTreeMap::from([("PHONE".to_owned(), "signed_curve25519".to_owned())]))].into();
+        let want: BTreeMap<_, _> = [(
+            bob.clone(),
+            BTreeMap::from([("PHONE".to_owned(), "signed_curve25519".to_owned())]),
+        )]
+        .into();
         let mut seen = Vec::new();
         for _ in 0..3 {
             let got = w.s.e2ee.claim(&want).await.unwrap();
@@ -275,10 +367,23 @@ mod tests {
         seen.sort();
         seen.dedup();
         assert_eq!(seen.len(), 3, "every claim got a different one-time key");
-        assert_eq!(w.s.e2ee.unused_fallback_key_types(&bob, "PHONE").unwrap(), ["signed_curve25519"]);
+        assert_eq!(
+            w.s.e2ee.unused_fallback_key_types(&bob, "PHONE").unwrap(),
+            ["signed_curve25519"]
+        );
         let got = w.s.e2ee.claim(&want).await.unwrap();
-        assert!(got[bob.as_str()]["PHONE"].get("signed_curve25519:F").is_some(), "then the fallback key");
-        assert!(w.s.e2ee.unused_fallback_key_types(&bob, "PHONE").unwrap().is_empty());
+        assert!(
+            got[bob.as_str()]["PHONE"]
+                .get("signed_curve25519:F")
+                .is_some(),
+            "then the fallback key"
+        );
+        assert!(
+            w.s.e2ee
+                .unused_fallback_key_types(&bob, "PHONE")
+                .unwrap()
+                .is_empty()
+        );
         // A device that is gone has nothing to claim.
         w.s.e2ee.remove_devices(&bob, &["PHONE"]).await.unwrap();
         assert!(w.s.e2ee.claim(&want).await.unwrap().is_empty());
@@ -292,7 +397,11 @@ mod tests {
         let up = |v: &str| {
             let mut otks = Map::new();
             otks.insert("signed_curve25519:K".into(), json!({"key": v}));
-            Upload { device_keys: None, one_time_keys: Some(otks), fallback_keys: None }
+            Upload {
+                device_keys: None,
+                one_time_keys: Some(otks),
+                fallback_keys: None,
+            }
         };
         w.s.e2ee.upload(&bob, "D", up("a")).await.unwrap();
         w.s.e2ee.upload(&bob, "D", up("a")).await.unwrap();

@@ -29,7 +29,20 @@ pub struct E2ee {
 }
 
 impl E2ee {
-    pub fn new(store: Store, stream: Arc<StreamPositions>, notifier: Arc<Notifier>, rooms: Rooms, accounts: Accounts) -> Self {
-        E2ee { store, stream, notifier, rooms, accounts, claim_lock: Default::default() }
+    pub fn new(
+        store: Store,
+        stream: Arc<StreamPositions>,
+        notifier: Arc<Notifier>,
+        rooms: Rooms,
+        accounts: Accounts,
+    ) -> Self {
+        E2ee {
+            store,
+            stream,
+            notifier,
+            rooms,
+            accounts,
+            claim_lock: Default::default(),
+        }
     }
 }

@@ -30,22 +30,43 @@ const TO_DEVICE: Table<ToDevice> = Table::new("to_device");
 const TO_DEVICE_TXNS: Table<bool> = Table::new("to_device_txns");
 
 fn inbox_key(user: &UserId, device: &str, pos: u64) -> Vec<u8> {
-    keys::KeyBuf::new().str(user.as_str()).str(device).u64(pos).into_vec()
+    keys::KeyBuf::new()
+        .str(user.as_str())
+        .str(device)
+        .u64(pos)
+        .into_vec()
 }
 
 impl E2ee {
     /// Queues `messages` (`user -> device or "*" -> content`). Unknown
     /// users and devices are skipped, as the spec allows; other servers'
     /// users wait for federation.
-    pub async fn send_to_device(&self, sender: &UserId, sender_device: &str, txn: &str, kind: &str, messages: Map<String, Value>) -> Result<()> {
+    pub async fn send_to_device(
+        &self,
+        sender: &UserId,
+        sender_device: &str,
+        txn: &str,
+        kind: &str,
+        messages: Map<String, Value>,
+    ) -> Result<()> {
         for per_user in messages.values() {
-            let per_user = per_user.as_object().ok_or_else(|| Error::bad_json("messages must map user IDs to objects"))?;
+            let per_user = per_user
+                .as_object()
+                .ok_or_else(|| Error::bad_json("messages must map user IDs to objects"))?;
             for content in per_user.values() {
                 if !content.is_object() {
-                    return Err(Error::bad_json("each to-device message content must be an object"));
+                    return Err(Error::bad_json(
+                        "each to-device message content must be an object",
+                    ));
                 }
-                if serde_json::to_vec(content).map(|b| b.len()).unwrap_or(usize::MAX) > MAX_CONTENT_BYTES {
-                    return Err(Error::TooLarge { limit: MAX_CONTENT_BYTES });
+                if serde_json::to_vec(content)
+                    .map(|b| b.len())
+                    .unwrap_or(usize::MAX)
+                    > MAX_CONTENT_BYTES
+                {
+                    return Err(Error::TooLarge {
+                        limit: MAX_CONTENT_BYTES,
+                    });
                 }
             }
         }
@@ -60,19 +81,30 @@ impl E2ee {
         let mut remote: std::collections::BTreeMap<String, Map<String, Value>> = Default::default();
         let local_sender = sender.server_name() == self.rooms.server_name;
         for (user, per_user) in &messages {
-            let Ok(user) = ruma::OwnedUserId::try_from(user.as_str()) else { continue };
+            let Ok(user) = ruma::OwnedUserId::try_from(user.as_str()) else {
+                continue;
+            };
             if user.server_name() != self.rooms.server_name {
                 // Only our own users' messages travel on; a remote sender's
                 // server delivers to other servers itself.
                 if local_sender {
-                    remote.entry(user.server_name().to_string()).or_default().insert(user.to_string(), per_user.clone());
+                    remote
+                        .entry(user.server_name().to_string())
+                        .or_default()
+                        .insert(user.to_string(), per_user.clone());
                 }
                 continue;
             }
-            let Some(per_user) = per_user.as_object() else { continue };
+            let Some(per_user) = per_user.as_object() else {
+                continue;
+            };
             let devices = self.accounts.devices(&user)?;
             for (device, content) in per_user {
-                let message = ToDevice { kind: kind.to_owned(), sender: sender.to_string(), content: content.clone() };
+                let message = ToDevice {
+                    kind: kind.to_owned(),
+                    sender: sender.to_string(),
+                    content: content.clone(),
+                };
                 let targets: Vec<&str> = if device == "*" {
                     devices.iter().map(|(d, _)| d.as_str()).collect()
                 } else if devices.iter().any(|(d, _)| d.as_str() == device) {
@@ -92,7 +124,11 @@ impl E2ee {
             let edu = serde_json::json!({"edu_type": "m.direct_to_device", "content": {
                 "sender": sender, "type": kind, "message_id": format!("{sender_device}-{txn}"), "messages": msgs,
             }});
-            self.rooms.outbound.stage(&mut batch, std::slice::from_ref(&server), &crate::federation::queue::Outgoing::Edu(edu));
+            self.rooms.outbound.stage(
+                &mut batch,
+                std::slice::from_ref(&server),
+                &crate::federation::queue::Outgoing::Edu(edu),
+            );
             dests.push(server);
         }
         self.stream.record(&mut batch, pos);
@@ -107,7 +143,9 @@ impl E2ee {
     pub fn ack_to_device(&self, user: &UserId, device: &str, acked: u64) -> Result<()> {
         let prefix = keys::strs(&[user.as_str(), device]);
         let until = inbox_key(user, device, acked.saturating_add(1));
-        let done = self.store.scan(TO_DEVICE, &prefix, &prefix, Some(&until), false, usize::MAX)?;
+        let done = self
+            .store
+            .scan(TO_DEVICE, &prefix, &prefix, Some(&until), false, usize::MAX)?;
         if done.is_empty() {
             return Ok(());
         }
@@ -120,11 +158,19 @@ impl E2ee {
 
     /// Messages after `acked` up to `upto`, at most a page, and the
     /// position the client acknowledges by syncing with the next token.
-    pub fn pending_to_device(&self, user: &UserId, device: &str, acked: u64, upto: u64) -> Result<(Vec<Value>, u64)> {
+    pub fn pending_to_device(
+        &self,
+        user: &UserId,
+        device: &str,
+        acked: u64,
+        upto: u64,
+    ) -> Result<(Vec<Value>, u64)> {
         let prefix = keys::strs(&[user.as_str(), device]);
         let from = inbox_key(user, device, acked.saturating_add(1));
         let until = inbox_key(user, device, upto.saturating_add(1));
-        let rows = self.store.scan(TO_DEVICE, &prefix, &from, Some(&until), false, PER_SYNC + 1)?;
+        let rows = self
+            .store
+            .scan(TO_DEVICE, &prefix, &from, Some(&until), false, PER_SYNC + 1)?;
         let truncated = rows.len() > PER_SYNC;
         let mut last = acked;
         let mut events = Vec::new();
@@ -136,8 +182,16 @@ impl E2ee {
         Ok((events, if truncated { last } else { upto }))
     }
 
-    pub(crate) fn stage_to_device_removal(&self, batch: &mut Batch<'_>, user: &UserId, device: &str) -> Result<()> {
-        for (k, _) in self.store.scan_prefix(TO_DEVICE, &keys::strs(&[user.as_str(), device]))? {
+    pub(crate) fn stage_to_device_removal(
+        &self,
+        batch: &mut Batch<'_>,
+        user: &UserId,
+        device: &str,
+    ) -> Result<()> {
+        for (k, _) in self
+            .store
+            .scan_prefix(TO_DEVICE, &keys::strs(&[user.as_str(), device]))?
+        {
             batch.delete(TO_DEVICE, &k);
         }
         Ok(())

@@ -4,11 +4,7 @@ pub mod presence;
 pub mod receipts;
 pub mod typing;
 
-use crate::{
-    error::Result,
-    storage::Store,
-    sync::stream::StreamPositions,
-};
+use crate::{error::Result, storage::Store, sync::stream::StreamPositions};
 
 /// Takes a fresh stream position for data that lives outside the database
 /// (typing), recording it so that a restart never hands out a position a

@@ -63,8 +63,23 @@ pub fn valid_state(s: &str) -> bool {
 }
 
 impl Presence {
-    pub fn new(store: Store, stream: Arc<StreamPositions>, notifier: Arc<Notifier>, rooms: Rooms, account_data: AccountData, enabled: bool) -> Self {
-        Presence { store, stream, notifier, rooms, account_data, enabled, live: Default::default() }
+    pub fn new(
+        store: Store,
+        stream: Arc<StreamPositions>,
+        notifier: Arc<Notifier>,
+        rooms: Rooms,
+        account_data: AccountData,
+        enabled: bool,
+    ) -> Self {
+        Presence {
+            store,
+            stream,
+            notifier,
+            rooms,
+            account_data,
+            enabled,
+            live: Default::default(),
+        }
     }
 
     fn hidden(&self, user: &UserId) -> Result<bool> {
@@ -72,7 +87,9 @@ impl Presence {
             return Ok(true);
         }
         let flag = self.account_data.get(user, None, HIDE_EVENT)?;
-        Ok(flag.and_then(|c| c.get("hidden").and_then(Value::as_bool)).unwrap_or(false))
+        Ok(flag
+            .and_then(|c| c.get("hidden").and_then(Value::as_bool))
+            .unwrap_or(false))
     }
 
     pub fn record(&self, user: &UserId) -> Result<Option<PresenceRecord>> {
@@ -80,9 +97,16 @@ impl Presence {
     }
 
     /// Sets presence and, if what others see changed, publishes it.
-    pub async fn set(&self, user: &UserId, presence: &str, status_msg: Option<Option<String>>) -> Result<()> {
+    pub async fn set(
+        &self,
+        user: &UserId,
+        presence: &str,
+        status_msg: Option<Option<String>>,
+    ) -> Result<()> {
         if !valid_state(presence) {
-            return Err(Error::invalid_param(format!("unknown presence state {presence}")));
+            return Err(Error::invalid_param(format!(
+                "unknown presence state {presence}"
+            )));
         }
         let now = now_ms();
         let _writer = self.stream.writer.lock().await;
@@ -91,9 +115,15 @@ impl Presence {
             Some(s) => s,
             None => old.as_ref().and_then(|o| o.status_msg.clone()),
         };
-        let last_active_ts = if presence == "online" { now } else { old.as_ref().map_or(now, |o| o.last_active_ts) };
+        let last_active_ts = if presence == "online" {
+            now
+        } else {
+            old.as_ref().map_or(now, |o| o.last_active_ts)
+        };
         let unchanged = old.as_ref().is_some_and(|o| {
-            o.presence == presence && o.status_msg == status && now.saturating_sub(o.last_active_ts) < ACTIVE_WINDOW_MS
+            o.presence == presence
+                && o.status_msg == status
+                && now.saturating_sub(o.last_active_ts) < ACTIVE_WINDOW_MS
         });
         if unchanged {
             return Ok(());
@@ -103,8 +133,21 @@ impl Presence {
         if let Some(o) = &old {
             batch.delete(PRESENCE_LOG, &keys::KeyBuf::new().u64(o.pos).into_vec());
         }
-        batch.put(PRESENCE, user.as_bytes(), &PresenceRecord { presence: presence.to_owned(), status_msg: status, last_active_ts, pos });
-        batch.put(PRESENCE_LOG, &keys::KeyBuf::new().u64(pos).into_vec(), &user.to_owned());
+        batch.put(
+            PRESENCE,
+            user.as_bytes(),
+            &PresenceRecord {
+                presence: presence.to_owned(),
+                status_msg: status,
+                last_active_ts,
+                pos,
+            },
+        );
+        batch.put(
+            PRESENCE_LOG,
+            &keys::KeyBuf::new().u64(pos).into_vec(),
+            &user.to_owned(),
+        );
         self.stream.record(&mut batch, pos);
         batch.commit()?;
         self.stream.publish(pos);
@@ -112,13 +155,24 @@ impl Presence {
         wake.insert(user.to_owned());
         self.notifier.wake(wake.iter().map(|u| u.as_ref()));
         if user.server_name() == self.rooms.server_name && self.enabled && !self.hidden(user)? {
-            self.announce_remote(user, presence, &self.record(user)?.and_then(|r| r.status_msg), now.saturating_sub(last_active_ts))?;
+            self.announce_remote(
+                user,
+                presence,
+                &self.record(user)?.and_then(|r| r.status_msg),
+                now.saturating_sub(last_active_ts),
+            )?;
         }
         Ok(())
     }
 
     /// Tells the servers sharing a room with a local user about their presence.
-    fn announce_remote(&self, user: &UserId, presence: &str, status_msg: &Option<String>, last_active_ago: u64) -> Result<()> {
+    fn announce_remote(
+        &self,
+        user: &UserId,
+        presence: &str,
+        status_msg: &Option<String>,
+        last_active_ago: u64,
+    ) -> Result<()> {
         let mut servers = std::collections::BTreeSet::new();
         for room in self.rooms.joined_rooms(user)? {
             servers.extend(self.rooms.remote_servers(&room)?);
@@ -136,7 +190,10 @@ impl Presence {
             p["status_msg"] = Value::from(s.as_str());
         }
         let edu = serde_json::json!({"edu_type": "m.presence", "content": {"push": [p]}});
-        self.rooms.outbound.push(&servers.into_iter().collect::<Vec<_>>(), crate::federation::queue::Outgoing::Edu(edu))
+        self.rooms.outbound.push(
+            &servers.into_iter().collect::<Vec<_>>(),
+            crate::federation::queue::Outgoing::Edu(edu),
+        )
     }
 
     /// The presence content `viewer` may see of `user` (offline with nothing
@@ -146,7 +203,9 @@ impl Presence {
         if viewer != user && self.hidden(user)? {
             return Ok(json!({"presence": "offline"}));
         }
-        let Some(r) = record else { return Ok(json!({"presence": "offline"})) };
+        let Some(r) = record else {
+            return Ok(json!({"presence": "offline"}));
+        };
         let ago = now_ms().saturating_sub(r.last_active_ts);
         let mut c = json!({
             "presence": r.presence,
@@ -165,7 +224,12 @@ impl Presence {
 
     /// Presence events for /sync: every room-sharing user's on an initial
     /// sync, the ones that changed in `(since, upto]` otherwise.
-    pub fn sync_events(&self, viewer: &UserId, since: Option<u64>, upto: u64) -> Result<Vec<Value>> {
+    pub fn sync_events(
+        &self,
+        viewer: &UserId,
+        since: Option<u64>,
+        upto: u64,
+    ) -> Result<Vec<Value>> {
         if !self.enabled {
             return Ok(Vec::new());
         }
@@ -173,12 +237,16 @@ impl Presence {
             None => {
                 let mut all: Vec<OwnedUserId> = self.rooms.sharers(viewer)?.into_iter().collect();
                 all.push(viewer.to_owned());
-                all.into_iter().filter(|u| self.record(u).ok().flatten().is_some_and(|r| r.pos <= upto)).collect()
+                all.into_iter()
+                    .filter(|u| self.record(u).ok().flatten().is_some_and(|r| r.pos <= upto))
+                    .collect()
             }
             Some(s) => {
                 let from = keys::KeyBuf::new().u64(s.saturating_add(1)).into_vec();
                 let until = keys::KeyBuf::new().u64(upto.saturating_add(1)).into_vec();
-                let changed = self.store.scan(PRESENCE_LOG, &[], &from, Some(&until), false, usize::MAX)?;
+                let changed =
+                    self.store
+                        .scan(PRESENCE_LOG, &[], &from, Some(&until), false, usize::MAX)?;
                 let mut out = Vec::new();
                 for (_, u) in changed {
                     if self.rooms.shares_room(viewer, &u)? {
@@ -211,7 +279,9 @@ impl Presence {
         }
         let current = self.record(user)?;
         let stale = current.as_ref().is_none_or(|r| {
-            r.presence != set_presence || (set_presence == "online" && now_ms().saturating_sub(r.last_active_ts) >= ACTIVE_WINDOW_MS)
+            r.presence != set_presence
+                || (set_presence == "online"
+                    && now_ms().saturating_sub(r.last_active_ts) >= ACTIVE_WINDOW_MS)
         });
         if stale {
             self.set(user, set_presence, None).await?;
@@ -242,17 +312,27 @@ impl Presence {
         let now = now_ms();
         let candidates: Vec<(OwnedUserId, u32, u64)> = {
             let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-            live.syncing.iter().map(|(u, (n, at))| (u.clone(), *n, *at)).collect()
+            live.syncing
+                .iter()
+                .map(|(u, (n, at))| (u.clone(), *n, *at))
+                .collect()
         };
         for (user, running, last_seen) in candidates {
-            let Some(r) = self.record(&user)? else { continue };
-            if r.presence != "offline" && running == 0 && now.saturating_sub(last_seen) >= OFFLINE_AFTER_MS {
+            let Some(r) = self.record(&user)? else {
+                continue;
+            };
+            if r.presence != "offline"
+                && running == 0
+                && now.saturating_sub(last_seen) >= OFFLINE_AFTER_MS
+            {
                 self.set(&user, "offline", None).await?;
                 let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
                 if live.syncing.get(&user).is_some_and(|e| e.0 == 0) {
                     live.syncing.remove(&user);
                 }
-            } else if r.presence == "online" && now.saturating_sub(r.last_active_ts) >= IDLE_AFTER_MS {
+            } else if r.presence == "online"
+                && now.saturating_sub(r.last_active_ts) >= IDLE_AFTER_MS
+            {
                 self.set(&user, "unavailable", None).await?;
             }
         }

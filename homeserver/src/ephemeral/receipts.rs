@@ -47,7 +47,14 @@ pub struct Receipts {
 }
 
 /// Records in `batch` that `user` has read `room` (or one thread of it) up to `pos`.
-pub(crate) fn mark_read(store: &Store, batch: &mut Batch<'_>, user: &UserId, room: &RoomId, thread: &str, pos: u64) -> Result<()> {
+pub(crate) fn mark_read(
+    store: &Store,
+    batch: &mut Batch<'_>,
+    user: &UserId,
+    room: &RoomId,
+    thread: &str,
+    pos: u64,
+) -> Result<()> {
     let key = keys::strs(&[user.as_str(), room.as_str(), thread]);
     if store.get(READ_UPTO, &key)?.unwrap_or(0) < pos {
         batch.put(READ_UPTO, &key, &pos);
@@ -56,11 +63,17 @@ pub(crate) fn mark_read(store: &Store, batch: &mut Batch<'_>, user: &UserId, roo
 }
 
 /// Where `user` has read up to in `room`: the unthreaded position and per-thread ones.
-pub fn read_positions(store: &Store, user: &UserId, room: &RoomId) -> Result<(u64, BTreeMap<String, u64>)> {
+pub fn read_positions(
+    store: &Store,
+    user: &UserId,
+    room: &RoomId,
+) -> Result<(u64, BTreeMap<String, u64>)> {
     let mut unthreaded = 0;
     let mut threads = BTreeMap::new();
     for (k, pos) in store.scan_prefix(READ_UPTO, &keys::strs(&[user.as_str(), room.as_str()]))? {
-        let Some(parts) = keys::split_strs(&k) else { continue };
+        let Some(parts) = keys::split_strs(&k) else {
+            continue;
+        };
         match parts.get(2) {
             Some(&"") => unthreaded = pos,
             Some(t) => {
@@ -73,22 +86,45 @@ pub fn read_positions(store: &Store, user: &UserId, room: &RoomId) -> Result<(u6
 }
 
 impl Receipts {
-    pub fn new(store: Store, stream: Arc<StreamPositions>, notifier: Arc<Notifier>, rooms: Rooms) -> Self {
-        Receipts { store, stream, notifier, rooms }
+    pub fn new(
+        store: Store,
+        stream: Arc<StreamPositions>,
+        notifier: Arc<Notifier>,
+        rooms: Rooms,
+    ) -> Self {
+        Receipts {
+            store,
+            stream,
+            notifier,
+            rooms,
+        }
     }
 
     /// Stores a receipt. A receipt older than the one it would replace is
     /// accepted and ignored, so "read" never moves backwards.
-    pub async fn set(&self, user: &UserId, room: &RoomId, receipt_type: &str, event_id: &str, thread: Option<&str>) -> Result<()> {
+    pub async fn set(
+        &self,
+        user: &UserId,
+        room: &RoomId,
+        receipt_type: &str,
+        event_id: &str,
+        thread: Option<&str>,
+    ) -> Result<()> {
         if receipt_type != PUBLIC && receipt_type != PRIVATE {
-            return Err(Error::invalid_param(format!("unknown receipt type {receipt_type}")));
+            return Err(Error::invalid_param(format!(
+                "unknown receipt type {receipt_type}"
+            )));
         }
         if thread == Some("") {
-            return Err(Error::invalid_param("thread_id must be \"main\" or an event ID"));
+            return Err(Error::invalid_param(
+                "thread_id must be \"main\" or an event ID",
+            ));
         }
         let thread = thread.unwrap_or("");
         if !thread.is_empty() && thread != "main" && !thread.starts_with('$') {
-            return Err(Error::invalid_param("thread_id must be \"main\" or an event ID"));
+            return Err(Error::invalid_param(
+                "thread_id must be \"main\" or an event ID",
+            ));
         }
         if self.rooms.membership_of(room, user)?.as_deref() != Some("join") {
             return Err(Error::forbidden("you are not in this room"));
@@ -100,7 +136,11 @@ impl Receipts {
             .ok_or_else(|| Error::not_found("no such event in this room"))?;
         let _writer = self.stream.writer.lock().await;
         let key = keys::strs(&[room.as_str(), receipt_type, user.as_str(), thread]);
-        if self.store.get(RECEIPTS, &key)?.is_some_and(|old| old.event_pos >= event.pos) {
+        if self
+            .store
+            .get(RECEIPTS, &key)?
+            .is_some_and(|old| old.event_pos >= event.pos)
+        {
             return Ok(());
         }
         let pos = self.stream.next();
@@ -115,7 +155,11 @@ impl Receipts {
         };
         let mut batch = self.store.batch();
         batch.put(RECEIPTS, &key, &receipt);
-        batch.put(RECEIPT_LOG, &keys::KeyBuf::new().str(room.as_str()).u64(pos).into_vec(), &receipt);
+        batch.put(
+            RECEIPT_LOG,
+            &keys::KeyBuf::new().str(room.as_str()).u64(pos).into_vec(),
+            &receipt,
+        );
         mark_read(&self.store, &mut batch, user, room, thread, event.pos)?;
         self.stream.record(&mut batch, pos);
         batch.commit()?;
@@ -141,19 +185,40 @@ impl Receipts {
 
     /// Whether anything `viewer` may see changed in `(since, upto]`.
     pub fn changed(&self, room: &RoomId, viewer: &UserId, since: u64, upto: u64) -> Result<bool> {
-        Ok(self.log(room, since, upto)?.iter().any(|r| visible(r, viewer)))
+        Ok(self
+            .log(room, since, upto)?
+            .iter()
+            .any(|r| visible(r, viewer)))
     }
 
     fn log(&self, room: &RoomId, since: u64, upto: u64) -> Result<Vec<Receipt>> {
         let prefix = keys::strs(&[room.as_str()]);
-        let from = keys::KeyBuf::new().str(room.as_str()).u64(since.saturating_add(1)).into_vec();
-        let until = keys::KeyBuf::new().str(room.as_str()).u64(upto.saturating_add(1)).into_vec();
-        Ok(self.store.scan(RECEIPT_LOG, &prefix, &from, Some(&until), false, usize::MAX)?.into_iter().map(|(_, r)| r).collect())
+        let from = keys::KeyBuf::new()
+            .str(room.as_str())
+            .u64(since.saturating_add(1))
+            .into_vec();
+        let until = keys::KeyBuf::new()
+            .str(room.as_str())
+            .u64(upto.saturating_add(1))
+            .into_vec();
+        Ok(self
+            .store
+            .scan(RECEIPT_LOG, &prefix, &from, Some(&until), false, usize::MAX)?
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect())
     }
 
     /// The `m.receipt` event for /sync: every receipt for an initial sync,
     /// the changed ones otherwise; private receipts only for their owner.
-    pub fn sync_event(&self, room: &RoomId, viewer: &UserId, since: Option<u64>, upto: u64, ignored: &dyn Fn(&UserId) -> bool) -> Result<Option<Value>> {
+    pub fn sync_event(
+        &self,
+        room: &RoomId,
+        viewer: &UserId,
+        since: Option<u64>,
+        upto: u64,
+        ignored: &dyn Fn(&UserId) -> bool,
+    ) -> Result<Option<Value>> {
         let receipts: Vec<Receipt> = match since {
             Some(s) => self.log(room, s, upto)?,
             None => self
@@ -165,12 +230,17 @@ impl Receipts {
                 .collect(),
         };
         let mut content: Map<String, Value> = Map::new();
-        for r in receipts.iter().filter(|r| visible(r, viewer) && !ignored(&r.user_id)) {
+        for r in receipts
+            .iter()
+            .filter(|r| visible(r, viewer) && !ignored(&r.user_id))
+        {
             let mut entry = json!({"ts": r.ts});
             if !r.thread.is_empty() {
                 entry["thread_id"] = Value::from(r.thread.as_str());
             }
-            let by_type = content.entry(r.event_id.to_string()).or_insert_with(|| json!({}));
+            let by_type = content
+                .entry(r.event_id.to_string())
+                .or_insert_with(|| json!({}));
             by_type[r.receipt_type.as_str()][r.user_id.as_str()] = entry;
         }
         if content.is_empty() {

@@ -38,8 +38,19 @@ pub struct Typing {
 }
 
 impl Typing {
-    pub fn new(store: Store, stream: Arc<StreamPositions>, notifier: Arc<Notifier>, rooms: Rooms) -> Self {
-        Typing { store, stream, notifier, rooms, state: Default::default() }
+    pub fn new(
+        store: Store,
+        stream: Arc<StreamPositions>,
+        notifier: Arc<Notifier>,
+        rooms: Rooms,
+    ) -> Self {
+        Typing {
+            store,
+            stream,
+            notifier,
+            rooms,
+            state: Default::default(),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<OwnedRoomId, RoomTyping>> {
@@ -47,7 +58,13 @@ impl Typing {
     }
 
     /// Starts (with a timeout) or stops `user` typing in `room`.
-    pub async fn set(&self, user: &UserId, room: &RoomId, typing: bool, timeout: Option<Duration>) -> Result<()> {
+    pub async fn set(
+        &self,
+        user: &UserId,
+        room: &RoomId,
+        typing: bool,
+        timeout: Option<Duration>,
+    ) -> Result<()> {
         if self.rooms.membership_of(room, user)?.as_deref() != Some("join") {
             return Err(Error::forbidden("you are not in this room"));
         }
@@ -55,7 +72,8 @@ impl Typing {
             let mut state = self.lock();
             let entry = state.entry(room.to_owned()).or_default();
             if typing {
-                let until = Instant::now() + timeout.unwrap_or(Duration::from_secs(30)).min(MAX_TIMEOUT);
+                let until =
+                    Instant::now() + timeout.unwrap_or(Duration::from_secs(30)).min(MAX_TIMEOUT);
                 entry.users.insert(user.to_owned(), until).is_none()
             } else {
                 entry.users.remove(user).is_some()
@@ -89,7 +107,12 @@ impl Typing {
         let expired = {
             let mut state = self.lock();
             match state.get_mut(room) {
-                Some(entry) if entry.users.get(user).is_some_and(|until| *until <= Instant::now()) => {
+                Some(entry)
+                    if entry
+                        .users
+                        .get(user)
+                        .is_some_and(|until| *until <= Instant::now()) =>
+                {
                     entry.users.remove(user);
                     true
                 }
@@ -116,12 +139,21 @@ impl Typing {
 
     /// The users typing in `room` now, if the set changed in `(since, upto]`
     /// (or, for an initial sync, if anyone is typing).
-    pub fn changed(&self, room: &RoomId, since: Option<u64>, upto: u64) -> Option<Vec<OwnedUserId>> {
+    pub fn changed(
+        &self,
+        room: &RoomId,
+        since: Option<u64>,
+        upto: u64,
+    ) -> Option<Vec<OwnedUserId>> {
         let state = self.lock();
         let entry = state.get(room)?;
         let now = Instant::now();
-        let users: Vec<OwnedUserId> =
-            entry.users.iter().filter(|(_, until)| **until > now).map(|(u, _)| u.clone()).collect();
+        let users: Vec<OwnedUserId> = entry
+            .users
+            .iter()
+            .filter(|(_, until)| **until > now)
+            .map(|(u, _)| u.clone())
+            .collect();
         match since {
             Some(s) if entry.pos > s && entry.pos <= upto => Some(users),
             None if !users.is_empty() => Some(users),

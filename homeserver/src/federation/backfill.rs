@@ -3,7 +3,10 @@
 use reqwest::Method;
 use ruma::{CanonicalJsonObject, OwnedEventId, RoomId};
 
-use super::{Federation, inbound::{depth, enc}};
+use super::{
+    Federation,
+    inbound::{depth, enc},
+};
 use crate::error::Result;
 
 /// At most this many events per /backfill request (the spec lets servers cap it).
@@ -16,9 +19,15 @@ impl Federation {
         if !self.enabled {
             return Ok(0);
         }
-        let Some(earliest) = self.rooms.earliest_timeline_event(room_id)? else { return Ok(0) };
+        let Some(earliest) = self.rooms.earliest_timeline_event(room_id)? else {
+            return Ok(0);
+        };
         // Nothing precedes the create event; no room below position 1.
-        if earliest.pos <= 1 || earliest.parse().is_ok_and(|p| p.kind.to_string() == "m.room.create") {
+        if earliest.pos <= 1
+            || earliest
+                .parse()
+                .is_ok_and(|p| p.kind.to_string() == "m.room.create")
+        {
             return Ok(0);
         }
         let version = match self.rooms.room_version(room_id)? {
@@ -40,7 +49,12 @@ impl Federation {
                 }
             };
             let mut events: Vec<(i64, OwnedEventId, CanonicalJsonObject)> = Vec::new();
-            for pdu in answer["pdus"].as_array().into_iter().flatten().take(MAX_BACKFILL) {
+            for pdu in answer["pdus"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .take(MAX_BACKFILL)
+            {
                 if pdu["room_id"] != room_id.as_str() {
                     continue;
                 }

@@ -18,7 +18,11 @@ pub enum RemoteError {
     #[error("cannot reach {0}: {1}")]
     Unreachable(String, String),
     #[error("{server} answered {status}: {body}")]
-    Status { server: String, status: u16, body: String },
+    Status {
+        server: String,
+        status: u16,
+        body: String,
+    },
     #[error("{0}")]
     Invalid(String),
 }
@@ -26,8 +30,12 @@ pub enum RemoteError {
 impl From<RemoteError> for Error {
     fn from(e: RemoteError) -> Self {
         match e {
-            RemoteError::Status { status: 403, body, .. } => Error::Forbidden(format!("remote server refused: {body}")),
-            RemoteError::Status { status: 404, body, .. } => Error::NotFound(format!("remote server: {body}")),
+            RemoteError::Status {
+                status: 403, body, ..
+            } => Error::Forbidden(format!("remote server refused: {body}")),
+            RemoteError::Status {
+                status: 404, body, ..
+            } => Error::NotFound(format!("remote server: {body}")),
             e => Error::Remote(e.to_string()),
         }
     }
@@ -43,12 +51,18 @@ pub struct FedClient {
 }
 
 impl FedClient {
-    pub fn new(origin: String, key: Arc<ServerKey>, trusted: &[std::path::PathBuf]) -> Result<Self, Error> {
+    pub fn new(
+        origin: String,
+        key: Arc<ServerKey>,
+        trusted: &[std::path::PathBuf],
+    ) -> Result<Self, Error> {
         let mut certs = Vec::new();
         for path in trusted {
-            let pem = std::fs::read(path).map_err(|e| Error::Unknown(format!("cannot read CA {}: {e}", path.display())))?;
-            let list = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| Error::Unknown(format!("bad CA certificate {}: {e}", path.display())))?;
+            let pem = std::fs::read(path)
+                .map_err(|e| Error::Unknown(format!("cannot read CA {}: {e}", path.display())))?;
+            let list = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                Error::Unknown(format!("bad CA certificate {}: {e}", path.display()))
+            })?;
             certs.extend(list);
         }
         let http = reqwest::Client::builder()
@@ -58,7 +72,12 @@ impl FedClient {
             .redirect(reqwest::redirect::Policy::limited(3))
             .build()
             .map_err(|e| Error::Unknown(format!("cannot build the federation client: {e}")))?;
-        Ok(FedClient { http, origin, key, resolved: Arc::default() })
+        Ok(FedClient {
+            http,
+            origin,
+            key,
+            resolved: Arc::default(),
+        })
     }
 
     /// `https://host:port` for a server name (spec resolution, no SRV).
@@ -66,7 +85,11 @@ impl FedClient {
         match discovery::plan(server) {
             discovery::Plan::Direct { host, port } => format!("https://{host}:{port}"),
             discovery::Plan::WellKnown { host } => {
-                if let Some((url, at)) = self.resolved.lock().unwrap_or_else(|p| p.into_inner()).get(server)
+                if let Some((url, at)) = self
+                    .resolved
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(server)
                     && at.elapsed() < Duration::from_secs(3600)
                 {
                     return url.clone();
@@ -78,38 +101,68 @@ impl FedClient {
                     .send()
                     .await;
                 let delegated = match wk {
-                    Ok(r) if r.status().is_success() => r.json::<Value>().await.ok().and_then(|v| discovery::from_well_known(&v)),
+                    Ok(r) if r.status().is_success() => r
+                        .json::<Value>()
+                        .await
+                        .ok()
+                        .and_then(|v| discovery::from_well_known(&v)),
                     _ => None,
                 };
                 let url = match delegated {
                     Some((h, p)) => format!("https://{h}:{p}"),
                     None => format!("https://{host}:{}", discovery::DEFAULT_PORT),
                 };
-                self.resolved.lock().unwrap_or_else(|p| p.into_inner()).insert(server.to_owned(), (url.clone(), Instant::now()));
+                self.resolved
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(server.to_owned(), (url.clone(), Instant::now()));
                 url
             }
         }
     }
 
-    fn sign(&self, dest: &str, method: &Method, uri: &str, body: Option<&Value>) -> Result<String, RemoteError> {
+    fn sign(
+        &self,
+        dest: &str,
+        method: &Method,
+        uri: &str,
+        body: Option<&Value>,
+    ) -> Result<String, RemoteError> {
         let content = match body {
-            Some(b) => Some(to_canonical_value(b.clone()).map_err(|e| RemoteError::Invalid(e.to_string()))?),
+            Some(b) => Some(
+                to_canonical_value(b.clone()).map_err(|e| RemoteError::Invalid(e.to_string()))?,
+            ),
             None => None,
         };
-        request_auth::sign_request(&self.key, &self.origin, dest, method.as_str(), uri, content.as_ref())
-            .map_err(|e| RemoteError::Invalid(e.to_string()))
+        request_auth::sign_request(
+            &self.key,
+            &self.origin,
+            dest,
+            method.as_str(),
+            uri,
+            content.as_ref(),
+        )
+        .map_err(|e| RemoteError::Invalid(e.to_string()))
     }
 
     /// A signed JSON request; `uri` is the path and query.
-    pub async fn json(&self, dest: &str, method: Method, uri: &str, body: Option<&Value>) -> Result<Value, RemoteError> {
+    pub async fn json(
+        &self,
+        dest: &str,
+        method: Method,
+        uri: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, RemoteError> {
         let bytes = self.send(dest, method, uri, body, true).await?.1;
-        serde_json::from_slice(&bytes).map_err(|e| RemoteError::Invalid(format!("{dest} sent invalid JSON: {e}")))
+        serde_json::from_slice(&bytes)
+            .map_err(|e| RemoteError::Invalid(format!("{dest} sent invalid JSON: {e}")))
     }
 
     /// An unsigned GET (server keys need no authentication).
     pub async fn get_unsigned(&self, dest: &str, uri: &str) -> Result<Value, RemoteError> {
         let bytes = self.send(dest, Method::GET, uri, None, false).await?.1;
-        serde_json::from_slice(&bytes).map_err(|e| RemoteError::Invalid(format!("{dest} sent invalid JSON: {e}")))
+        serde_json::from_slice(&bytes)
+            .map_err(|e| RemoteError::Invalid(format!("{dest} sent invalid JSON: {e}")))
     }
 
     /// A signed request returning the raw body and its content type.
@@ -124,18 +177,35 @@ impl FedClient {
         let base = self.base_url(dest).await;
         let mut req = self.http.request(method.clone(), format!("{base}{uri}"));
         if signed {
-            req = req.header(reqwest::header::AUTHORIZATION, self.sign(dest, &method, uri, body)?);
+            req = req.header(
+                reqwest::header::AUTHORIZATION,
+                self.sign(dest, &method, uri, body)?,
+            );
         }
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().await.map_err(|e| RemoteError::Unreachable(dest.to_owned(), error_chain(&e)))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| RemoteError::Unreachable(dest.to_owned(), error_chain(&e)))?;
         let status = resp.status().as_u16();
-        let content_type = resp.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let bytes = resp.bytes().await.map_err(|e| RemoteError::Unreachable(dest.to_owned(), error_chain(&e)))?;
+        let content_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| RemoteError::Unreachable(dest.to_owned(), error_chain(&e)))?;
         if !(200..300).contains(&status) {
             let body = String::from_utf8_lossy(&bytes[..bytes.len().min(500)]).into_owned();
-            return Err(RemoteError::Status { server: dest.to_owned(), status, body });
+            return Err(RemoteError::Status {
+                server: dest.to_owned(),
+                status,
+                body,
+            });
         }
         Ok((content_type, bytes.to_vec()))
     }

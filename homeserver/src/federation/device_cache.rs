@@ -34,21 +34,38 @@ impl Federation {
         if !self.may_cache(user) {
             return None;
         }
-        self.store.get(REMOTE_DEVICES, user.as_bytes()).ok().flatten()
+        self.store
+            .get(REMOTE_DEVICES, user.as_bytes())
+            .ok()
+            .flatten()
     }
 
     /// Client /keys/query for other servers' users: from the cache where it
     /// can be trusted, from their servers otherwise (and cached then).
-    pub async fn query_remote_keys(&self, wanted: BTreeMap<String, Map<String, Value>>) -> KeyQueryResult {
+    pub async fn query_remote_keys(
+        &self,
+        wanted: BTreeMap<String, Map<String, Value>>,
+    ) -> KeyQueryResult {
         let mut out = KeyQueryResult::default();
         let mut to_fetch: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
         for (server, users) in wanted {
             for (user, devices) in users {
-                let Ok(uid) = UserId::parse(user.as_str()) else { continue };
+                let Ok(uid) = UserId::parse(user.as_str()) else {
+                    continue;
+                };
                 match self.cached_devices(&uid) {
                     Some(c) => {
-                        let only: Vec<&str> = devices.as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-                        let list: Map<String, Value> = c.devices.into_iter().filter(|(d, _)| only.is_empty() || only.contains(&d.as_str())).collect();
+                        let only: Vec<&str> = devices
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(Value::as_str)
+                            .collect();
+                        let list: Map<String, Value> = c
+                            .devices
+                            .into_iter()
+                            .filter(|(d, _)| only.is_empty() || only.contains(&d.as_str()))
+                            .collect();
                         out.device_keys.insert(user.clone(), Value::Object(list));
                         if let Some(k) = c.master_key {
                             out.master_keys.insert(user.clone(), k);
@@ -58,7 +75,10 @@ impl Federation {
                         }
                     }
                     None => {
-                        to_fetch.entry(server.clone()).or_default().insert(user, devices);
+                        to_fetch
+                            .entry(server.clone())
+                            .or_default()
+                            .insert(user, devices);
                     }
                 }
             }
@@ -67,34 +87,59 @@ impl Federation {
             // Fetch whole lists, so what we cache is complete.
             let all: Map<String, Value> = users.keys().map(|u| (u.clone(), json!([]))).collect();
             let body = json!({"device_keys": all});
-            let r = self.client.json(&server, Method::POST, "/_matrix/federation/v1/user/keys/query", Some(&body)).await;
+            let r = self
+                .client
+                .json(
+                    &server,
+                    Method::POST,
+                    "/_matrix/federation/v1/user/keys/query",
+                    Some(&body),
+                )
+                .await;
             (server, users, r)
         });
         for (server, users, r) in super::e2ee::join_all(asks).await {
             let v = match r {
                 Ok(v) => v,
                 Err(e) => {
-                    out.failures.insert(server, json!({"errcode": "M_UNKNOWN", "error": e.to_string()}));
+                    out.failures.insert(
+                        server,
+                        json!({"errcode": "M_UNKNOWN", "error": e.to_string()}),
+                    );
                     continue;
                 }
             };
             for (user, devices) in users {
                 // A server answers only for its own users.
-                let Ok(uid) = UserId::parse(user.as_str()) else { continue };
+                let Ok(uid) = UserId::parse(user.as_str()) else {
+                    continue;
+                };
                 if uid.server_name().as_str() != server {
                     continue;
                 }
                 let entry = CachedDevices {
                     stream_id: None,
-                    devices: v["device_keys"][&user].as_object().cloned().unwrap_or_default(),
+                    devices: v["device_keys"][&user]
+                        .as_object()
+                        .cloned()
+                        .unwrap_or_default(),
                     master_key: v["master_keys"].get(&user).cloned(),
                     self_signing_key: v["self_signing_keys"].get(&user).cloned(),
                 };
                 if self.may_cache(&uid) {
                     let _ = self.store.put(REMOTE_DEVICES, uid.as_bytes(), &entry);
                 }
-                let only: Vec<&str> = devices.as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-                let list: Map<String, Value> = entry.devices.into_iter().filter(|(d, _)| only.is_empty() || only.contains(&d.as_str())).collect();
+                let only: Vec<&str> = devices
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                let list: Map<String, Value> = entry
+                    .devices
+                    .into_iter()
+                    .filter(|(d, _)| only.is_empty() || only.contains(&d.as_str()))
+                    .collect();
                 out.device_keys.insert(user.clone(), Value::Object(list));
                 if let Some(k) = entry.master_key {
                     out.master_keys.insert(user.clone(), k);
@@ -110,8 +155,15 @@ impl Federation {
     /// Applies an m.device_list_update to the cache when it follows on from
     /// what we have; otherwise drops the entry, so the next query refetches.
     pub(crate) fn apply_device_list_update(&self, user: &UserId, content: &Value) -> Result<()> {
-        let Some(mut cached) = self.store.get(REMOTE_DEVICES, user.as_bytes())? else { return Ok(()) };
-        let prev: Vec<u64> = content["prev_id"].as_array().into_iter().flatten().filter_map(Value::as_u64).collect();
+        let Some(mut cached) = self.store.get(REMOTE_DEVICES, user.as_bytes())? else {
+            return Ok(());
+        };
+        let prev: Vec<u64> = content["prev_id"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_u64)
+            .collect();
         let follows = match cached.stream_id {
             Some(s) => prev.is_empty() || prev.iter().all(|p| *p == s),
             None => prev.is_empty(),
@@ -133,7 +185,9 @@ impl Federation {
     }
 
     pub(crate) fn apply_signing_key_update(&self, user: &UserId, content: &Value) -> Result<()> {
-        let Some(mut cached) = self.store.get(REMOTE_DEVICES, user.as_bytes())? else { return Ok(()) };
+        let Some(mut cached) = self.store.get(REMOTE_DEVICES, user.as_bytes())? else {
+            return Ok(());
+        };
         if let Some(k) = content.get("master_key").filter(|k| k.is_object()) {
             cached.master_key = Some(k.clone());
         }

@@ -21,17 +21,29 @@ pub struct KeyQueryResult {
 impl Federation {
     /// /user/keys/query: our users' device and cross-signing keys.
     pub fn answer_key_query(&self, origin: &str, body: &Value) -> Result<Value> {
-        let wanted = body["device_keys"].as_object().ok_or_else(|| Error::bad_json("device_keys must be an object"))?;
+        let wanted = body["device_keys"]
+            .as_object()
+            .ok_or_else(|| Error::bad_json("device_keys must be an object"))?;
         let mut out = KeyQueryResult::default();
         for (user, devices) in wanted {
-            let Ok(user) = UserId::parse(user.as_str()) else { continue };
+            let Ok(user) = UserId::parse(user.as_str()) else {
+                continue;
+            };
             if user.server_name().as_str() != self.server_name {
                 continue;
             }
-            let only: Vec<String> = devices.as_array().into_iter().flatten().filter_map(|d| d.as_str().map(str::to_owned)).collect();
+            let only: Vec<String> = devices
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|d| d.as_str().map(str::to_owned))
+                .collect();
             // Signatures other users made are shown to the key's owner only
             // among local viewers; a remote server sees the owner's view.
-            out.device_keys.insert(user.to_string(), Value::Object(self.e2ee.device_keys(&user, &user, &only)?));
+            out.device_keys.insert(
+                user.to_string(),
+                Value::Object(self.e2ee.device_keys(&user, &user, &only)?),
+            );
             if let Some(k) = self.e2ee.cross_signing_for(&user, &user, "master")? {
                 out.master_keys.insert(user.to_string(), k);
             }
@@ -40,19 +52,29 @@ impl Federation {
             }
         }
         tracing::debug!("answered a key query from {origin}");
-        Ok(json!({"device_keys": out.device_keys, "master_keys": out.master_keys, "self_signing_keys": out.self_signing_keys}))
+        Ok(
+            json!({"device_keys": out.device_keys, "master_keys": out.master_keys, "self_signing_keys": out.self_signing_keys}),
+        )
     }
 
     pub async fn answer_key_claim(&self, body: &Value) -> Result<Value> {
-        let wanted = body["one_time_keys"].as_object().ok_or_else(|| Error::bad_json("one_time_keys must be an object"))?;
+        let wanted = body["one_time_keys"]
+            .as_object()
+            .ok_or_else(|| Error::bad_json("one_time_keys must be an object"))?;
         let mut local: BTreeMap<OwnedUserId, BTreeMap<String, String>> = BTreeMap::new();
         for (user, devices) in wanted {
-            let Ok(user) = UserId::parse(user.as_str()) else { continue };
+            let Ok(user) = UserId::parse(user.as_str()) else {
+                continue;
+            };
             if user.server_name().as_str() != self.server_name {
                 continue;
             }
-            let per: BTreeMap<String, String> =
-                devices.as_object().into_iter().flatten().filter_map(|(d, a)| a.as_str().map(|a| (d.clone(), a.to_owned()))).collect();
+            let per: BTreeMap<String, String> = devices
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(d, a)| a.as_str().map(|a| (d.clone(), a.to_owned())))
+                .collect();
             local.insert(user, per);
         }
         Ok(json!({"one_time_keys": self.e2ee.claim(&local).await?}))
@@ -86,24 +108,40 @@ impl Federation {
     }
 
     /// Claims one-time keys of other servers' users (client /keys/claim).
-    pub async fn claim_remote_keys(&self, wanted: BTreeMap<String, Map<String, Value>>) -> (Map<String, Value>, Map<String, Value>) {
+    pub async fn claim_remote_keys(
+        &self,
+        wanted: BTreeMap<String, Map<String, Value>>,
+    ) -> (Map<String, Value>, Map<String, Value>) {
         let (mut keys, mut failures) = (Map::new(), Map::new());
         let asks = wanted.into_iter().map(|(server, users)| async move {
             let body = json!({"one_time_keys": users});
-            let r = self.client.json(&server, Method::POST, "/_matrix/federation/v1/user/keys/claim", Some(&body)).await;
+            let r = self
+                .client
+                .json(
+                    &server,
+                    Method::POST,
+                    "/_matrix/federation/v1/user/keys/claim",
+                    Some(&body),
+                )
+                .await;
             (server, r)
         });
         for (server, r) in join_all(asks).await {
             match r {
                 Ok(v) => {
                     for (user, k) in v["one_time_keys"].as_object().into_iter().flatten() {
-                        if UserId::parse(user.as_str()).is_ok_and(|u| u.server_name().as_str() == server) {
+                        if UserId::parse(user.as_str())
+                            .is_ok_and(|u| u.server_name().as_str() == server)
+                        {
                             keys.insert(user.clone(), k.clone());
                         }
                     }
                 }
                 Err(e) => {
-                    failures.insert(server, json!({"errcode": "M_UNKNOWN", "error": e.to_string()}));
+                    failures.insert(
+                        server,
+                        json!({"errcode": "M_UNKNOWN", "error": e.to_string()}),
+                    );
                 }
             }
         }
@@ -116,7 +154,9 @@ impl Federation {
 }
 
 /// Runs the futures concurrently and collects their outputs.
-pub(crate) async fn join_all<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+pub(crate) async fn join_all<F: std::future::Future>(
+    futs: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
     let futs: Vec<F> = futs.into_iter().collect();
     let mut out = Vec::with_capacity(futs.len());
     // Few servers per query: sequential awaits of already-created futures
@@ -133,7 +173,11 @@ pub(crate) async fn join_all<F: std::future::Future>(futs: impl IntoIterator<Ite
                 }
             }
         }
-        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
     })
     .await;
     out.extend(results.into_iter().flatten());

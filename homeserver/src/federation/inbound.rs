@@ -28,7 +28,12 @@ const MAX_EDUS: usize = 100;
 const MAX_MISSING: usize = 50;
 
 impl Federation {
-    pub async fn receive_transaction(&self, origin: &str, txn_id: &str, body: Value) -> Result<Value> {
+    pub async fn receive_transaction(
+        &self,
+        origin: &str,
+        txn_id: &str,
+        body: Value,
+    ) -> Result<Value> {
         let key = keys::strs(&[origin, txn_id]);
         if let Some(record) = self.store.get(FED_TXNS, &key)? {
             return Ok(record.answer);
@@ -47,7 +52,9 @@ impl Federation {
             Some(_) => return Err(Error::bad_json("edus must be an array")),
         };
         if pdus.len() > MAX_PDUS || edus.len() > MAX_EDUS {
-            return Err(Error::bad_json(format!("at most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs per transaction")));
+            return Err(Error::bad_json(format!(
+                "at most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs per transaction"
+            )));
         }
         // EDUs first: a room key sent to a device before a message must not
         // reach the client after the message it unlocks.
@@ -69,7 +76,14 @@ impl Federation {
             results.insert(id, entry);
         }
         let answer = json!({"pdus": results});
-        self.store.put(FED_TXNS, &key, &TxnRecord { answer: answer.clone(), ts: crate::accounts::now_ms() })?;
+        self.store.put(
+            FED_TXNS,
+            &key,
+            &TxnRecord {
+                answer: answer.clone(),
+                ts: crate::accounts::now_ms(),
+            },
+        )?;
         Ok(answer)
     }
 }
@@ -80,7 +94,11 @@ pub async fn forget_old_transactions(store: crate::storage::Store) {
         tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
         let cutoff = crate::accounts::now_ms().saturating_sub(TXN_MEMORY_MS);
         let old: Vec<Vec<u8>> = match store.scan_prefix(FED_TXNS, b"") {
-            Ok(rows) => rows.into_iter().filter(|(_, r)| r.ts < cutoff).map(|(k, _)| k).collect(),
+            Ok(rows) => rows
+                .into_iter()
+                .filter(|(_, r)| r.ts < cutoff)
+                .map(|(k, _)| k)
+                .collect(),
             Err(e) => {
                 tracing::warn!("cannot read federation transactions: {e}");
                 continue;
@@ -99,9 +117,18 @@ pub async fn forget_old_transactions(store: crate::storage::Store) {
 impl Federation {
     /// Returns the event ID (or a placeholder) and what became of it.
     async fn receive_pdu(&self, origin: &str, pdu: &Value) -> (String, Result<()>) {
-        let room_id = match pdu.get("room_id").and_then(Value::as_str).map(OwnedRoomId::try_from) {
+        let room_id = match pdu
+            .get("room_id")
+            .and_then(Value::as_str)
+            .map(OwnedRoomId::try_from)
+        {
             Some(Ok(r)) => r,
-            _ => return ("(no room_id)".into(), Err(Error::bad_json("PDU without a valid room_id"))),
+            _ => {
+                return (
+                    "(no room_id)".into(),
+                    Err(Error::bad_json("PDU without a valid room_id")),
+                );
+            }
         };
         if matches!(self.rooms.room_version(&room_id), Ok(None)) {
             // The resident server may send the room's next events before our
@@ -110,35 +137,67 @@ impl Federation {
         }
         let version = match self.rooms.room_version(&room_id) {
             Ok(Some(v)) => v,
-            Ok(None) => return ("(unknown room)".into(), Err(Error::not_found("this server is not in the room"))),
+            Ok(None) => {
+                return (
+                    "(unknown room)".into(),
+                    Err(Error::not_found("this server is not in the room")),
+                );
+            }
             Err(e) => return ("(error)".into(), Err(e)),
         };
         // A refused event is named by its reference hash when it has one.
         let claimed_id = || {
             bellwire_federation::rules_for(&version)
                 .ok()
-                .and_then(|rules| Some(bellwire_federation::event_id_of(&crate::rooms::remote::to_object(pdu.clone()).ok()?, &rules).ok()?.to_string()))
+                .and_then(|rules| {
+                    Some(
+                        bellwire_federation::event_id_of(
+                            &crate::rooms::remote::to_object(pdu.clone()).ok()?,
+                            &rules,
+                        )
+                        .ok()?
+                        .to_string(),
+                    )
+                })
                 .unwrap_or_else(|| "(unverified)".to_owned())
         };
         match self.rooms.server_allowed(&room_id, origin) {
             Ok(true) => {}
-            Ok(false) => return (claimed_id(), Err(Error::forbidden("the room's server ACL denies your server"))),
+            Ok(false) => {
+                return (
+                    claimed_id(),
+                    Err(Error::forbidden("the room's server ACL denies your server")),
+                );
+            }
             Err(e) => return (claimed_id(), Err(e)),
         }
         let (object, event_id) = match self.check_incoming(pdu, &version).await {
             Ok(x) => x,
             Err(e) => return (claimed_id(), Err(e)),
         };
-        let outcome = self.accept_with_gaps_filled(origin, &room_id, object, &event_id).await;
+        let outcome = self
+            .accept_with_gaps_filled(origin, &room_id, object, &event_id)
+            .await;
         (event_id.to_string(), outcome)
     }
 
     /// Fetches missing auth events and prev events, then accepts the event.
-    pub(crate) async fn accept_with_gaps_filled(&self, origin: &str, room_id: &RoomId, object: CanonicalJsonObject, event_id: &OwnedEventId) -> Result<()> {
-        if self.rooms.event(event_id.as_str())?.is_some_and(|e| e.pos != 0) {
+    pub(crate) async fn accept_with_gaps_filled(
+        &self,
+        origin: &str,
+        room_id: &RoomId,
+        object: CanonicalJsonObject,
+        event_id: &OwnedEventId,
+    ) -> Result<()> {
+        if self
+            .rooms
+            .event(event_id.as_str())?
+            .is_some_and(|e| e.pos != 0)
+        {
             return Ok(());
         }
-        self.fetch_missing_auth(origin, room_id, &object, event_id).await?;
+        self.fetch_missing_auth(origin, room_id, &object, event_id)
+            .await?;
         let prevs = ids(&object, "prev_events");
         let mut missing = false;
         for p in &prevs {
@@ -155,10 +214,17 @@ impl Federation {
             }
         }
         let _writer = self.rooms.stream.writer.lock().await;
-        self.rooms.accept_remote_locked(room_id, &object, event_id, Vec::new())
+        self.rooms
+            .accept_remote_locked(room_id, &object, event_id, Vec::new())
     }
 
-    pub(crate) async fn fetch_missing_auth(&self, origin: &str, room_id: &RoomId, object: &CanonicalJsonObject, event_id: &OwnedEventId) -> Result<()> {
+    pub(crate) async fn fetch_missing_auth(
+        &self,
+        origin: &str,
+        room_id: &RoomId,
+        object: &CanonicalJsonObject,
+        event_id: &OwnedEventId,
+    ) -> Result<()> {
         let mut need = false;
         for a in ids(object, "auth_events") {
             if !self.rooms.has_event(a.as_str())? {
@@ -168,9 +234,16 @@ impl Federation {
         if !need {
             return Ok(());
         }
-        let uri = format!("/_matrix/federation/v1/event_auth/{}/{}", enc(room_id.as_str()), enc(event_id.as_str()));
+        let uri = format!(
+            "/_matrix/federation/v1/event_auth/{}/{}",
+            enc(room_id.as_str()),
+            enc(event_id.as_str())
+        );
         let answer = self.client.json(origin, Method::GET, &uri, None).await?;
-        let version = self.rooms.room_version(room_id)?.ok_or_else(|| Error::not_found("unknown room"))?;
+        let version = self
+            .rooms
+            .room_version(room_id)?
+            .ok_or_else(|| Error::not_found("unknown room"))?;
         let mut chain = Vec::new();
         for ev in answer["auth_chain"].as_array().cloned().unwrap_or_default() {
             let (obj, id) = self.check_incoming(&ev, &version).await?;
@@ -183,14 +256,38 @@ impl Federation {
         Ok(())
     }
 
-    async fn fetch_missing_events(&self, origin: &str, room_id: &RoomId, latest: &OwnedEventId) -> Result<()> {
-        let earliest = self.rooms.room(room_id)?.map(|r| r.extremities).unwrap_or_default();
-        let uri = format!("/_matrix/federation/v1/get_missing_events/{}", enc(room_id.as_str()));
+    async fn fetch_missing_events(
+        &self,
+        origin: &str,
+        room_id: &RoomId,
+        latest: &OwnedEventId,
+    ) -> Result<()> {
+        let earliest = self
+            .rooms
+            .room(room_id)?
+            .map(|r| r.extremities)
+            .unwrap_or_default();
+        let uri = format!(
+            "/_matrix/federation/v1/get_missing_events/{}",
+            enc(room_id.as_str())
+        );
         let body = json!({"earliest_events": earliest, "latest_events": [latest], "limit": MAX_MISSING, "min_depth": 0});
-        let answer = self.client.json(origin, Method::POST, &uri, Some(&body)).await?;
-        let version = self.rooms.room_version(room_id)?.ok_or_else(|| Error::not_found("unknown room"))?;
+        let answer = self
+            .client
+            .json(origin, Method::POST, &uri, Some(&body))
+            .await?;
+        let version = self
+            .rooms
+            .room_version(room_id)?
+            .ok_or_else(|| Error::not_found("unknown room"))?;
         let mut events = Vec::new();
-        for ev in answer["events"].as_array().cloned().unwrap_or_default().into_iter().take(MAX_MISSING) {
+        for ev in answer["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .take(MAX_MISSING)
+        {
             match self.check_incoming(&ev, &version).await {
                 Ok((obj, id)) => events.push((depth(&obj), id, obj)),
                 Err(e) => tracing::info!("missing event from {origin} refused: {e}"),
@@ -200,7 +297,10 @@ impl Federation {
         for (_, id, obj) in events {
             self.fetch_missing_auth(origin, room_id, &obj, &id).await?;
             let _writer = self.rooms.stream.writer.lock().await;
-            if let Err(e) = self.rooms.accept_remote_locked(room_id, &obj, &id, Vec::new()) {
+            if let Err(e) = self
+                .rooms
+                .accept_remote_locked(room_id, &obj, &id, Vec::new())
+            {
                 tracing::info!("missing event {id} refused: {e}");
             }
         }

@@ -32,8 +32,18 @@ pub struct KeyRing {
 }
 
 impl KeyRing {
-    pub fn new(store: Store, client: FedClient, own_name: String, own_keys: Vec<(String, String)>) -> Self {
-        KeyRing { store, client, own_name, own_keys }
+    pub fn new(
+        store: Store,
+        client: FedClient,
+        own_name: String,
+        own_keys: Vec<(String, String)>,
+    ) -> Self {
+        KeyRing {
+            store,
+            client,
+            own_name,
+            own_keys,
+        }
     }
 
     fn cached(&self, server: &str) -> Option<ServerKeys> {
@@ -43,14 +53,28 @@ impl KeyRing {
 
     /// The cached document for a server, for the notary endpoint.
     pub fn cached_document(&self, server: &str) -> Option<Value> {
-        self.store.get(SERVER_KEYS, server.as_bytes()).ok()?.map(|c| c.document)
+        self.store
+            .get(SERVER_KEYS, server.as_bytes())
+            .ok()?
+            .map(|c| c.document)
     }
 
     /// Fetches and caches `server`'s key document from the server itself.
     pub async fn refresh(&self, server: &str) -> Result<ServerKeys, RemoteError> {
-        let doc = self.client.get_unsigned(server, "/_matrix/key/v2/server").await?;
-        let keys = server_keys::verify_key_document(server, &doc).map_err(|e| RemoteError::Invalid(e.to_string()))?;
-        let _ = self.store.put(SERVER_KEYS, server.as_bytes(), &CachedKeys { document: doc, fetched_ts: now_ms() });
+        let doc = self
+            .client
+            .get_unsigned(server, "/_matrix/key/v2/server")
+            .await?;
+        let keys = server_keys::verify_key_document(server, &doc)
+            .map_err(|e| RemoteError::Invalid(e.to_string()))?;
+        let _ = self.store.put(
+            SERVER_KEYS,
+            server.as_bytes(),
+            &CachedKeys {
+                document: doc,
+                fetched_ts: now_ms(),
+            },
+        );
         Ok(keys)
     }
 

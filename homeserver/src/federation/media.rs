@@ -18,7 +18,11 @@ pub fn multipart_body(content_type: &str, bytes: &[u8]) -> Vec<u8> {
 
 /// The media part of a multipart/mixed answer: (content type, bytes).
 pub fn parse_multipart(content_type: &str, body: &[u8]) -> Option<(String, Vec<u8>)> {
-    let boundary = content_type.split(';').find_map(|p| p.trim().strip_prefix("boundary="))?.trim_matches('"').to_owned();
+    let boundary = content_type
+        .split(';')
+        .find_map(|p| p.trim().strip_prefix("boundary="))?
+        .trim_matches('"')
+        .to_owned();
     let delim = format!("--{boundary}").into_bytes();
     let parts: Vec<&[u8]> = split_on(body, &delim);
     // parts[0] is the preamble, then metadata, then media.
@@ -30,7 +34,11 @@ pub fn parse_multipart(content_type: &str, body: &[u8]) -> Option<(String, Vec<u
     data = data.strip_suffix(b"\r\n").unwrap_or(data);
     let ctype = headers
         .lines()
-        .find_map(|l| l.split_once(':').filter(|(k, _)| k.trim().eq_ignore_ascii_case("content-type")).map(|(_, v)| v.trim().to_owned()))
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.trim().eq_ignore_ascii_case("content-type"))
+                .map(|(_, v)| v.trim().to_owned())
+        })
         .unwrap_or_else(|| "application/octet-stream".into());
     Some((ctype, data.to_vec()))
 }
@@ -55,14 +63,20 @@ impl Federation {
     pub async fn fetch_remote_media(&self, server: &str, media_id: &str) -> Result<()> {
         self.require_enabled()?;
         let uri = format!("/_matrix/federation/v1/media/download/{}", enc(media_id));
-        let (ctype, body) = self.client.send(server, Method::GET, &uri, None, true).await?;
+        let (ctype, body) = self
+            .client
+            .send(server, Method::GET, &uri, None, true)
+            .await?;
         let ctype = ctype.unwrap_or_default();
         let (media_type, bytes) = if ctype.starts_with("multipart/") {
-            parse_multipart(&ctype, &body).ok_or_else(|| Error::Remote(format!("{server} sent unreadable multipart media")))?
+            parse_multipart(&ctype, &body)
+                .ok_or_else(|| Error::Remote(format!("{server} sent unreadable multipart media")))?
         } else {
             (ctype, body)
         };
-        self.media.store_remote(server, media_id, &media_type, &bytes).await
+        self.media
+            .store_remote(server, media_id, &media_type, &bytes)
+            .await
     }
 }
 

@@ -15,7 +15,9 @@ pub mod sender;
 
 use std::{sync::Arc, time::Duration};
 
-use bellwire_federation::{PduCheck, ServerKey, check_pdu, event_id_of, request_auth, rules_for, servers_to_verify};
+use bellwire_federation::{
+    PduCheck, ServerKey, check_pdu, event_id_of, request_auth, rules_for, servers_to_verify,
+};
 use ruma::{CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, RoomVersionId};
 
 use crate::{
@@ -52,7 +54,11 @@ pub struct Federation {
     pub media: Media,
     /// Rooms we are joining right now: events for them that arrive before
     /// the join completes wait for it instead of being refused.
-    joining: Arc<std::sync::Mutex<std::collections::HashMap<ruma::OwnedRoomId, tokio::sync::watch::Receiver<bool>>>>,
+    joining: Arc<
+        std::sync::Mutex<
+            std::collections::HashMap<ruma::OwnedRoomId, tokio::sync::watch::Receiver<bool>>,
+        >,
+    >,
 }
 
 pub struct Parts {
@@ -71,19 +77,44 @@ pub struct Parts {
 impl Federation {
     /// Builds the service and starts the outbound sender.
     pub fn start(config: &Config, p: Parts) -> Result<Self> {
-        let trusted = config.federation.as_ref().map(|f| f.trusted_ca_certificates.clone()).unwrap_or_default();
+        let trusted = config
+            .federation
+            .as_ref()
+            .map(|f| f.trusted_ca_certificates.clone())
+            .unwrap_or_default();
         let server_name = config.server_name.to_string();
         let client = FedClient::new(server_name.clone(), p.key.clone(), &trusted)?;
         let old_keys = crate::signing_key::old_keys(&p.store)?;
         let mut own_keys = vec![(p.key.key_id(), p.key.public_key_base64())];
-        own_keys.extend(old_keys.iter().map(|k| (k.key_id.clone(), k.public_key.clone())));
-        let keys = KeyRing::new(p.store.clone(), client.clone(), server_name.clone(), own_keys);
+        own_keys.extend(
+            old_keys
+                .iter()
+                .map(|k| (k.key_id.clone(), k.public_key.clone())),
+        );
+        let keys = KeyRing::new(
+            p.store.clone(),
+            client.clone(),
+            server_name.clone(),
+            own_keys,
+        );
         let backoffs = Arc::new(Backoffs::default());
         let enabled = config.federation.is_some();
-        let max_backoff = Duration::from_secs(config.federation.as_ref().map_or(600, |f| f.max_backoff_secs));
+        let max_backoff = Duration::from_secs(
+            config
+                .federation
+                .as_ref()
+                .map_or(600, |f| f.max_backoff_secs),
+        );
         if enabled {
             tokio::spawn(inbound::forget_old_transactions(p.store.clone()));
-            tokio::spawn(sender::run(p.new_destinations, p.queue.clone(), client.clone(), p.rooms.clone(), backoffs.clone(), max_backoff));
+            tokio::spawn(sender::run(
+                p.new_destinations,
+                p.queue.clone(),
+                client.clone(),
+                p.rooms.clone(),
+                backoffs.clone(),
+                max_backoff,
+            ));
         }
         Ok(Federation {
             enabled,
@@ -108,13 +139,25 @@ impl Federation {
     /// Marks a room as being joined until the returned guard is dropped.
     pub(crate) fn start_joining(&self, room_id: &ruma::RoomId) -> JoinGuard {
         let (tx, rx) = tokio::sync::watch::channel(false);
-        self.joining.lock().unwrap_or_else(|p| p.into_inner()).insert(room_id.to_owned(), rx);
-        JoinGuard { room_id: room_id.to_owned(), joining: self.joining.clone(), _done: tx }
+        self.joining
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(room_id.to_owned(), rx);
+        JoinGuard {
+            room_id: room_id.to_owned(),
+            joining: self.joining.clone(),
+            _done: tx,
+        }
     }
 
     /// Waits (bounded) for a join of `room_id` in progress, if any.
     pub(crate) async fn wait_for_join(&self, room_id: &ruma::RoomId) {
-        let rx = self.joining.lock().unwrap_or_else(|p| p.into_inner()).get(room_id).cloned();
+        let rx = self
+            .joining
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(room_id)
+            .cloned();
         if let Some(mut rx) = rx {
             // The sender is dropped when the join ends, either way.
             let _ = tokio::time::timeout(Duration::from_secs(30), rx.changed()).await;
@@ -122,7 +165,11 @@ impl Federation {
     }
 
     pub fn require_enabled(&self) -> Result<()> {
-        if self.enabled { Ok(()) } else { Err(Error::forbidden("federation is disabled on this server")) }
+        if self.enabled {
+            Ok(())
+        } else {
+            Err(Error::forbidden("federation is disabled on this server"))
+        }
     }
 
     /// Checks an inbound request's X-Matrix header; returns the origin.
@@ -133,8 +180,10 @@ impl Federation {
         uri: &str,
         body: Option<&CanonicalJsonValue>,
     ) -> Result<String> {
-        let header = header.ok_or_else(|| Error::Unauthorized("missing X-Matrix authorization".into()))?;
-        let auth = request_auth::parse_x_matrix(header).map_err(|e| Error::Unauthorized(e.to_string()))?;
+        let header =
+            header.ok_or_else(|| Error::Unauthorized("missing X-Matrix authorization".into()))?;
+        let auth =
+            request_auth::parse_x_matrix(header).map_err(|e| Error::Unauthorized(e.to_string()))?;
         if ruma::ServerName::parse(&auth.origin).is_err() || auth.origin == self.server_name {
             return Err(Error::Unauthorized("invalid origin".into()));
         }
@@ -152,11 +201,17 @@ impl Federation {
     /// The checks on receipt of a PDU that need no room state: format,
     /// signatures of every required server, content hash (a mismatch
     /// keeps the redacted form). Returns the event to keep and its ID.
-    pub async fn check_incoming(&self, pdu: &serde_json::Value, version: &RoomVersionId) -> Result<(CanonicalJsonObject, OwnedEventId)> {
+    pub async fn check_incoming(
+        &self,
+        pdu: &serde_json::Value,
+        version: &RoomVersionId,
+    ) -> Result<(CanonicalJsonObject, OwnedEventId)> {
         let rules = rules_for(version).map_err(|_| Error::UnsupportedRoomVersion)?;
         let object = crate::rooms::remote::to_object(pdu.clone())?;
-        ruma::state_res::check_pdu_format(&object, &rules.event_format).map_err(|e| Error::bad_json(format!("malformed PDU: {e}")))?;
-        let servers = servers_to_verify(&object, &rules).map_err(|e| Error::bad_json(e.to_string()))?;
+        ruma::state_res::check_pdu_format(&object, &rules.event_format)
+            .map_err(|e| Error::bad_json(format!("malformed PDU: {e}")))?;
+        let servers =
+            servers_to_verify(&object, &rules).map_err(|e| Error::bad_json(e.to_string()))?;
         let mut keys = self.keys.key_map(&servers).await?;
         let verdict = match check_pdu(&keys, &object, &rules) {
             Ok(v) => v,
@@ -168,13 +223,15 @@ impl Federation {
                     }
                 }
                 keys = self.keys.key_map(&servers).await?;
-                check_pdu(&keys, &object, &rules).map_err(|e| Error::Forbidden(format!("event signature check failed: {e}")))?
+                check_pdu(&keys, &object, &rules)
+                    .map_err(|e| Error::Forbidden(format!("event signature check failed: {e}")))?
             }
         };
         let event_id = event_id_of(&object, &rules).map_err(|e| Error::bad_json(e.to_string()))?;
         let object = match verdict {
             PduCheck::Valid => object,
-            PduCheck::Redact => ruma::canonical_json::redact(object, &rules.redaction, None).map_err(|e| Error::bad_json(e.to_string()))?,
+            PduCheck::Redact => ruma::canonical_json::redact(object, &rules.redaction, None)
+                .map_err(|e| Error::bad_json(e.to_string()))?,
         };
         Ok((object, event_id))
     }
@@ -183,12 +240,19 @@ impl Federation {
 /// Ends a "joining" mark when dropped.
 pub(crate) struct JoinGuard {
     room_id: ruma::OwnedRoomId,
-    joining: Arc<std::sync::Mutex<std::collections::HashMap<ruma::OwnedRoomId, tokio::sync::watch::Receiver<bool>>>>,
+    joining: Arc<
+        std::sync::Mutex<
+            std::collections::HashMap<ruma::OwnedRoomId, tokio::sync::watch::Receiver<bool>>,
+        >,
+    >,
     _done: tokio::sync::watch::Sender<bool>,
 }
 
 impl Drop for JoinGuard {
     fn drop(&mut self) {
-        self.joining.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.room_id);
+        self.joining
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.room_id);
     }
 }

@@ -40,12 +40,16 @@ pub struct OutboundQueue {
 }
 
 impl OutboundQueue {
-    pub fn new(store: Store, our_name: String) -> Result<(Arc<Self>, mpsc::UnboundedReceiver<String>)> {
+    pub fn new(
+        store: Store,
+        our_name: String,
+    ) -> Result<(Arc<Self>, mpsc::UnboundedReceiver<String>)> {
         let mut max = 0;
         let mut pending = Vec::new();
         for (k, _) in store.scan_prefix(QUEUE, b"")? {
             max = max.max(keys::trailing_u64(&k).unwrap_or(0));
-            if let Some(dest) = keys::split_strs(&k[..k.len().saturating_sub(8)]).and_then(|p| p.first().map(|d| d.to_string()))
+            if let Some(dest) = keys::split_strs(&k[..k.len().saturating_sub(8)])
+                .and_then(|p| p.first().map(|d| d.to_string()))
                 && !pending.contains(&dest)
             {
                 pending.push(dest);
@@ -55,7 +59,13 @@ impl OutboundQueue {
         // Sequence numbers name transactions, so they must never repeat,
         // also after a restart with an empty queue: start above the clock.
         let start = (max + 1).max(crate::accounts::now_ms().saturating_mul(1000));
-        let queue = Arc::new(OutboundQueue { store, seq: AtomicU64::new(start), wakers: Mutex::default(), new_destinations: tx, our_name });
+        let queue = Arc::new(OutboundQueue {
+            store,
+            seq: AtomicU64::new(start),
+            wakers: Mutex::default(),
+            new_destinations: tx,
+            our_name,
+        });
         // Whatever was queued before a restart is sent again.
         for dest in pending {
             queue.waker(&dest);
@@ -71,7 +81,11 @@ impl OutboundQueue {
     pub fn stage(&self, batch: &mut Batch<'_>, dests: &[String], item: &Outgoing) {
         for dest in dests.iter().filter(|d| **d != self.our_name) {
             let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-            batch.put(QUEUE, &keys::KeyBuf::new().str(dest).u64(seq).into_vec(), item);
+            batch.put(
+                QUEUE,
+                &keys::KeyBuf::new().str(dest).u64(seq).into_vec(),
+                item,
+            );
         }
     }
 
@@ -142,7 +156,11 @@ mod tests {
     use super::*;
 
     fn seqs(q: &OutboundQueue, dest: &str) -> Vec<u64> {
-        q.peek(dest, 100).unwrap().iter().filter_map(|(k, _)| keys::trailing_u64(k)).collect()
+        q.peek(dest, 100)
+            .unwrap()
+            .iter()
+            .filter_map(|(k, _)| keys::trailing_u64(k))
+            .collect()
     }
 
     /// Sequence numbers name outbound transactions: they keep rising across
@@ -155,11 +173,17 @@ mod tests {
         let first = {
             let store = Store::open(dir.path(), false).unwrap();
             let (q, _rx) = OutboundQueue::new(store, "us.example".into()).unwrap();
-            q.push(&["them.example".into(), "us.example".into()], edu.clone()).unwrap();
+            q.push(&["them.example".into(), "us.example".into()], edu.clone())
+                .unwrap();
             let s = seqs(&q, "them.example");
             assert_eq!(s.len(), 1, "queued for the other server only");
             assert!(seqs(&q, "us.example").is_empty());
-            let keys: Vec<Vec<u8>> = q.peek("them.example", 100).unwrap().into_iter().map(|(k, _)| k).collect();
+            let keys: Vec<Vec<u8>> = q
+                .peek("them.example", 100)
+                .unwrap()
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect();
             q.remove(&keys).unwrap();
             s[0]
         };
@@ -177,10 +201,21 @@ mod tests {
         let store = Store::open(dir.path(), false).unwrap();
         let (q, _rx) = OutboundQueue::new(store, "us.example".into()).unwrap();
         let dest = vec!["them.example".to_owned()];
-        for kind in ["m.typing", "m.receipt", "m.presence", "m.direct_to_device", "m.typing"] {
-            q.push(&dest, Outgoing::Edu(serde_json::json!({"edu_type": kind}))).unwrap();
+        for kind in [
+            "m.typing",
+            "m.receipt",
+            "m.presence",
+            "m.direct_to_device",
+            "m.typing",
+        ] {
+            q.push(&dest, Outgoing::Edu(serde_json::json!({"edu_type": kind})))
+                .unwrap();
         }
-        q.push(&dest, Outgoing::Pdu(ruma::OwnedEventId::try_from("$event").unwrap())).unwrap();
+        q.push(
+            &dest,
+            Outgoing::Pdu(ruma::OwnedEventId::try_from("$event").unwrap()),
+        )
+        .unwrap();
         assert_eq!(q.drop_stale_ephemeral("them.example").unwrap(), 3);
         let left: Vec<String> = q
             .peek("them.example", 100)

@@ -1,6 +1,10 @@
 //! Sends the outbound queue: one worker per destination, batching PDUs and EDUs into transactions, backing off when the server is down.
 
-use std::{collections::HashMap, sync::{Arc, Mutex}, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -24,10 +28,20 @@ pub struct Backoffs {
 
 impl Backoffs {
     fn notifier(&self, dest: &str) -> Arc<Notify> {
-        self.retry_now.lock().unwrap_or_else(|p| p.into_inner()).entry(dest.to_owned()).or_default().clone()
+        self.retry_now
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(dest.to_owned())
+            .or_default()
+            .clone()
     }
     pub fn heard_from(&self, dest: &str) {
-        if let Some(n) = self.retry_now.lock().unwrap_or_else(|p| p.into_inner()).get(dest) {
+        if let Some(n) = self
+            .retry_now
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(dest)
+        {
             n.notify_one();
         }
     }
@@ -42,7 +56,14 @@ pub async fn run(
     max_backoff: Duration,
 ) {
     while let Some(dest) = new_destinations.recv().await {
-        let worker = Worker { dest: dest.clone(), queue: queue.clone(), client: client.clone(), rooms: rooms.clone(), retry_now: backoffs.notifier(&dest), max_backoff };
+        let worker = Worker {
+            dest: dest.clone(),
+            queue: queue.clone(),
+            client: client.clone(),
+            rooms: rooms.clone(),
+            retry_now: backoffs.notifier(&dest),
+            max_backoff,
+        };
         tokio::spawn(worker.run());
     }
 }
@@ -95,7 +116,10 @@ impl Worker {
             }
             // Named by the queue rows it carries: a retry of the same batch
             // reuses the ID, so the receiver answers it from its record.
-            let seq = |k: Option<&Vec<u8>>| k.and_then(|k| crate::storage::keys::trailing_u64(k)).unwrap_or(0);
+            let seq = |k: Option<&Vec<u8>>| {
+                k.and_then(|k| crate::storage::keys::trailing_u64(k))
+                    .unwrap_or(0)
+            };
             let txn_id = format!("{}-{}", seq(sent.first()), seq(sent.last()));
             let body = json!({
                 "origin": self.queue.our_name,
@@ -104,7 +128,11 @@ impl Worker {
                 "edus": edus,
             });
             let uri = format!("/_matrix/federation/v1/send/{txn_id}");
-            match self.client.json(&self.dest, Method::PUT, &uri, Some(&body)).await {
+            match self
+                .client
+                .json(&self.dest, Method::PUT, &uri, Some(&body))
+                .await
+            {
                 Ok(answer) => {
                     log_rejections(&self.dest, &answer);
                     if let Err(e) = self.queue.remove(&sent) {
@@ -113,7 +141,11 @@ impl Worker {
                     backoff = Duration::from_secs(1);
                 }
                 Err(e) => {
-                    tracing::info!("federation to {} failed, retrying in {:?}: {e}", self.dest, backoff);
+                    tracing::info!(
+                        "federation to {} failed, retrying in {:?}: {e}",
+                        self.dest,
+                        backoff
+                    );
                     if let Err(e) = self.queue.drop_stale_ephemeral(&self.dest) {
                         tracing::error!("federation queue for {}: {e}", self.dest);
                     }

@@ -72,7 +72,10 @@ pub struct UploadClaim {
 
 impl Drop for UploadClaim {
     fn drop(&mut self) {
-        self.receiving.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+        self.receiving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
     }
 }
 
@@ -83,12 +86,18 @@ fn media_key(server: &str, id: &str) -> Vec<u8> {
 /// Media IDs we hand out are `[A-Za-z0-9]`; anything else is not ours and
 /// could be a path trick, so it never reaches the file system.
 pub fn valid_media_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 255 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    !id.is_empty()
+        && id.len() <= 255
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 impl Media {
     pub fn new(store: Store, config: MediaConfig, server_name: OwnedServerName) -> Result<Self> {
-        std::fs::create_dir_all(config.path.join("tmp")).map_err(|e| Error::Unknown(format!("media directory {}: {e}", config.path.display())))?;
+        std::fs::create_dir_all(config.path.join("tmp")).map_err(|e| {
+            Error::Unknown(format!("media directory {}: {e}", config.path.display()))
+        })?;
         // Uploads interrupted by a crash leave temp files only; never served.
         if let Ok(entries) = std::fs::read_dir(config.path.join("tmp")) {
             for e in entries.flatten() {
@@ -111,7 +120,12 @@ impl Media {
     /// `<root>/<ab>/<cd>/<id>`: sharded so no directory grows huge.
     pub fn file_path(&self, server: &str, id: &str) -> PathBuf {
         let shard = |r: std::ops::Range<usize>| id.get(r).unwrap_or("_").to_owned();
-        self.config.path.join(server).join(shard(0..2)).join(shard(2..4)).join(id)
+        self.config
+            .path
+            .join(server)
+            .join(shard(0..2))
+            .join(shard(2..4))
+            .join(id)
     }
 
     pub fn record(&self, server: &str, id: &str) -> Result<Option<MediaRecord>> {
@@ -140,7 +154,9 @@ impl Media {
     pub fn check_declared(&self, user: &UserId, declared: Option<u64>) -> Result<()> {
         if let Some(n) = declared {
             if n > self.config.max_upload_bytes {
-                return Err(Error::TooLarge { limit: self.config.max_upload_bytes as usize });
+                return Err(Error::TooLarge {
+                    limit: self.config.max_upload_bytes as usize,
+                });
             }
             self.check_quota(user, n)?;
         }
@@ -152,7 +168,10 @@ impl Media {
         let now = now_ms();
         let mut batch = self.store.batch();
         let mut open = 0;
-        for (k, expires) in self.store.scan_prefix(MEDIA_PENDING, &keys::strs(&[user.as_str()]))? {
+        for (k, expires) in self
+            .store
+            .scan_prefix(MEDIA_PENDING, &keys::strs(&[user.as_str()]))?
+        {
             if expires < now {
                 batch.delete(MEDIA_PENDING, &k);
             } else {
@@ -161,7 +180,9 @@ impl Media {
         }
         if open >= MAX_PENDING_PER_USER {
             batch.commit()?;
-            return Err(Error::LimitExceeded { retry_after_ms: 60_000 });
+            return Err(Error::LimitExceeded {
+                retry_after_ms: 60_000,
+            });
         }
         let id = random_string(24);
         let expires = now + UNUSED_EXPIRY_MS;
@@ -185,17 +206,26 @@ impl Media {
     /// Claims a reserved ID for one upload at a time (`None`: another is running).
     pub fn claim_upload(&self, id: &str) -> Option<UploadClaim> {
         let mut set = self.receiving.lock().unwrap_or_else(|p| p.into_inner());
-        set.insert(id.to_owned()).then(|| UploadClaim { id: id.to_owned(), receiving: self.receiving.clone() })
+        set.insert(id.to_owned()).then(|| UploadClaim {
+            id: id.to_owned(),
+            receiving: self.receiving.clone(),
+        })
     }
 
     /// Checks that `user` may upload into a reserved ID.
     pub fn check_reserved(&self, user: &UserId, server: &str, id: &str) -> Result<()> {
         if server != self.server_name.as_str() {
-            return Err(Error::not_found("media IDs of other servers cannot be uploaded to"));
+            return Err(Error::not_found(
+                "media IDs of other servers cannot be uploaded to",
+            ));
         }
-        let rec = self.record(server, id)?.ok_or_else(|| Error::not_found("unknown or expired media ID"))?;
+        let rec = self
+            .record(server, id)?
+            .ok_or_else(|| Error::not_found("unknown or expired media ID"))?;
         if rec.uploader != user.as_str() {
-            return Err(Error::forbidden("this media ID was created by another user"));
+            return Err(Error::forbidden(
+                "this media ID was created by another user",
+            ));
         }
         if !rec.pending {
             return Err(Error::CannotOverwriteMedia);
@@ -231,7 +261,9 @@ impl Media {
             while let Some(chunk) = chunks.next_chunk().await? {
                 size += chunk.len() as u64;
                 if size > limit {
-                    return Err(Error::TooLarge { limit: limit as usize });
+                    return Err(Error::TooLarge {
+                        limit: limit as usize,
+                    });
                 }
                 hasher.update(&chunk);
                 file.write_all(&chunk).await.map_err(io)?;
@@ -264,7 +296,11 @@ impl Media {
         };
         let mut batch = self.store.batch();
         batch.put(MEDIA, &media_key(self.server_name.as_str(), &id), &rec);
-        batch.put(MEDIA_USAGE, user.as_bytes(), &self.usage(user)?.saturating_add(size));
+        batch.put(
+            MEDIA_USAGE,
+            user.as_bytes(),
+            &self.usage(user)?.saturating_add(size),
+        );
         batch.delete(MEDIA_PENDING, &keys::strs(&[user.as_str(), &id]));
         batch.commit()?;
         Ok(id)
@@ -272,12 +308,20 @@ impl Media {
 
     /// Keeps a copy of another server's media (fetched over federation),
     /// written the same crash-safe way as uploads.
-    pub async fn store_remote(&self, server: &str, id: &str, content_type: &str, bytes: &[u8]) -> Result<()> {
+    pub async fn store_remote(
+        &self,
+        server: &str,
+        id: &str,
+        content_type: &str,
+        bytes: &[u8],
+    ) -> Result<()> {
         if !valid_media_id(id) || ruma::ServerName::parse(server).is_err() {
             return Err(Error::not_found("invalid media ID"));
         }
         if bytes.len() as u64 > self.config.max_upload_bytes {
-            return Err(Error::TooLarge { limit: self.config.max_upload_bytes as usize });
+            return Err(Error::TooLarge {
+                limit: self.config.max_upload_bytes as usize,
+            });
         }
         let io = |e: std::io::Error| Error::Unknown(format!("media storage: {e}"));
         let tmp = self.config.path.join("tmp").join(random_string(16));
@@ -308,10 +352,17 @@ impl Media {
     }
 
     /// Waits (up to `timeout`) for a reserved ID to be uploaded.
-    pub async fn wait_uploaded(&self, server: &str, id: &str, timeout: Duration) -> Result<MediaRecord> {
+    pub async fn wait_uploaded(
+        &self,
+        server: &str,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<MediaRecord> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let rec = self.record(server, id)?.ok_or_else(|| Error::not_found("media not found"))?;
+            let rec = self
+                .record(server, id)?
+                .ok_or_else(|| Error::not_found("media not found"))?;
             if !rec.pending {
                 return Ok(rec);
             }
@@ -325,15 +376,18 @@ impl Media {
 
 /// Where an upload's bytes come from (the HTTP body in production).
 pub trait ChunkSource {
-    fn next_chunk(&mut self) -> impl std::future::Future<Output = Result<Option<axum::body::Bytes>>> + Send;
+    fn next_chunk(
+        &mut self,
+    ) -> impl std::future::Future<Output = Result<Option<axum::body::Bytes>>> + Send;
 }
 
 async fn sync_dir(dir: Option<&Path>) {
     // The rename is durable only once the directory entry is.
     if let Some(d) = dir
-        && let Ok(f) = tokio::fs::File::open(d).await {
-            let _ = f.sync_all().await;
-        }
+        && let Ok(f) = tokio::fs::File::open(d).await
+    {
+        let _ = f.sync_all().await;
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -43,19 +43,30 @@ pub fn is_private(ip: IpAddr) -> bool {
 /// Fetches `url` and returns its preview (`og:*` keys, `og:title` falling
 /// back to `<title>`).
 pub async fn fetch(url: &str, allow_private: bool) -> Result<Value> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| Error::invalid_param(format!("invalid URL: {e}")))?;
+    let parsed =
+        reqwest::Url::parse(url).map_err(|e| Error::invalid_param(format!("invalid URL: {e}")))?;
     if parsed.scheme() != "http" && parsed.scheme() != "https" {
-        return Err(Error::invalid_param("only http and https URLs can be previewed"));
+        return Err(Error::invalid_param(
+            "only http and https URLs can be previewed",
+        ));
     }
-    let host = parsed.host_str().ok_or_else(|| Error::invalid_param("URL has no host"))?.to_owned();
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| Error::invalid_param("URL has no host"))?
+        .to_owned();
     let port = parsed.port_or_known_default().unwrap_or(80);
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.trim_start_matches('[').trim_end_matches(']'), port))
-        .await
-        .map_err(|e| Error::not_found(format!("cannot resolve {host}: {e}")))?
-        .collect();
-    let addr = *addrs.first().ok_or_else(|| Error::not_found(format!("{host} has no address")))?;
+    let addrs: Vec<SocketAddr> =
+        tokio::net::lookup_host((host.trim_start_matches('[').trim_end_matches(']'), port))
+            .await
+            .map_err(|e| Error::not_found(format!("cannot resolve {host}: {e}")))?
+            .collect();
+    let addr = *addrs
+        .first()
+        .ok_or_else(|| Error::not_found(format!("{host} has no address")))?;
     if !allow_private && addrs.iter().any(|a| is_private(a.ip())) {
-        return Err(Error::forbidden("this URL points at a private address and is not previewed"));
+        return Err(Error::forbidden(
+            "this URL points at a private address and is not previewed",
+        ));
     }
     // Connect to the address just checked, never to a second lookup's answer,
     // and follow no redirects (each would need the same check).
@@ -65,13 +76,29 @@ pub async fn fetch(url: &str, allow_private: bool) -> Result<Value> {
         .timeout(TIMEOUT)
         .build()
         .map_err(|e| Error::Unknown(e.to_string()))?;
-    let mut resp = client.get(parsed).send().await.map_err(|e| Error::not_found(format!("fetching the page failed: {e}")))?;
+    let mut resp = client
+        .get(parsed)
+        .send()
+        .await
+        .map_err(|e| Error::not_found(format!("fetching the page failed: {e}")))?;
     if !resp.status().is_success() {
-        return Err(Error::not_found(format!("the page answered {}", resp.status())));
+        return Err(Error::not_found(format!(
+            "the page answered {}",
+            resp.status()
+        )));
     }
-    let content_type = resp.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let content_type = resp
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
     let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| Error::not_found(format!("reading the page failed: {e}")))? {
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| Error::not_found(format!("reading the page failed: {e}")))?
+    {
         body.extend_from_slice(&chunk);
         if body.len() > MAX_BYTES {
             body.truncate(MAX_BYTES);
@@ -92,19 +119,26 @@ pub fn opengraph(html: &str) -> Map<String, Value> {
     let mut at = 0;
     while let Some(i) = lower[at..].find("<meta") {
         let start = at + i;
-        let Some(end) = lower[start..].find('>').map(|e| start + e) else { break };
+        let Some(end) = lower[start..].find('>').map(|e| start + e) else {
+            break;
+        };
         let tag = &html[start..end];
-        if let (Some(prop), Some(content)) = (attr(tag, "property").or_else(|| attr(tag, "name")), attr(tag, "content"))
-            && prop.starts_with("og:") && !out.contains_key(&prop) {
-                out.insert(prop, Value::from(content));
-            }
+        if let (Some(prop), Some(content)) = (
+            attr(tag, "property").or_else(|| attr(tag, "name")),
+            attr(tag, "content"),
+        ) && prop.starts_with("og:")
+            && !out.contains_key(&prop)
+        {
+            out.insert(prop, Value::from(content));
+        }
         at = end;
     }
     if !out.contains_key("og:title")
         && let (Some(s), Some(e)) = (lower.find("<title>"), lower.find("</title>"))
-            && s + 7 <= e {
-                out.insert("og:title".into(), Value::from(html[s + 7..e].trim()));
-            }
+        && s + 7 <= e
+    {
+        out.insert("og:title".into(), Value::from(html[s + 7..e].trim()));
+    }
     out
 }
 
@@ -118,7 +152,12 @@ fn attr(tag: &str, name: &str) -> Option<String> {
         let end = rest[1..].find(quote)?;
         Some(rest[1..1 + end].to_owned())
     } else {
-        Some(rest.split_whitespace().next()?.trim_end_matches('/').to_owned())
+        Some(
+            rest.split_whitespace()
+                .next()?
+                .trim_end_matches('/')
+                .to_owned(),
+        )
     }
 }
 
@@ -128,7 +167,18 @@ mod tests {
 
     #[test]
     fn private_addresses_are_recognised() {
-        for a in ["127.0.0.1", "10.1.2.3", "192.168.0.1", "172.16.5.5", "169.254.1.1", "::1", "fd00::1", "fe80::1", "::ffff:127.0.0.1", "0.0.0.0"] {
+        for a in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.0.1",
+            "172.16.5.5",
+            "169.254.1.1",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "0.0.0.0",
+        ] {
             assert!(is_private(a.parse().unwrap()), "{a}");
         }
         for a in ["93.184.216.34", "2606:2800:220:1::1"] {

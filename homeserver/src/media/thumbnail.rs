@@ -47,7 +47,11 @@ const SIZES: [(u32, u32, Method); 5] = [
 /// box that covers it, made with the method asked for (a crop stays a crop,
 /// so the client gets the shape it wants).
 pub fn size_class(w: u32, h: u32, method: Method) -> (u32, u32, Method) {
-    let (sw, sh, _) = SIZES.iter().copied().find(|(sw, sh, _)| *sw >= w && *sh >= h).unwrap_or(SIZES[SIZES.len() - 1]);
+    let (sw, sh, _) = SIZES
+        .iter()
+        .copied()
+        .find(|(sw, sh, _)| *sw >= w && *sh >= h)
+        .unwrap_or(SIZES[SIZES.len() - 1]);
     (sw, sh, method)
 }
 
@@ -68,14 +72,28 @@ const THUMBNAILABLE: [&str; 4] = ["image/png", "image/jpeg", "image/gif", "image
 
 /// Decodes within the configured pixel budget and resizes. Pure CPU work;
 /// run it off the async threads.
-fn render(bytes: &[u8], max_pixels: u64, w: u32, h: u32, method: Method) -> Result<(Vec<u8>, &'static str)> {
+fn render(
+    bytes: &[u8],
+    max_pixels: u64,
+    w: u32,
+    h: u32,
+    method: Method,
+) -> Result<(Vec<u8>, &'static str)> {
     let bad = |m: String| Error::Unknown(format!("cannot thumbnail this media: {m}"));
-    let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| bad(e.to_string()))?;
-    let format = reader.format().ok_or_else(|| bad("unknown image format".into()))?;
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| bad(e.to_string()))?;
+    let format = reader
+        .format()
+        .ok_or_else(|| bad("unknown image format".into()))?;
     // Read the header first: a small file can declare billions of pixels.
-    let (ow, oh) = ImageReader::with_format(Cursor::new(bytes), format).into_dimensions().map_err(|e| bad(e.to_string()))?;
+    let (ow, oh) = ImageReader::with_format(Cursor::new(bytes), format)
+        .into_dimensions()
+        .map_err(|e| bad(e.to_string()))?;
     if u64::from(ow) * u64::from(oh) > max_pixels {
-        return Err(bad(format!("{ow}x{oh} is more than the {max_pixels} pixels this server decodes")));
+        return Err(bad(format!(
+            "{ow}x{oh} is more than the {max_pixels} pixels this server decodes"
+        )));
     }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut limits = Limits::default();
@@ -88,41 +106,81 @@ fn render(bytes: &[u8], max_pixels: u64, w: u32, h: u32, method: Method) -> Resu
         // Never upscale: a small original is its own thumbnail.
         Method::Scale if ow <= w && oh <= h => img,
         Method::Scale => img.resize(w, h, FilterType::Triangle),
-        Method::Crop if ow <= w || oh <= h => img.resize_to_fill(w.min(ow), h.min(oh), FilterType::Triangle),
+        Method::Crop if ow <= w || oh <= h => {
+            img.resize_to_fill(w.min(ow), h.min(oh), FilterType::Triangle)
+        }
         Method::Crop => img.resize_to_fill(w, h, FilterType::Triangle),
     };
-    let (fmt, mime) = if format == ImageFormat::Jpeg { (ImageFormat::Jpeg, "image/jpeg") } else { (ImageFormat::Png, "image/png") };
-    let out = if fmt == ImageFormat::Jpeg { image::DynamicImage::ImageRgb8(out.to_rgb8()) } else { out };
+    let (fmt, mime) = if format == ImageFormat::Jpeg {
+        (ImageFormat::Jpeg, "image/jpeg")
+    } else {
+        (ImageFormat::Png, "image/png")
+    };
+    let out = if fmt == ImageFormat::Jpeg {
+        image::DynamicImage::ImageRgb8(out.to_rgb8())
+    } else {
+        out
+    };
     let mut buf = Vec::new();
-    out.write_to(&mut Cursor::new(&mut buf), fmt).map_err(|e| Error::Unknown(e.to_string()))?;
+    out.write_to(&mut Cursor::new(&mut buf), fmt)
+        .map_err(|e| Error::Unknown(e.to_string()))?;
     Ok((buf, mime))
 }
 
 impl Media {
     /// The thumbnail for a request, made on first use and then served from disk.
-    pub async fn thumbnail(&self, server: &str, id: &str, rec: &MediaRecord, w: u32, h: u32, method: Method) -> Result<(Vec<u8>, String)> {
+    pub async fn thumbnail(
+        &self,
+        server: &str,
+        id: &str,
+        rec: &MediaRecord,
+        w: u32,
+        h: u32,
+        method: Method,
+    ) -> Result<(Vec<u8>, String)> {
         let ct = rec.content_type.as_deref().unwrap_or_default();
         if !THUMBNAILABLE.contains(&ct) {
             return Err(Error::Unknown(format!("cannot thumbnail {ct}")));
         }
         let (cw, ch, cm) = size_class(w, h, method);
         let key = thumb_key(server, id, cw, ch, cm);
-        let path = self.file_path(server, id).with_extension(format!("{cw}x{ch}-{}", cm.name()));
+        let path = self
+            .file_path(server, id)
+            .with_extension(format!("{cw}x{ch}-{}", cm.name()));
         if let Some(t) = self.store.get(THUMBNAILS, &key)?
-            && let Ok(bytes) = tokio::fs::read(&path).await {
-                return Ok((bytes, t.content_type));
-            }
-        let original = tokio::fs::read(self.file_path(server, id)).await.map_err(|e| Error::Unknown(format!("media file: {e}")))?;
-        let max_pixels = self.config.max_image_pixels;
-        let _permit = self.decoders.acquire().await.map_err(|e| Error::Unknown(e.to_string()))?;
-        let (bytes, mime) = tokio::task::spawn_blocking(move || render(&original, max_pixels, cw, ch, cm))
+            && let Ok(bytes) = tokio::fs::read(&path).await
+        {
+            return Ok((bytes, t.content_type));
+        }
+        let original = tokio::fs::read(self.file_path(server, id))
             .await
-            .map_err(|e| Error::Unknown(e.to_string()))??;
-        let tmp = self.config.path.join("tmp").join(crate::accounts::random_string(16));
+            .map_err(|e| Error::Unknown(format!("media file: {e}")))?;
+        let max_pixels = self.config.max_image_pixels;
+        let _permit = self
+            .decoders
+            .acquire()
+            .await
+            .map_err(|e| Error::Unknown(e.to_string()))?;
+        let (bytes, mime) =
+            tokio::task::spawn_blocking(move || render(&original, max_pixels, cw, ch, cm))
+                .await
+                .map_err(|e| Error::Unknown(e.to_string()))??;
+        let tmp = self
+            .config
+            .path
+            .join("tmp")
+            .join(crate::accounts::random_string(16));
         let io = |e: std::io::Error| Error::Unknown(format!("thumbnail storage: {e}"));
         tokio::fs::write(&tmp, &bytes).await.map_err(io)?;
         tokio::fs::rename(&tmp, &path).await.map_err(io)?;
-        self.store.put(THUMBNAILS, &key, &ThumbnailRecord { content_type: mime.to_owned(), size: bytes.len() as u64 })?;
+        self.store.put(
+            THUMBNAILS,
+            &key,
+            &ThumbnailRecord {
+                content_type: mime.to_owned(),
+                size: bytes.len() as u64,
+            },
+        )?;
         Ok((bytes, mime.to_owned()))
     }
 }
@@ -135,10 +193,19 @@ mod tests {
     fn requests_map_to_the_smallest_covering_class() {
         assert_eq!(size_class(20, 20, Method::Crop), (32, 32, Method::Crop));
         assert_eq!(size_class(40, 40, Method::Crop), (96, 96, Method::Crop));
-        assert_eq!(size_class(300, 200, Method::Scale), (320, 240, Method::Scale));
-        assert_eq!(size_class(100, 100, Method::Scale), (320, 240, Method::Scale));
+        assert_eq!(
+            size_class(300, 200, Method::Scale),
+            (320, 240, Method::Scale)
+        );
+        assert_eq!(
+            size_class(100, 100, Method::Scale),
+            (320, 240, Method::Scale)
+        );
         assert_eq!(size_class(320, 240, Method::Crop), (320, 240, Method::Crop));
-        assert_eq!(size_class(5000, 5000, Method::Scale), (800, 600, Method::Scale));
+        assert_eq!(
+            size_class(5000, 5000, Method::Scale),
+            (800, 600, Method::Scale)
+        );
     }
 
     #[test]
@@ -184,7 +251,11 @@ mod tests {
         for b in data {
             crc ^= u32::from(*b);
             for _ in 0..8 {
-                crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
             }
         }
         !crc

@@ -29,13 +29,29 @@ pub struct Push {
 impl Push {
     /// Returns the service and the receiving end of its pusher queue, which
     /// `pusher::run` drains.
-    pub fn new(store: Store, account_data: AccountData) -> (Arc<Self>, mpsc::UnboundedReceiver<PushJob>) {
+    pub fn new(
+        store: Store,
+        account_data: AccountData,
+    ) -> (Arc<Self>, mpsc::UnboundedReceiver<PushJob>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Arc::new(Push { store, account_data, cache: Mutex::new(HashMap::new()), queue: tx }), rx)
+        (
+            Arc::new(Push {
+                store,
+                account_data,
+                cache: Mutex::new(HashMap::new()),
+                queue: tx,
+            }),
+            rx,
+        )
     }
 
     pub fn ruleset(&self, user: &UserId) -> Result<Arc<Ruleset>> {
-        if let Some(r) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(user) {
+        if let Some(r) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(user)
+        {
             return Ok(r.clone());
         }
         let rules = Arc::new(rules::load(&self.account_data, user)?);
@@ -48,7 +64,10 @@ impl Push {
     }
 
     pub(crate) fn forget_cached(&self, user: &UserId) {
-        self.cache.lock().unwrap_or_else(|p| p.into_inner()).remove(user);
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(user);
     }
 
     pub(crate) fn enqueue(&self, job: PushJob) {

@@ -30,7 +30,11 @@ const NOTIFICATIONS: Table<Notification> = Table::new("notifications");
 const NOTIFICATION_LOG: Table<OwnedRoomId> = Table::new("notification_log");
 
 fn key(user: &UserId, room: &RoomId, pos: u64) -> Vec<u8> {
-    keys::KeyBuf::new().str(user.as_str()).str(room.as_str()).u64(pos).into_vec()
+    keys::KeyBuf::new()
+        .str(user.as_str())
+        .str(room.as_str())
+        .u64(pos)
+        .into_vec()
 }
 
 /// Adds the notifications `decisions` describe to the event's batch.
@@ -45,7 +49,11 @@ pub fn stage(batch: &mut Batch<'_>, decisions: &[Decision], pos: u64, ts: u64) {
             ts,
         };
         batch.put(NOTIFICATIONS, &key(&d.user, &d.room_id, pos), &n);
-        batch.put(NOTIFICATION_LOG, &keys::KeyBuf::new().str(d.user.as_str()).u64(pos).into_vec(), &d.room_id);
+        batch.put(
+            NOTIFICATION_LOG,
+            &keys::KeyBuf::new().str(d.user.as_str()).u64(pos).into_vec(),
+            &d.room_id,
+        );
     }
 }
 
@@ -63,7 +71,12 @@ impl Counts {
 
 /// Unread counts for a room: the whole room, or (when `by_thread`) the main
 /// timeline plus one entry per thread with anything unread.
-pub fn counts(store: &Store, user: &UserId, room: &RoomId, by_thread: bool) -> Result<(Counts, BTreeMap<String, Counts>)> {
+pub fn counts(
+    store: &Store,
+    user: &UserId,
+    room: &RoomId,
+    by_thread: bool,
+) -> Result<(Counts, BTreeMap<String, Counts>)> {
     let (unthreaded, threads) = read_positions(store, user, room)?;
     let prefix = keys::strs(&[user.as_str(), room.as_str()]);
     let from = key(user, room, unthreaded.saturating_add(1));
@@ -98,9 +111,18 @@ pub fn total_unread(store: &Store, user: &UserId, rooms: &[OwnedRoomId]) -> Resu
 pub type Listed = (Notification, bool);
 
 /// A page of the user's notifications, newest first, and where the next starts.
-pub fn list(store: &Store, user: &UserId, from: Option<u64>, limit: usize, only_highlight: bool) -> Result<(Vec<Listed>, Option<u64>)> {
+pub fn list(
+    store: &Store,
+    user: &UserId,
+    from: Option<u64>,
+    limit: usize,
+    only_highlight: bool,
+) -> Result<(Vec<Listed>, Option<u64>)> {
     let prefix = keys::strs(&[user.as_str()]);
-    let start = keys::KeyBuf::new().str(user.as_str()).u64(from.unwrap_or(u64::MAX)).into_vec();
+    let start = keys::KeyBuf::new()
+        .str(user.as_str())
+        .u64(from.unwrap_or(u64::MAX))
+        .into_vec();
     let mut out = Vec::new();
     let mut next = None;
     let mut cursor = start;
@@ -111,8 +133,13 @@ pub fn list(store: &Store, user: &UserId, from: Option<u64>, limit: usize, only_
         }
         for (k, room) in &page {
             let pos = keys::trailing_u64(k).unwrap_or(0);
-            cursor = keys::KeyBuf::new().str(user.as_str()).u64(pos.saturating_sub(1)).into_vec();
-            let Some(n) = store.get(NOTIFICATIONS, &key(user, room, pos))? else { continue };
+            cursor = keys::KeyBuf::new()
+                .str(user.as_str())
+                .u64(pos.saturating_sub(1))
+                .into_vec();
+            let Some(n) = store.get(NOTIFICATIONS, &key(user, room, pos))? else {
+                continue;
+            };
             if only_highlight && !n.highlight {
                 continue;
             }
@@ -121,7 +148,10 @@ pub fn list(store: &Store, user: &UserId, from: Option<u64>, limit: usize, only_
                 break 'pages;
             }
             let (unthreaded, threads) = read_positions(store, user, room)?;
-            let thread_read = threads.get(n.thread.as_deref().unwrap_or("main")).copied().unwrap_or(0);
+            let thread_read = threads
+                .get(n.thread.as_deref().unwrap_or("main"))
+                .copied()
+                .unwrap_or(0);
             out.push((n, pos <= unthreaded.max(thread_read)));
             if pos == 0 {
                 break 'pages;
@@ -148,19 +178,39 @@ mod tests {
     async fn dm_messages_count_mentions_highlight_and_reading_clears() {
         let w = world();
         let (alice, bob) = (w.user("alice"), w.user("bob"));
-        let req = CreateRoom { preset: Some("trusted_private_chat".into()), invite: vec![bob.clone()], is_direct: true, ..Default::default() };
+        let req = CreateRoom {
+            preset: Some("trusted_private_chat".into()),
+            invite: vec![bob.clone()],
+            is_direct: true,
+            ..Default::default()
+        };
         let room = w.s.rooms.create_room(&alice, req).await.unwrap();
         w.s.rooms.join(&bob, &room).await.unwrap();
 
-        w.s.rooms.send(&alice, &room, text("one"), None).await.unwrap();
-        let mention = NewEvent::message("m.room.message", json!({"msgtype": "m.text", "body": "hey", "m.mentions": {"user_ids": [bob]}}));
+        w.s.rooms
+            .send(&alice, &room, text("one"), None)
+            .await
+            .unwrap();
+        let mention = NewEvent::message(
+            "m.room.message",
+            json!({"msgtype": "m.text", "body": "hey", "m.mentions": {"user_ids": [bob]}}),
+        );
         let last = w.s.rooms.send(&alice, &room, mention, None).await.unwrap();
         let (c, _) = counts(&w.s.store, &bob, &room, false).unwrap();
         assert_eq!((c.notifications, c.highlights), (2, 1));
         // The sender's own messages never count for the sender.
-        assert_eq!(counts(&w.s.store, &alice, &room, false).unwrap().0.notifications, 0);
+        assert_eq!(
+            counts(&w.s.store, &alice, &room, false)
+                .unwrap()
+                .0
+                .notifications,
+            0
+        );
 
-        w.s.receipts.set(&bob, &room, "m.read.private", last.as_str(), None).await.unwrap();
+        w.s.receipts
+            .set(&bob, &room, "m.read.private", last.as_str(), None)
+            .await
+            .unwrap();
         let (c, _) = counts(&w.s.store, &bob, &room, false).unwrap();
         assert_eq!((c.notifications, c.highlights), (0, 0));
     }
@@ -169,25 +219,51 @@ mod tests {
     async fn the_master_rule_silences_everything() {
         let w = world();
         let (alice, bob) = (w.user("alice"), w.user("bob"));
-        let req = CreateRoom { preset: Some("trusted_private_chat".into()), invite: vec![bob.clone()], is_direct: true, ..Default::default() };
+        let req = CreateRoom {
+            preset: Some("trusted_private_chat".into()),
+            invite: vec![bob.clone()],
+            is_direct: true,
+            ..Default::default()
+        };
         let room = w.s.rooms.create_room(&alice, req).await.unwrap();
         w.s.rooms.join(&bob, &room).await.unwrap();
         w.s.push
-            .edit(&bob, |r| r.set_enabled(ruma::push::RuleKind::Override, ".m.rule.master", true).map_err(|e| crate::error::Error::Unknown(e.to_string())))
+            .edit(&bob, |r| {
+                r.set_enabled(ruma::push::RuleKind::Override, ".m.rule.master", true)
+                    .map_err(|e| crate::error::Error::Unknown(e.to_string()))
+            })
             .await
             .unwrap();
-        w.s.rooms.send(&alice, &room, text("shh"), None).await.unwrap();
-        assert_eq!(counts(&w.s.store, &bob, &room, false).unwrap().0.notifications, 0);
+        w.s.rooms
+            .send(&alice, &room, text("shh"), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            counts(&w.s.store, &bob, &room, false)
+                .unwrap()
+                .0
+                .notifications,
+            0
+        );
     }
 
     #[tokio::test]
     async fn thread_replies_count_per_thread_and_thread_receipts_clear_only_their_thread() {
         let w = world();
         let (alice, bob) = (w.user("alice"), w.user("bob"));
-        let req = CreateRoom { preset: Some("trusted_private_chat".into()), invite: vec![bob.clone()], is_direct: true, ..Default::default() };
+        let req = CreateRoom {
+            preset: Some("trusted_private_chat".into()),
+            invite: vec![bob.clone()],
+            is_direct: true,
+            ..Default::default()
+        };
         let room = w.s.rooms.create_room(&alice, req).await.unwrap();
         w.s.rooms.join(&bob, &room).await.unwrap();
-        let root = w.s.rooms.send(&alice, &room, text("root"), None).await.unwrap();
+        let root =
+            w.s.rooms
+                .send(&alice, &room, text("root"), None)
+                .await
+                .unwrap();
         let reply = NewEvent::message(
             "m.room.message",
             json!({"msgtype": "m.text", "body": "in thread", "m.relates_to": {"rel_type": "m.thread", "event_id": root}}),
@@ -197,7 +273,16 @@ mod tests {
         assert_eq!(main.notifications, 1);
         assert_eq!(threads.get(root.as_str()).map(|c| c.notifications), Some(1));
 
-        w.s.receipts.set(&bob, &room, "m.read", reply_id.as_str(), Some(root.as_str())).await.unwrap();
+        w.s.receipts
+            .set(
+                &bob,
+                &room,
+                "m.read",
+                reply_id.as_str(),
+                Some(root.as_str()),
+            )
+            .await
+            .unwrap();
         let (main, threads) = counts(&w.s.store, &bob, &room, true).unwrap();
         assert_eq!(main.notifications, 1, "the main timeline is still unread");
         assert!(threads.is_empty());

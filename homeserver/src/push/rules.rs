@@ -3,8 +3,8 @@
 use ruma::{
     OwnedRoomId, OwnedUserId, UserId,
     push::{
-        Action, InsertPushRuleError, NewConditionalPushRule, NewPatternedPushRule, NewPushRule, NewSimplePushRule,
-        PushCondition, RemovePushRuleError, RuleKind, Ruleset,
+        Action, InsertPushRuleError, NewConditionalPushRule, NewPatternedPushRule, NewPushRule,
+        NewSimplePushRule, PushCondition, RemovePushRuleError, RuleKind, Ruleset,
     },
 };
 use serde_json::{Value, json};
@@ -53,7 +53,11 @@ pub fn parse_kind(kind: &str) -> Result<RuleKind> {
         "sender" => RuleKind::Sender,
         "room" => RuleKind::Room,
         "content" => RuleKind::Content,
-        _ => return Err(Error::invalid_param(format!("unknown push rule kind {kind}"))),
+        _ => {
+            return Err(Error::invalid_param(format!(
+                "unknown push rule kind {kind}"
+            )));
+        }
     })
 }
 
@@ -81,18 +85,34 @@ pub struct NewRuleBody {
 
 pub fn new_rule(kind: &str, rule_id: &str, body: NewRuleBody) -> Result<NewPushRule> {
     Ok(match parse_kind(kind)? {
-        RuleKind::Override => NewPushRule::Override(NewConditionalPushRule::new(rule_id.into(), body.conditions.unwrap_or_default(), body.actions)),
-        RuleKind::Underride => NewPushRule::Underride(NewConditionalPushRule::new(rule_id.into(), body.conditions.unwrap_or_default(), body.actions)),
+        RuleKind::Override => NewPushRule::Override(NewConditionalPushRule::new(
+            rule_id.into(),
+            body.conditions.unwrap_or_default(),
+            body.actions,
+        )),
+        RuleKind::Underride => NewPushRule::Underride(NewConditionalPushRule::new(
+            rule_id.into(),
+            body.conditions.unwrap_or_default(),
+            body.actions,
+        )),
         RuleKind::Content => {
-            let pattern = body.pattern.ok_or_else(|| Error::MissingParam("content rules need a pattern".into()))?;
-            NewPushRule::Content(NewPatternedPushRule::new(rule_id.into(), pattern, body.actions))
+            let pattern = body
+                .pattern
+                .ok_or_else(|| Error::MissingParam("content rules need a pattern".into()))?;
+            NewPushRule::Content(NewPatternedPushRule::new(
+                rule_id.into(),
+                pattern,
+                body.actions,
+            ))
         }
         RuleKind::Room => {
-            let room = OwnedRoomId::try_from(rule_id).map_err(|_| Error::invalid_param("room rules are named by room ID"))?;
+            let room = OwnedRoomId::try_from(rule_id)
+                .map_err(|_| Error::invalid_param("room rules are named by room ID"))?;
             NewPushRule::Room(NewSimplePushRule::new(room, body.actions))
         }
         RuleKind::Sender => {
-            let user = OwnedUserId::try_from(rule_id).map_err(|_| Error::invalid_param("sender rules are named by user ID"))?;
+            let user = OwnedUserId::try_from(rule_id)
+                .map_err(|_| Error::invalid_param("sender rules are named by user ID"))?;
             NewPushRule::Sender(NewSimplePushRule::new(user, body.actions))
         }
         _ => return Err(Error::invalid_param("unknown push rule kind")),
@@ -101,10 +121,16 @@ pub fn new_rule(kind: &str, rule_id: &str, body: NewRuleBody) -> Result<NewPushR
 
 impl Push {
     /// Applies `edit` to the user's rules and stores the result.
-    pub async fn edit(&self, user: &UserId, edit: impl FnOnce(&mut Ruleset) -> Result<()>) -> Result<()> {
+    pub async fn edit(
+        &self,
+        user: &UserId,
+        edit: impl FnOnce(&mut Ruleset) -> Result<()>,
+    ) -> Result<()> {
         let mut rules = (*self.ruleset(user)?).clone();
         edit(&mut rules)?;
-        self.account_data.set(user, None, EVENT_TYPE, json!({"global": to_json(&rules)?})).await?;
+        self.account_data
+            .set(user, None, EVENT_TYPE, json!({"global": to_json(&rules)?}))
+            .await?;
         self.forget_cached(user);
         Ok(())
     }

@@ -10,10 +10,12 @@ impl Rooms {
     /// Whether the room's server ACL lets `server` take part. Rooms
     /// without an ACL allow everyone.
     pub fn server_allowed(&self, room_id: &RoomId, server: &str) -> Result<bool> {
-        Ok(match self.state_content(room_id, "m.room.server_acl", "")? {
-            Some(acl) => acl_allows(&acl, server),
-            None => true,
-        })
+        Ok(
+            match self.state_content(room_id, "m.room.server_acl", "")? {
+                Some(acl) => acl_allows(&acl, server),
+                None => true,
+            },
+        )
     }
 }
 
@@ -27,7 +29,12 @@ pub fn acl_allows(acl: &Value, server: &str) -> bool {
         return false;
     }
     let globs = |field: &str| -> Vec<String> {
-        acl.get(field).and_then(Value::as_array).into_iter().flatten().filter_map(|g| g.as_str().map(str::to_owned)).collect()
+        acl.get(field)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|g| g.as_str().map(str::to_owned))
+            .collect()
     };
     if globs("deny").iter().any(|g| glob_match(g, host)) {
         return false;
@@ -85,12 +92,18 @@ mod tests {
 
         let acl = json!({"allow": ["*"], "deny": ["evil.example", "*.spam.example"], "allow_ip_literals": false});
         assert!(acl_allows(&acl, "good.example:8448"));
-        assert!(!acl_allows(&acl, "evil.example:8448"), "the port is ignored");
+        assert!(
+            !acl_allows(&acl, "evil.example:8448"),
+            "the port is ignored"
+        );
         assert!(!acl_allows(&acl, "x.spam.example"));
         assert!(!acl_allows(&acl, "1.2.3.4:8448"));
         assert!(!acl_allows(&acl, "[::1]:8448"));
         // Nothing allowed when `allow` is missing or empty.
         assert!(!acl_allows(&json!({"deny": []}), "good.example"));
-        assert!(acl_allows(&json!({"allow": ["localhost"]}), "localhost:8481"));
+        assert!(acl_allows(
+            &json!({"allow": ["localhost"]}),
+            "localhost:8481"
+        ));
     }
 }

@@ -19,15 +19,28 @@ const ALIASES: Table<AliasRecord> = Table::new("aliases");
 
 impl Rooms {
     pub fn resolve_alias(&self, alias: &RoomAliasId) -> Result<Option<OwnedRoomId>> {
-        Ok(self.store.get(ALIASES, alias.as_bytes())?.map(|a| a.room_id))
+        Ok(self
+            .store
+            .get(ALIASES, alias.as_bytes())?
+            .map(|a| a.room_id))
     }
 
-    pub async fn set_alias(&self, alias: &RoomAliasId, room_id: &RoomId, creator: &UserId) -> Result<()> {
+    pub async fn set_alias(
+        &self,
+        alias: &RoomAliasId,
+        room_id: &RoomId,
+        creator: &UserId,
+    ) -> Result<()> {
         let _writer = self.stream.writer.lock().await;
         self.set_alias_unlocked(alias, room_id, creator)
     }
 
-    pub(crate) fn set_alias_unlocked(&self, alias: &RoomAliasId, room_id: &RoomId, creator: &UserId) -> Result<()> {
+    pub(crate) fn set_alias_unlocked(
+        &self,
+        alias: &RoomAliasId,
+        room_id: &RoomId,
+        creator: &UserId,
+    ) -> Result<()> {
         if alias.server_name() != self.server_name {
             return Err(Error::invalid_param("alias must be on this server"));
         }
@@ -37,7 +50,14 @@ impl Rooms {
         if self.store.contains(ALIASES, alias.as_bytes())? {
             return Err(Error::AliasExists);
         }
-        self.store.put(ALIASES, alias.as_bytes(), &AliasRecord { room_id: room_id.to_owned(), creator: creator.to_owned() })?;
+        self.store.put(
+            ALIASES,
+            alias.as_bytes(),
+            &AliasRecord {
+                room_id: room_id.to_owned(),
+                creator: creator.to_owned(),
+            },
+        )?;
         Ok(())
     }
 
@@ -45,12 +65,17 @@ impl Rooms {
     /// change the canonical alias.
     pub async fn delete_alias(&self, alias: &RoomAliasId, user: &UserId) -> Result<()> {
         let _writer = self.stream.writer.lock().await;
-        let record = self.store.get(ALIASES, alias.as_bytes())?.ok_or_else(|| Error::not_found("no such alias"))?;
+        let record = self
+            .store
+            .get(ALIASES, alias.as_bytes())?
+            .ok_or_else(|| Error::not_found("no such alias"))?;
         let allowed = record.creator == user || {
             let version = self.room(&record.room_id)?.map(|r| r.version);
             match version.and_then(|v| v.rules()) {
-                Some(rules) => self.membership_of(&record.room_id, user)?.as_deref() == Some("join")
-                    && self.user_power(&record.room_id, user, &rules)? >= 50,
+                Some(rules) => {
+                    self.membership_of(&record.room_id, user)?.as_deref() == Some("join")
+                        && self.user_power(&record.room_id, user, &rules)? >= 50
+                }
                 None => false,
             }
         };

@@ -55,9 +55,11 @@ impl Rooms {
             None => "private_chat".into(),
         };
         if let Some(v) = &req.visibility
-            && v != "public" && v != "private" {
-                return Err(Error::bad_json("visibility must be public or private"));
-            }
+            && v != "public"
+            && v != "private"
+        {
+            return Err(Error::bad_json("visibility must be public or private"));
+        }
         let alias = match &req.room_alias_name {
             Some(local) => {
                 let alias = OwnedRoomAliasId::try_from(format!("#{local}:{}", self.server_name))
@@ -109,7 +111,8 @@ impl Rooms {
             "invite": if preset == "public_chat" { 0 } else { 50 },
             "notifications": {"room": 50},
         });
-        if let (Some(over), Some(obj)) = (&req.power_level_content_override, power.as_object_mut()) {
+        if let (Some(over), Some(obj)) = (&req.power_level_content_override, power.as_object_mut())
+        {
             for (k, v) in over {
                 obj.insert(k.clone(), v.clone());
             }
@@ -122,17 +125,44 @@ impl Rooms {
         )];
         events.push(NewEvent::state("m.room.power_levels", "", power));
         if let Some(a) = &alias {
-            events.push(NewEvent::state("m.room.canonical_alias", "", json!({"alias": a.as_str()})));
+            events.push(NewEvent::state(
+                "m.room.canonical_alias",
+                "",
+                json!({"alias": a.as_str()}),
+            ));
         }
-        let (join_rule, guest) = if preset == "public_chat" { ("public", "forbidden") } else { ("invite", "can_join") };
-        events.push(NewEvent::state("m.room.join_rules", "", json!({"join_rule": join_rule})));
-        events.push(NewEvent::state("m.room.history_visibility", "", json!({"history_visibility": "shared"})));
-        events.push(NewEvent::state("m.room.guest_access", "", json!({"guest_access": guest})));
+        let (join_rule, guest) = if preset == "public_chat" {
+            ("public", "forbidden")
+        } else {
+            ("invite", "can_join")
+        };
+        events.push(NewEvent::state(
+            "m.room.join_rules",
+            "",
+            json!({"join_rule": join_rule}),
+        ));
+        events.push(NewEvent::state(
+            "m.room.history_visibility",
+            "",
+            json!({"history_visibility": "shared"}),
+        ));
+        events.push(NewEvent::state(
+            "m.room.guest_access",
+            "",
+            json!({"guest_access": guest}),
+        ));
         for s in &req.initial_state {
             if s.kind == "m.room.create" || s.kind == "m.room.member" {
-                return Err(Error::bad_json(format!("{} cannot be set in initial_state", s.kind)));
+                return Err(Error::bad_json(format!(
+                    "{} cannot be set in initial_state",
+                    s.kind
+                )));
             }
-            events.push(NewEvent::state(&s.kind, &s.state_key, Value::Object(s.content.clone())));
+            events.push(NewEvent::state(
+                &s.kind,
+                &s.state_key,
+                Value::Object(s.content.clone()),
+            ));
         }
         if let Some(n) = &req.name {
             events.push(NewEvent::state("m.room.name", "", json!({"name": n})));
@@ -141,7 +171,11 @@ impl Rooms {
             events.push(NewEvent::state("m.room.topic", "", json!({"topic": t})));
         }
         // Other servers' users are invited afterwards, through their server.
-        for invitee in req.invite.iter().filter(|u| u.server_name() == self.server_name) {
+        for invitee in req
+            .invite
+            .iter()
+            .filter(|u| u.server_name() == self.server_name)
+        {
             let mut content = json!({"membership": "invite"});
             if req.is_direct {
                 content["is_direct"] = Value::Bool(true);
@@ -153,7 +187,13 @@ impl Rooms {
             let _writer = self.stream.writer.lock().await;
             let create_event = NewEvent::state("m.room.create", "", Value::Object(create));
             let provisional = if v12 { None } else { Some(self.new_room_id()?) };
-            let create_id = self.append_locked(creator, provisional.as_deref(), Some(&version), create_event, None)?;
+            let create_id = self.append_locked(
+                creator,
+                provisional.as_deref(),
+                Some(&version),
+                create_event,
+                None,
+            )?;
             let room_id = match provisional {
                 Some(r) => r,
                 None => bellwire_federation::room_id_from_create_event(&create_id)

@@ -9,22 +9,34 @@ use crate::error::{Error, Result};
 impl Rooms {
     /// `(displayname, avatar_url)` of a local user's global profile.
     pub fn profile_of(&self, user: &UserId) -> Result<Option<(Value, Value)>> {
-        Ok(self.store.get(crate::accounts::USERS, user.as_bytes())?.map(|u| {
-            (u.displayname.map(Value::from).unwrap_or(Value::Null), u.avatar_url.map(Value::from).unwrap_or(Value::Null))
-        }))
+        Ok(self
+            .store
+            .get(crate::accounts::USERS, user.as_bytes())?
+            .map(|u| {
+                (
+                    u.displayname.map(Value::from).unwrap_or(Value::Null),
+                    u.avatar_url.map(Value::from).unwrap_or(Value::Null),
+                )
+            }))
     }
 
-    pub(crate) fn member_event(&self, user: &UserId, membership: &str, reason: Option<&str>) -> Value {
+    pub(crate) fn member_event(
+        &self,
+        user: &UserId,
+        membership: &str,
+        reason: Option<&str>,
+    ) -> Value {
         let mut content = json!({"membership": membership});
         if (membership == "join" || membership == "invite")
-            && let Ok(Some((name, avatar))) = self.profile_of(user) {
-                if !name.is_null() {
-                    content["displayname"] = name;
-                }
-                if !avatar.is_null() {
-                    content["avatar_url"] = avatar;
-                }
+            && let Ok(Some((name, avatar))) = self.profile_of(user)
+        {
+            if !name.is_null() {
+                content["displayname"] = name;
             }
+            if !avatar.is_null() {
+                content["avatar_url"] = avatar;
+            }
+        }
         if let Some(r) = reason {
             content["reason"] = Value::from(r);
         }
@@ -37,16 +49,30 @@ impl Rooms {
             return Err(Error::not_found("no such room on this server"));
         }
         let _writer = self.stream.writer.lock().await;
-        let invite = self.user_room(user, room_id)?.filter(|ur| ur.membership == "invite");
+        let invite = self
+            .user_room(user, room_id)?
+            .filter(|ur| ur.membership == "invite");
         let content = self.member_event(user, "join", None);
-        let id = self.append_locked(user, Some(room_id), None, NewEvent::state("m.room.member", user.as_str(), content), None)?;
+        let id = self.append_locked(
+            user,
+            Some(room_id),
+            None,
+            NewEvent::state("m.room.member", user.as_str(), content),
+            None,
+        )?;
         if let Some(inv) = invite.filter(|i| i.is_direct) {
             self.add_direct_locked(user, &inv.sender, room_id)?;
         }
         Ok(id)
     }
 
-    pub async fn invite(&self, sender: &UserId, room_id: &RoomId, target: &UserId, reason: Option<&str>) -> Result<OwnedEventId> {
+    pub async fn invite(
+        &self,
+        sender: &UserId,
+        room_id: &RoomId,
+        target: &UserId,
+        reason: Option<&str>,
+    ) -> Result<OwnedEventId> {
         if !self.user_exists(target)? {
             return Err(Error::not_found("no such user"));
         }
@@ -56,39 +82,92 @@ impl Rooms {
             _ => {}
         }
         let content = self.member_event(target, "invite", reason);
-        self.send(sender, room_id, NewEvent::state("m.room.member", target.as_str(), content), None).await
+        self.send(
+            sender,
+            room_id,
+            NewEvent::state("m.room.member", target.as_str(), content),
+            None,
+        )
+        .await
     }
 
     /// Leaves (or rejects an invite).
-    pub async fn leave(&self, user: &UserId, room_id: &RoomId, reason: Option<&str>) -> Result<OwnedEventId> {
+    pub async fn leave(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        reason: Option<&str>,
+    ) -> Result<OwnedEventId> {
         match self.membership_of(room_id, user)?.as_deref() {
             Some("join" | "invite" | "knock") => {}
             _ => return Err(Error::forbidden("you are not in this room")),
         }
         let content = self.member_event(user, "leave", reason);
-        self.send(user, room_id, NewEvent::state("m.room.member", user.as_str(), content), None).await
+        self.send(
+            user,
+            room_id,
+            NewEvent::state("m.room.member", user.as_str(), content),
+            None,
+        )
+        .await
     }
 
-    pub async fn kick(&self, sender: &UserId, room_id: &RoomId, target: &UserId, reason: Option<&str>) -> Result<OwnedEventId> {
+    pub async fn kick(
+        &self,
+        sender: &UserId,
+        room_id: &RoomId,
+        target: &UserId,
+        reason: Option<&str>,
+    ) -> Result<OwnedEventId> {
         match self.membership_of(room_id, target)?.as_deref() {
             Some("join" | "invite" | "knock") => {}
             _ => return Err(Error::forbidden("the user is not in the room")),
         }
         let content = self.member_event(target, "leave", reason);
-        self.send(sender, room_id, NewEvent::state("m.room.member", target.as_str(), content), None).await
+        self.send(
+            sender,
+            room_id,
+            NewEvent::state("m.room.member", target.as_str(), content),
+            None,
+        )
+        .await
     }
 
-    pub async fn ban(&self, sender: &UserId, room_id: &RoomId, target: &UserId, reason: Option<&str>) -> Result<OwnedEventId> {
+    pub async fn ban(
+        &self,
+        sender: &UserId,
+        room_id: &RoomId,
+        target: &UserId,
+        reason: Option<&str>,
+    ) -> Result<OwnedEventId> {
         let content = self.member_event(target, "ban", reason);
-        self.send(sender, room_id, NewEvent::state("m.room.member", target.as_str(), content), None).await
+        self.send(
+            sender,
+            room_id,
+            NewEvent::state("m.room.member", target.as_str(), content),
+            None,
+        )
+        .await
     }
 
-    pub async fn unban(&self, sender: &UserId, room_id: &RoomId, target: &UserId, reason: Option<&str>) -> Result<OwnedEventId> {
+    pub async fn unban(
+        &self,
+        sender: &UserId,
+        room_id: &RoomId,
+        target: &UserId,
+        reason: Option<&str>,
+    ) -> Result<OwnedEventId> {
         if self.membership_of(room_id, target)?.as_deref() != Some("ban") {
             return Err(Error::forbidden("the user is not banned"));
         }
         let content = self.member_event(target, "leave", reason);
-        self.send(sender, room_id, NewEvent::state("m.room.member", target.as_str(), content), None).await
+        self.send(
+            sender,
+            room_id,
+            NewEvent::state("m.room.member", target.as_str(), content),
+            None,
+        )
+        .await
     }
 
     /// Forgets a room the user has left: it disappears from their sync.
@@ -127,27 +206,43 @@ impl Rooms {
     }
 
     pub fn joined_rooms(&self, user: &UserId) -> Result<Vec<OwnedRoomId>> {
-        Ok(self.user_rooms(user)?.into_iter().filter(|(_, ur)| ur.membership == "join").map(|(r, _)| r).collect())
+        Ok(self
+            .user_rooms(user)?
+            .into_iter()
+            .filter(|(_, ur)| ur.membership == "join")
+            .map(|(r, _)| r)
+            .collect())
     }
 
     pub(crate) fn user_exists(&self, user: &UserId) -> Result<bool> {
         if user.server_name() != self.server_name {
             return Err(Error::forbidden("not a user of this server"));
         }
-        Ok(self.store.contains(crate::accounts::USERS, user.as_bytes())?)
+        Ok(self
+            .store
+            .contains(crate::accounts::USERS, user.as_bytes())?)
     }
 
     /// Adds `room_id` under `other` in `user`'s `m.direct`, keeping what is there.
-    pub(crate) fn add_direct_locked(&self, user: &UserId, other: &UserId, room_id: &RoomId) -> Result<()> {
-        let mut direct = self.account_data.get(user, None, "m.direct")?.unwrap_or_else(|| json!({}));
+    pub(crate) fn add_direct_locked(
+        &self,
+        user: &UserId,
+        other: &UserId,
+        room_id: &RoomId,
+    ) -> Result<()> {
+        let mut direct = self
+            .account_data
+            .get(user, None, "m.direct")?
+            .unwrap_or_else(|| json!({}));
         let Some(map) = direct.as_object_mut() else {
             return Ok(());
         };
         let list = map.entry(other.to_string()).or_insert_with(|| json!([]));
         if let Some(arr) = list.as_array_mut()
-            && !arr.iter().any(|r| r.as_str() == Some(room_id.as_str())) {
-                arr.push(Value::from(room_id.as_str()));
-            }
+            && !arr.iter().any(|r| r.as_str() == Some(room_id.as_str()))
+        {
+            arr.push(Value::from(room_id.as_str()));
+        }
         self.account_data.set_locked(user, None, "m.direct", direct)
     }
 }

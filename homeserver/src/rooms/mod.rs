@@ -9,17 +9,17 @@ pub mod pdu;
 pub mod relations;
 pub mod remote;
 pub mod snapshots;
-pub mod summary;
 pub mod state;
+pub mod summary;
 pub mod timeline;
 
 use std::{collections::BTreeSet, sync::Arc};
 
 use bellwire_federation::{ServerKey, hash_sign_and_id, room_id_from_create_event, rules_for};
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId,
-    RoomId, RoomVersionId, UserId, canonical_json::to_canonical_value, events::TimelineEventType,
-    room_version_rules::RoomVersionRules,
+    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedRoomId, OwnedServerName,
+    OwnedUserId, RoomId, RoomVersionId, UserId, canonical_json::to_canonical_value,
+    events::TimelineEventType, room_version_rules::RoomVersionRules,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -82,10 +82,20 @@ pub struct NewEvent {
 
 impl NewEvent {
     pub fn state(kind: &str, state_key: &str, content: Value) -> Self {
-        NewEvent { kind: kind.into(), content, state_key: Some(state_key.into()), redacts: None }
+        NewEvent {
+            kind: kind.into(),
+            content,
+            state_key: Some(state_key.into()),
+            redacts: None,
+        }
     }
     pub fn message(kind: &str, content: Value) -> Self {
-        NewEvent { kind: kind.into(), content, state_key: None, redacts: None }
+        NewEvent {
+            kind: kind.into(),
+            content,
+            state_key: None,
+            redacts: None,
+        }
     }
 }
 
@@ -150,7 +160,18 @@ impl Rooms {
     ) -> Self {
         let last = Rooms::last_snapshot_id(&store).unwrap_or(0);
         let snapshot_seq = Arc::new(std::sync::atomic::AtomicU64::new(last));
-        Rooms { store, server_name, key, stream, notifier, account_data, default_version, push, outbound, snapshot_seq }
+        Rooms {
+            store,
+            server_name,
+            key,
+            stream,
+            notifier,
+            account_data,
+            default_version,
+            push,
+            outbound,
+            snapshot_seq,
+        }
     }
 
     pub fn room(&self, room_id: &RoomId) -> Result<Option<RoomRecord>> {
@@ -171,9 +192,10 @@ impl Rooms {
     ) -> Result<OwnedEventId> {
         let _writer = self.stream.writer.lock().await;
         if let Some(t) = txn
-            && let Some(id) = self.store.get(TXNS, &txn_key(sender, t))? {
-                return Ok(id);
-            }
+            && let Some(id) = self.store.get(TXNS, &txn_key(sender, t))?
+        {
+            return Ok(id);
+        }
         self.append_locked(sender, Some(room_id), None, event, txn)
     }
 
@@ -190,26 +212,36 @@ impl Rooms {
     ) -> Result<OwnedEventId> {
         let (record, room_id) = match (room_id, new_room_version) {
             (Some(r), None) => {
-                let rec = self.room(r)?.ok_or_else(|| Error::forbidden("you are not in this room"))?;
+                let rec = self
+                    .room(r)?
+                    .ok_or_else(|| Error::forbidden("you are not in this room"))?;
                 (Some(rec), Some(r.to_owned()))
             }
             (r, Some(_)) => (None, r.map(ToOwned::to_owned)),
             (None, None) => return Err(Error::Unknown("event without room".into())),
         };
-        let version = record.as_ref().map(|r| r.version.clone()).or(new_room_version.cloned()).ok_or(Error::UnsupportedRoomVersion)?;
+        let version = record
+            .as_ref()
+            .map(|r| r.version.clone())
+            .or(new_room_version.cloned())
+            .ok_or(Error::UnsupportedRoomVersion)?;
         let rules = rules_for(&version).map_err(|_| Error::UnsupportedRoomVersion)?;
         let kind = TimelineEventType::from(event.kind.as_str());
 
         let mut content = event.content;
         if let Some(r) = &room_id
-            && event.state_key.is_none() {
-                self.check_annotation(r, sender, &event.kind, &content)?;
-            }
-        if kind == TimelineEventType::RoomRedaction && rules.redaction.content_field_redacts
-            && let (Some(target), Some(obj)) = (&event.redacts, content.as_object_mut()) {
-                obj.insert("redacts".into(), Value::from(target.as_str()));
-            }
-        let content_raw = serde_json::value::to_raw_value(&content).map_err(|e| Error::bad_json(e.to_string()))?;
+            && event.state_key.is_none()
+        {
+            self.check_annotation(r, sender, &event.kind, &content)?;
+        }
+        if kind == TimelineEventType::RoomRedaction
+            && rules.redaction.content_field_redacts
+            && let (Some(target), Some(obj)) = (&event.redacts, content.as_object_mut())
+        {
+            obj.insert("redacts".into(), Value::from(target.as_str()));
+        }
+        let content_raw = serde_json::value::to_raw_value(&content)
+            .map_err(|e| Error::bad_json(e.to_string()))?;
 
         // Auth events: the current state entries the auth rules name.
         let auth_types = ruma::state_res::auth_types_for_event(
@@ -257,20 +289,27 @@ impl Rooms {
         let mut object = match to_canonical_value(pdu) {
             Ok(CanonicalJsonValue::Object(o)) => o,
             Ok(_) => return Err(Error::bad_json("event is not an object")),
-            Err(e) => return Err(Error::bad_json(format!("content is not canonical JSON: {e}"))),
+            Err(e) => {
+                return Err(Error::bad_json(format!(
+                    "content is not canonical JSON: {e}"
+                )));
+            }
         };
         let event_id = hash_sign_and_id(&mut object, self.server_name.as_str(), &self.key, &rules)
             .map_err(|e| Error::bad_json(e.to_string()))?;
         let room_id = match room_id {
             Some(r) => r,
-            None => room_id_from_create_event(&event_id).map_err(|e| Error::Unknown(e.to_string()))?,
+            None => {
+                room_id_from_create_event(&event_id).map_err(|e| Error::Unknown(e.to_string()))?
+            }
         };
 
         let pdu_json = serde_json::to_string(&object).map_err(|e| Error::Unknown(e.to_string()))?;
         if pdu_json.len() > 65_536 {
             return Err(Error::TooLarge { limit: 65_536 });
         }
-        let mut parsed: Pdu = serde_json::from_str(&pdu_json).map_err(|e| Error::bad_json(e.to_string()))?;
+        let mut parsed: Pdu =
+            serde_json::from_str(&pdu_json).map_err(|e| Error::bad_json(e.to_string()))?;
         parsed.event_id = event_id.clone();
 
         auth::authorize(self, &rules, &room_id, &parsed)?;
@@ -301,7 +340,23 @@ impl Rooms {
     /// extremities and the federation queue; then wakes whoever waits.
     /// Caller holds the stream writer lock.
     pub(crate) fn commit_locked(&self, c: Commit<'_>) -> Result<()> {
-        let Commit { room_id, version, rules, event_id, object, pdu_json, parsed, txn, depth, prev_events, redaction_target, forward, in_timeline, state_before, new_state } = c;
+        let Commit {
+            room_id,
+            version,
+            rules,
+            event_id,
+            object,
+            pdu_json,
+            parsed,
+            txn,
+            depth,
+            prev_events,
+            redaction_target,
+            forward,
+            in_timeline,
+            state_before,
+            new_state,
+        } = c;
         let kind = parsed.kind.clone();
         let sender = parsed.sender.clone();
         let content = parsed.content_value();
@@ -316,7 +371,8 @@ impl Rooms {
             event_id: event_id.clone(),
             room_id: room_id.clone(),
             pos: if in_timeline { pos } else { 0 },
-            pdu: serde_json::value::RawValue::from_string(pdu_json).map_err(|e| Error::Unknown(e.to_string()))?,
+            pdu: serde_json::value::RawValue::from_string(pdu_json)
+                .map_err(|e| Error::Unknown(e.to_string()))?,
             replaces_state,
             txn: txn.map(|t| (t.device_id.to_owned(), t.txn_id.to_owned())),
             rejected: false,
@@ -330,7 +386,14 @@ impl Rooms {
         }
         batch.put(TIMELINE, &timeline_key(&room_id, pos), &event_id);
         if parsed.state_key.is_none() {
-            self.stage_relation(&mut batch, &room_id, &stored, &sender, &kind.to_string(), &content)?;
+            self.stage_relation(
+                &mut batch,
+                &room_id,
+                &stored,
+                &sender,
+                &kind.to_string(),
+                &content,
+            )?;
         }
         let decisions = evaluate::decide(&self.push, self, &room_id, &parsed, &stored.pdu, rules)?;
         notifications::stage(&mut batch, &decisions, pos, ts);
@@ -338,9 +401,20 @@ impl Rooms {
         if sender.server_name() == self.server_name {
             receipts::mark_read(&self.store, &mut batch, &sender, &room_id, "", pos)?;
         }
-        let mut wake: BTreeSet<OwnedUserId> = self.members_with(&room_id, &["join", "invite"])?.into_iter().collect();
+        let mut wake: BTreeSet<OwnedUserId> = self
+            .members_with(&room_id, &["join", "invite"])?
+            .into_iter()
+            .collect();
         let record = self.room(&room_id)?;
-        let snapshot = self.stage_state_snapshots(&mut batch, &room_id, record.as_ref(), &event_id, &parsed, state_before.as_ref(), new_state.as_ref())?;
+        let snapshot = self.stage_state_snapshots(
+            &mut batch,
+            &room_id,
+            record.as_ref(),
+            &event_id,
+            &parsed,
+            state_before.as_ref(),
+            new_state.as_ref(),
+        )?;
         if let Some(resolved) = &new_state {
             // Branches met: the room's state is whatever resolution chose,
             // which may or may not include this event.
@@ -351,36 +425,82 @@ impl Rooms {
                 }
                 if t == "m.room.member"
                     && let (Ok(target), Some(id)) = (UserId::parse(k.as_str()), winner)
-                    && let Some(ev) = if id == event_id { Some(stored.clone()) } else { self.event(id.as_str())? }
+                    && let Some(ev) = if id == event_id {
+                        Some(stored.clone())
+                    } else {
+                        self.event(id.as_str())?
+                    }
                     && let Ok(p) = ev.parse()
                 {
                     let membership = p.membership().unwrap_or_default();
-                    let is_direct = p.content_value().get("is_direct").and_then(Value::as_bool).unwrap_or(false);
+                    let is_direct = p
+                        .content_value()
+                        .get("is_direct")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false);
                     batch.put(
                         USER_ROOMS,
                         &keys::strs(&[target.as_str(), room_id.as_str()]),
-                        &UserRoom { membership: membership.clone(), pos, event_id: id.clone(), is_direct, sender: p.sender.clone() },
+                        &UserRoom {
+                            membership: membership.clone(),
+                            pos,
+                            event_id: id.clone(),
+                            is_direct,
+                            sender: p.sender.clone(),
+                        },
                     );
-                    batch.put(ROOM_MEMBERS, &keys::strs(&[room_id.as_str(), target.as_str()]), &membership);
-                    batch.put(MEMBERSHIP_LOG, &timeline_key(&room_id, pos), &(target.clone(), membership));
+                    batch.put(
+                        ROOM_MEMBERS,
+                        &keys::strs(&[room_id.as_str(), target.as_str()]),
+                        &membership,
+                    );
+                    batch.put(
+                        MEMBERSHIP_LOG,
+                        &timeline_key(&room_id, pos),
+                        &(target.clone(), membership),
+                    );
                     wake.insert(target);
                 }
             }
         } else if let Some(k) = &parsed.state_key {
-            batch.put(ROOM_STATE, &keys::strs(&[room_id.as_str(), &kind.to_string(), k]), &event_id);
+            batch.put(
+                ROOM_STATE,
+                &keys::strs(&[room_id.as_str(), &kind.to_string(), k]),
+                &event_id,
+            );
         }
         if kind == TimelineEventType::RoomMember && new_state.is_none() {
-            let target = parsed.state_key.as_deref().and_then(|k| UserId::parse(k).ok());
+            let target = parsed
+                .state_key
+                .as_deref()
+                .and_then(|k| UserId::parse(k).ok());
             let membership = parsed.membership().unwrap_or_default();
             if let Some(target) = target {
-                let is_direct = content.get("is_direct").and_then(Value::as_bool).unwrap_or(false);
+                let is_direct = content
+                    .get("is_direct")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
                 batch.put(
                     USER_ROOMS,
                     &keys::strs(&[target.as_str(), room_id.as_str()]),
-                    &UserRoom { membership: membership.clone(), pos, event_id: event_id.clone(), is_direct, sender: sender.clone() },
+                    &UserRoom {
+                        membership: membership.clone(),
+                        pos,
+                        event_id: event_id.clone(),
+                        is_direct,
+                        sender: sender.clone(),
+                    },
                 );
-                batch.put(ROOM_MEMBERS, &keys::strs(&[room_id.as_str(), target.as_str()]), &membership);
-                batch.put(MEMBERSHIP_LOG, &timeline_key(&room_id, pos), &(target.clone(), membership.clone()));
+                batch.put(
+                    ROOM_MEMBERS,
+                    &keys::strs(&[room_id.as_str(), target.as_str()]),
+                    &membership,
+                );
+                batch.put(
+                    MEMBERSHIP_LOG,
+                    &timeline_key(&room_id, pos),
+                    &(target.clone(), membership.clone()),
+                );
                 wake.insert(target);
             }
         }
@@ -395,7 +515,16 @@ impl Rooms {
             .collect();
         extremities.push(event_id.clone());
         let old_depth = record.as_ref().map_or(0, |r| r.depth);
-        batch.put(ROOMS, room_id.as_bytes(), &RoomRecord { version, extremities, depth: depth.max(old_depth), snapshot: Some(snapshot) });
+        batch.put(
+            ROOMS,
+            room_id.as_bytes(),
+            &RoomRecord {
+                version,
+                extremities,
+                depth: depth.max(old_depth),
+                snapshot: Some(snapshot),
+            },
+        );
         if let Some(t) = txn {
             batch.put(TXNS, &txn_key(&sender, t), &event_id);
         }
@@ -404,27 +533,43 @@ impl Rooms {
             let redacted = self.redacted_copy(rules, &target, object, &event_id, &room_id)?;
             batch.put(EVENTS, target.event_id.as_bytes(), &redacted);
         }
-        self.outbound.stage(&mut batch, &forward, &crate::federation::queue::Outgoing::Pdu(event_id.clone()));
+        self.outbound.stage(
+            &mut batch,
+            &forward,
+            &crate::federation::queue::Outgoing::Pdu(event_id.clone()),
+        );
         self.stream.record(&mut batch, pos);
         batch.commit()?;
         self.stream.publish(pos);
         self.outbound.wake(&forward);
         self.notifier.wake(wake.iter().map(|u| u.as_ref()));
         for d in decisions {
-            self.push.enqueue(PushJob { user: d.user, room_id: d.room_id, event_id: event_id.to_string(), actions: d.actions });
+            self.push.enqueue(PushJob {
+                user: d.user,
+                room_id: d.room_id,
+                event_id: event_id.to_string(),
+                actions: d.actions,
+            });
         }
         Ok(())
     }
 
     /// The event a redaction removes, if the redaction may apply to it now.
-    fn redaction_target(&self, rules: &RoomVersionRules, room_id: &RoomId, pdu: &Pdu) -> Result<Option<StoredEvent>> {
+    fn redaction_target(
+        &self,
+        rules: &RoomVersionRules,
+        room_id: &RoomId,
+        pdu: &Pdu,
+    ) -> Result<Option<StoredEvent>> {
         if pdu.kind != TimelineEventType::RoomRedaction {
             return Ok(None);
         }
         let Some(target_id) = pdu.redacts_target() else {
             return Err(Error::bad_json("redaction without `redacts`"));
         };
-        let Some(target) = self.event(target_id.as_str())? else { return Ok(None) };
+        let Some(target) = self.event(target_id.as_str())? else {
+            return Ok(None);
+        };
         if target.room_id != room_id {
             return Ok(None);
         }
@@ -454,10 +599,19 @@ impl Rooms {
                 because.insert(key.into(), v.clone());
             }
         }
-        because.insert("event_id".into(), CanonicalJsonValue::String(redaction_id.to_string()));
-        because.insert("room_id".into(), CanonicalJsonValue::String(room_id.to_string()));
+        because.insert(
+            "event_id".into(),
+            CanonicalJsonValue::String(redaction_id.to_string()),
+        );
+        because.insert(
+            "room_id".into(),
+            CanonicalJsonValue::String(room_id.to_string()),
+        );
         if !because.contains_key("redacts") {
-            because.insert("redacts".into(), CanonicalJsonValue::String(target.event_id.to_string()));
+            because.insert(
+                "redacts".into(),
+                CanonicalJsonValue::String(target.event_id.to_string()),
+            );
         }
         let redacted = ruma::canonical_json::redact(
             object,
@@ -467,30 +621,48 @@ impl Rooms {
         .map_err(|e| Error::Unknown(e.to_string()))?;
         let json = serde_json::to_string(&redacted).map_err(|e| Error::Unknown(e.to_string()))?;
         let mut out = target.clone();
-        out.pdu = serde_json::value::RawValue::from_string(json).map_err(|e| Error::Unknown(e.to_string()))?;
+        out.pdu = serde_json::value::RawValue::from_string(json)
+            .map_err(|e| Error::Unknown(e.to_string()))?;
         Ok(out)
     }
 
-    pub(crate) fn state_event_id(&self, room_id: &RoomId, kind: &str, state_key: &str) -> Result<Option<OwnedEventId>> {
-        Ok(self.store.get(ROOM_STATE, &keys::strs(&[room_id.as_str(), kind, state_key]))?)
+    pub(crate) fn state_event_id(
+        &self,
+        room_id: &RoomId,
+        kind: &str,
+        state_key: &str,
+    ) -> Result<Option<OwnedEventId>> {
+        Ok(self.store.get(
+            ROOM_STATE,
+            &keys::strs(&[room_id.as_str(), kind, state_key]),
+        )?)
     }
 
     /// Local users whose current membership is one of `memberships`.
     pub fn members_with(&self, room_id: &RoomId, memberships: &[&str]) -> Result<Vec<OwnedUserId>> {
-        let rows = self.store.scan_prefix(ROOM_MEMBERS, &keys::strs(&[room_id.as_str()]))?;
+        let rows = self
+            .store
+            .scan_prefix(ROOM_MEMBERS, &keys::strs(&[room_id.as_str()]))?;
         Ok(rows
             .into_iter()
             .filter(|(_, m)| memberships.contains(&m.as_str()))
-            .filter_map(|(k, _)| keys::split_strs(&k).and_then(|p| p.get(1).and_then(|u| UserId::parse(*u).ok())))
+            .filter_map(|(k, _)| {
+                keys::split_strs(&k).and_then(|p| p.get(1).and_then(|u| UserId::parse(*u).ok()))
+            })
             .collect())
     }
 
     pub fn membership_of(&self, room_id: &RoomId, user: &UserId) -> Result<Option<String>> {
-        Ok(self.store.get(ROOM_MEMBERS, &keys::strs(&[room_id.as_str(), user.as_str()]))?)
+        Ok(self.store.get(
+            ROOM_MEMBERS,
+            &keys::strs(&[room_id.as_str(), user.as_str()]),
+        )?)
     }
 
     pub fn user_rooms(&self, user: &UserId) -> Result<Vec<(OwnedRoomId, UserRoom)>> {
-        let rows = self.store.scan_prefix(USER_ROOMS, &keys::strs(&[user.as_str()]))?;
+        let rows = self
+            .store
+            .scan_prefix(USER_ROOMS, &keys::strs(&[user.as_str()]))?;
         Ok(rows
             .into_iter()
             .filter_map(|(k, v)| {
@@ -501,7 +673,9 @@ impl Rooms {
     }
 
     pub fn user_room(&self, user: &UserId, room_id: &RoomId) -> Result<Option<UserRoom>> {
-        Ok(self.store.get(USER_ROOMS, &keys::strs(&[user.as_str(), room_id.as_str()]))?)
+        Ok(self
+            .store
+            .get(USER_ROOMS, &keys::strs(&[user.as_str(), room_id.as_str()]))?)
     }
 
     pub(crate) fn forget_user_room(&self, user: &UserId, room_id: &RoomId) -> Result<()> {
@@ -512,8 +686,12 @@ impl Rooms {
     }
 
     pub(crate) fn new_room_id(&self) -> Result<OwnedRoomId> {
-        OwnedRoomId::try_from(format!("!{}:{}", crate::accounts::random_string(18), self.server_name))
-            .map_err(|e| Error::Unknown(e.to_string()))
+        OwnedRoomId::try_from(format!(
+            "!{}:{}",
+            crate::accounts::random_string(18),
+            self.server_name
+        ))
+        .map_err(|e| Error::Unknown(e.to_string()))
     }
 }
 
@@ -522,5 +700,8 @@ fn txn_key(sender: &UserId, t: Txn<'_>) -> Vec<u8> {
 }
 
 pub(crate) fn timeline_key(room_id: &RoomId, pos: u64) -> Vec<u8> {
-    keys::KeyBuf::new().str(room_id.as_str()).u64(pos).into_vec()
+    keys::KeyBuf::new()
+        .str(room_id.as_str())
+        .u64(pos)
+        .into_vec()
 }

@@ -56,7 +56,8 @@ pub struct Pdu {
 }
 
 fn placeholder_event_id() -> OwnedEventId {
-    OwnedEventId::try_from("$placeholder").unwrap_or_else(|_| unreachable!("static event id is valid"))
+    OwnedEventId::try_from("$placeholder")
+        .unwrap_or_else(|_| unreachable!("static event id is valid"))
 }
 
 impl StoredEvent {
@@ -79,7 +80,10 @@ impl Pdu {
 
     /// `membership` of an `m.room.member` event.
     pub fn membership(&self) -> Option<String> {
-        self.content_value().get("membership").and_then(Value::as_str).map(str::to_owned)
+        self.content_value()
+            .get("membership")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
     }
 
     /// The redacted event, from the top-level field (v1-v10) or the content (v11+).
@@ -142,12 +146,21 @@ pub fn client_event(
         return Value::Null;
     };
     let mut out = serde_json::Map::new();
-    for key in ["content", "origin_server_ts", "sender", "type", "state_key", "redacts"] {
+    for key in [
+        "content",
+        "origin_server_ts",
+        "sender",
+        "type",
+        "state_key",
+        "redacts",
+    ] {
         if let Some(v) = pdu.get(key) {
             out.insert(key.into(), v.clone());
         }
     }
-    if pdu.get("type").and_then(Value::as_str) == Some("m.room.redaction") && !out.contains_key("redacts") {
+    if pdu.get("type").and_then(Value::as_str) == Some("m.room.redaction")
+        && !out.contains_key("redacts")
+    {
         // v11+ moved `redacts` into content; older clients still read the top level.
         if let Some(r) = pdu.get("content").and_then(|c| c.get("redacts")) {
             out.insert("redacts".into(), r.clone());
@@ -160,12 +173,16 @@ pub fn client_event(
         .and_then(Value::as_object)
         .cloned()
         .unwrap_or_default();
-    let ts = pdu.get("origin_server_ts").and_then(Value::as_u64).unwrap_or(now_ms);
+    let ts = pdu
+        .get("origin_server_ts")
+        .and_then(Value::as_u64)
+        .unwrap_or(now_ms);
     unsigned.insert("age".into(), Value::from(now_ms.saturating_sub(ts)));
     if let (Some((device, txn)), Some(viewer)) = (&stored.txn, viewer_device)
-        && device == viewer {
-            unsigned.insert("transaction_id".into(), Value::from(txn.as_str()));
-        }
+        && device == viewer
+    {
+        unsigned.insert("transaction_id".into(), Value::from(txn.as_str()));
+    }
     if let Some(prev) = prev_content {
         unsigned.insert("prev_content".into(), prev);
     }

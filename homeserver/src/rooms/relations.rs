@@ -29,7 +29,11 @@ const THREAD_ACTIVITY: Table<OwnedEventId> = Table::new("thread_activity");
 const THREAD_LATEST: Table<u64> = Table::new("thread_latest");
 
 fn rel_key(room: &RoomId, parent: &str, pos: u64) -> Vec<u8> {
-    keys::KeyBuf::new().str(room.as_str()).str(parent).u64(pos).into_vec()
+    keys::KeyBuf::new()
+        .str(room.as_str())
+        .str(parent)
+        .u64(pos)
+        .into_vec()
 }
 
 fn activity_key(room: &RoomId, pos: u64) -> Vec<u8> {
@@ -49,26 +53,57 @@ pub fn relates_to(content: &Value) -> Option<(String, String, Option<String>)> {
 impl Rooms {
     /// Refuses an annotation that repeats one the sender already has on the
     /// same event with the same type and key (M_DUPLICATE_ANNOTATION).
-    pub(crate) fn check_annotation(&self, room: &RoomId, sender: &UserId, event_type: &str, content: &Value) -> Result<()> {
-        let Some((rel_type, parent, Some(key))) = relates_to(content) else { return Ok(()) };
+    pub(crate) fn check_annotation(
+        &self,
+        room: &RoomId,
+        sender: &UserId,
+        event_type: &str,
+        content: &Value,
+    ) -> Result<()> {
+        let Some((rel_type, parent, Some(key))) = relates_to(content) else {
+            return Ok(());
+        };
         if rel_type != "m.annotation" {
             return Ok(());
         }
         let dup = self.children(room, &parent)?.into_iter().any(|(_, r)| {
-            r.rel_type == "m.annotation" && r.sender == sender.as_str() && r.event_type == event_type && r.key.as_deref() == Some(key.as_str())
+            r.rel_type == "m.annotation"
+                && r.sender == sender.as_str()
+                && r.event_type == event_type
+                && r.key.as_deref() == Some(key.as_str())
         });
-        if dup { Err(Error::DuplicateAnnotation) } else { Ok(()) }
+        if dup {
+            Err(Error::DuplicateAnnotation)
+        } else {
+            Ok(())
+        }
     }
 
     /// Indexes a new event's relationship in the event's own batch.
-    pub(crate) fn stage_relation(&self, batch: &mut Batch<'_>, room: &RoomId, event: &StoredEvent, sender: &UserId, event_type: &str, content: &Value) -> Result<()> {
-        let Some((rel_type, parent, key)) = relates_to(content) else { return Ok(()) };
+    pub(crate) fn stage_relation(
+        &self,
+        batch: &mut Batch<'_>,
+        room: &RoomId,
+        event: &StoredEvent,
+        sender: &UserId,
+        event_type: &str,
+        content: &Value,
+    ) -> Result<()> {
+        let Some((rel_type, parent, key)) = relates_to(content) else {
+            return Ok(());
+        };
         // A relation to an event of another room (or none we know) is kept
         // as a plain event and aggregated nowhere.
         if self.event(&parent)?.is_none_or(|p| p.room_id != room) {
             return Ok(());
         }
-        let rel = Relation { event_id: event.event_id.clone(), rel_type: rel_type.clone(), event_type: event_type.to_owned(), sender: sender.to_string(), key };
+        let rel = Relation {
+            event_id: event.event_id.clone(),
+            rel_type: rel_type.clone(),
+            event_type: event_type.to_owned(),
+            sender: sender.to_string(),
+            key,
+        };
         batch.put(RELATIONS, &rel_key(room, &parent, event.pos), &rel);
         if rel_type == "m.thread" {
             let latest_key = keys::strs(&[room.as_str(), &parent]);
@@ -76,7 +111,8 @@ impl Rooms {
                 batch.delete(THREAD_ACTIVITY, &activity_key(room, old));
             }
             batch.put(THREAD_LATEST, &latest_key, &event.pos);
-            let root = OwnedEventId::try_from(parent.as_str()).map_err(|e| Error::invalid_param(e.to_string()))?;
+            let root = OwnedEventId::try_from(parent.as_str())
+                .map_err(|e| Error::invalid_param(e.to_string()))?;
             batch.put(THREAD_ACTIVITY, &activity_key(room, event.pos), &root);
         }
         Ok(())
@@ -103,7 +139,13 @@ impl Rooms {
 
     /// The spec's bundled aggregations (`unsigned.m.relations`) for an event
     /// as `viewer` sees it: the latest edit, the thread summary, references.
-    pub fn bundle(&self, event: &StoredEvent, viewer: &UserId, visible_until: u64, format: &dyn Fn(&StoredEvent) -> Value) -> Result<Option<Value>> {
+    pub fn bundle(
+        &self,
+        event: &StoredEvent,
+        viewer: &UserId,
+        visible_until: u64,
+        format: &dyn Fn(&StoredEvent) -> Value,
+    ) -> Result<Option<Value>> {
         let children = self.children(&event.room_id, event.event_id.as_str())?;
         if children.is_empty() {
             return Ok(None);
@@ -114,24 +156,34 @@ impl Rooms {
         let visible = children.iter().filter(|(pos, _)| *pos <= visible_until);
 
         // Only the original sender may edit; the newest valid edit wins.
-        let edit = visible
-            .clone().rfind(|(_, r)| r.rel_type == "m.replace" && r.sender == original_sender && v.get("state_key").is_none());
+        let edit = visible.clone().rfind(|(_, r)| {
+            r.rel_type == "m.replace" && r.sender == original_sender && v.get("state_key").is_none()
+        });
         if let Some((_, r)) = edit
-            && let Some(e) = self.event(r.event_id.as_str())? {
-                out.insert("m.replace".into(), format(&e));
-            }
+            && let Some(e) = self.event(r.event_id.as_str())?
+        {
+            out.insert("m.replace".into(), format(&e));
+        }
 
-        let replies: Vec<&(u64, Relation)> = visible.clone().filter(|(_, r)| r.rel_type == "m.thread").collect();
+        let replies: Vec<&(u64, Relation)> = visible
+            .clone()
+            .filter(|(_, r)| r.rel_type == "m.thread")
+            .collect();
         if let Some((_, last)) = replies.last()
-            && let Some(latest) = self.event(last.event_id.as_str())? {
-                let participated = original_sender == viewer.as_str() || replies.iter().any(|(_, r)| r.sender == viewer.as_str());
-                out.insert(
+            && let Some(latest) = self.event(last.event_id.as_str())?
+        {
+            let participated = original_sender == viewer.as_str()
+                || replies.iter().any(|(_, r)| r.sender == viewer.as_str());
+            out.insert(
                     "m.thread".into(),
                     json!({"latest_event": format(&latest), "count": replies.len(), "current_user_participated": participated}),
                 );
-            }
+        }
 
-        let refs: Vec<Value> = visible.filter(|(_, r)| r.rel_type == "m.reference").map(|(_, r)| json!({"event_id": r.event_id})).collect();
+        let refs: Vec<Value> = visible
+            .filter(|(_, r)| r.rel_type == "m.reference")
+            .map(|(_, r)| json!({"event_id": r.event_id}))
+            .collect();
         if !refs.is_empty() {
             out.insert("m.reference".into(), json!({"chunk": refs}));
         }
@@ -188,17 +240,33 @@ impl Rooms {
 
     /// Thread roots by most recent reply, newest first; `from` is an
     /// activity position (inclusive).
-    pub fn threads_page(&self, room: &RoomId, viewer: &UserId, participated_only: bool, from: Option<u64>, limit: usize, visible_until: u64) -> Result<(Vec<StoredEvent>, Option<u64>)> {
+    pub fn threads_page(
+        &self,
+        room: &RoomId,
+        viewer: &UserId,
+        participated_only: bool,
+        from: Option<u64>,
+        limit: usize,
+        visible_until: u64,
+    ) -> Result<(Vec<StoredEvent>, Option<u64>)> {
         let prefix = keys::strs(&[room.as_str()]);
         let start = activity_key(room, from.unwrap_or(u64::MAX).min(visible_until));
         let mut out = Vec::new();
         let mut next = None;
-        for (k, root) in self.store.scan(THREAD_ACTIVITY, &prefix, &start, None, true, usize::MAX)? {
+        for (k, root) in
+            self.store
+                .scan(THREAD_ACTIVITY, &prefix, &start, None, true, usize::MAX)?
+        {
             let pos = keys::trailing_u64(&k).unwrap_or(0);
-            let Some(ev) = self.event(root.as_str())? else { continue };
+            let Some(ev) = self.event(root.as_str())? else {
+                continue;
+            };
             if participated_only {
                 let mine = ev.pdu_value()["sender"].as_str() == Some(viewer.as_str())
-                    || self.children(room, root.as_str())?.iter().any(|(_, r)| r.rel_type == "m.thread" && r.sender == viewer.as_str());
+                    || self
+                        .children(room, root.as_str())?
+                        .iter()
+                        .any(|(_, r)| r.rel_type == "m.thread" && r.sender == viewer.as_str());
                 if !mine {
                     continue;
                 }
@@ -216,7 +284,14 @@ impl Rooms {
 impl Rooms {
     /// An event in client format with its bundled aggregations, as `viewer`
     /// sees it at stream position `until`.
-    pub fn client_event_for(&self, event: &StoredEvent, viewer: &UserId, device: Option<&str>, until: u64, now: u64) -> Value {
+    pub fn client_event_for(
+        &self,
+        event: &StoredEvent,
+        viewer: &UserId,
+        device: Option<&str>,
+        until: u64,
+        now: u64,
+    ) -> Value {
         let mut v = super::pdu::client_event(event, device, self.prev_content(event), now);
         let format = |e: &StoredEvent| super::pdu::client_event(e, device, None, now);
         match self.bundle(event, viewer, until, &format) {
@@ -243,7 +318,10 @@ mod tests {
     };
 
     fn reaction(target: &str, key: &str) -> NewEvent {
-        NewEvent::message("m.reaction", json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": target, "key": key}}))
+        NewEvent::message(
+            "m.reaction",
+            json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": target, "key": key}}),
+        )
     }
 
     #[tokio::test]
@@ -252,7 +330,11 @@ mod tests {
         let (alice, bob) = (w.user("alice"), w.user("bob"));
         let room = w.room(&alice, "12", "public_chat").await;
         w.s.rooms.join(&bob, &room).await.unwrap();
-        let msg = w.s.rooms.send(&alice, &room, text("hello"), None).await.unwrap();
+        let msg =
+            w.s.rooms
+                .send(&alice, &room, text("hello"), None)
+                .await
+                .unwrap();
         let edit = |by: &str| {
             NewEvent::message(
                 "m.room.message",
@@ -260,20 +342,51 @@ mod tests {
                        "m.relates_to": {"rel_type": "m.replace", "event_id": msg}}),
             )
         };
-        let good = w.s.rooms.send(&alice, &room, edit("alice"), None).await.unwrap();
-        w.s.rooms.send(&bob, &room, edit("bob"), None).await.unwrap();
-        let r1 = w.s.rooms.send(&bob, &room, reaction(msg.as_str(), "👍"), None).await.unwrap();
-        assert!(matches!(w.s.rooms.send(&bob, &room, reaction(msg.as_str(), "👍"), None).await, Err(Error::DuplicateAnnotation)));
+        let good =
+            w.s.rooms
+                .send(&alice, &room, edit("alice"), None)
+                .await
+                .unwrap();
+        w.s.rooms
+            .send(&bob, &room, edit("bob"), None)
+            .await
+            .unwrap();
+        let r1 =
+            w.s.rooms
+                .send(&bob, &room, reaction(msg.as_str(), "👍"), None)
+                .await
+                .unwrap();
+        assert!(matches!(
+            w.s.rooms
+                .send(&bob, &room, reaction(msg.as_str(), "👍"), None)
+                .await,
+            Err(Error::DuplicateAnnotation)
+        ));
 
         let ev = w.s.rooms.event(msg.as_str()).unwrap().unwrap();
         let v = w.s.rooms.client_event_for(&ev, &bob, None, u64::MAX, 0);
-        assert_eq!(v["unsigned"]["m.relations"]["m.replace"]["event_id"], good.as_str(), "bob's edit of alice's message is not an edit");
-        assert!(v["unsigned"]["m.relations"].get("m.annotation").is_none(), "the spec does not bundle annotations");
+        assert_eq!(
+            v["unsigned"]["m.relations"]["m.replace"]["event_id"],
+            good.as_str(),
+            "bob's edit of alice's message is not an edit"
+        );
+        assert!(
+            v["unsigned"]["m.relations"].get("m.annotation").is_none(),
+            "the spec does not bundle annotations"
+        );
 
         // Redacting the reaction frees its key again.
-        let redact = NewEvent { kind: "m.room.redaction".into(), content: json!({}), state_key: None, redacts: Some(r1) };
+        let redact = NewEvent {
+            kind: "m.room.redaction".into(),
+            content: json!({}),
+            state_key: None,
+            redacts: Some(r1),
+        };
         w.s.rooms.send(&bob, &room, redact, None).await.unwrap();
-        w.s.rooms.send(&bob, &room, reaction(msg.as_str(), "👍"), None).await.unwrap();
+        w.s.rooms
+            .send(&bob, &room, reaction(msg.as_str(), "👍"), None)
+            .await
+            .unwrap();
     }
 
     #[tokio::test]
@@ -281,19 +394,47 @@ mod tests {
         let w = world();
         let alice = w.user("alice");
         let room = w.room(&alice, "12", "private_chat").await;
-        let a = w.s.rooms.send(&alice, &room, text("a"), None).await.unwrap();
-        let b = w.s.rooms.send(&alice, &room, text("b"), None).await.unwrap();
-        let reply = |root: &str| NewEvent::message("m.room.message", json!({"msgtype": "m.text", "body": "r", "m.relates_to": {"rel_type": "m.thread", "event_id": root}}));
-        w.s.rooms.send(&alice, &room, reply(a.as_str()), None).await.unwrap();
-        w.s.rooms.send(&alice, &room, reply(b.as_str()), None).await.unwrap();
-        w.s.rooms.send(&alice, &room, reply(a.as_str()), None).await.unwrap();
-        let (roots, next) = w.s.rooms.threads_page(&room, &alice, false, None, 10, u64::MAX).unwrap();
+        let a =
+            w.s.rooms
+                .send(&alice, &room, text("a"), None)
+                .await
+                .unwrap();
+        let b =
+            w.s.rooms
+                .send(&alice, &room, text("b"), None)
+                .await
+                .unwrap();
+        let reply = |root: &str| {
+            NewEvent::message(
+                "m.room.message",
+                json!({"msgtype": "m.text", "body": "r", "m.relates_to": {"rel_type": "m.thread", "event_id": root}}),
+            )
+        };
+        w.s.rooms
+            .send(&alice, &room, reply(a.as_str()), None)
+            .await
+            .unwrap();
+        w.s.rooms
+            .send(&alice, &room, reply(b.as_str()), None)
+            .await
+            .unwrap();
+        w.s.rooms
+            .send(&alice, &room, reply(a.as_str()), None)
+            .await
+            .unwrap();
+        let (roots, next) =
+            w.s.rooms
+                .threads_page(&room, &alice, false, None, 10, u64::MAX)
+                .unwrap();
         let ids: Vec<&str> = roots.iter().map(|e| e.event_id.as_str()).collect();
         assert_eq!(ids, [a.as_str(), b.as_str()]);
         assert!(next.is_none());
         let ev = w.s.rooms.event(a.as_str()).unwrap().unwrap();
         let v = w.s.rooms.client_event_for(&ev, &alice, None, u64::MAX, 0);
         assert_eq!(v["unsigned"]["m.relations"]["m.thread"]["count"], 2);
-        assert_eq!(v["unsigned"]["m.relations"]["m.thread"]["current_user_participated"], true);
+        assert_eq!(
+            v["unsigned"]["m.relations"]["m.thread"]["current_user_participated"],
+            true
+        );
     }
 }

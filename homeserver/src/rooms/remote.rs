@@ -4,12 +4,15 @@ use std::collections::BTreeSet;
 
 use bellwire_federation::{hash_sign_and_id, rules_for};
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId, UserId,
-    canonical_json::to_canonical_value, events::TimelineEventType,
+    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId,
+    UserId, canonical_json::to_canonical_value, events::TimelineEventType,
 };
 use serde_json::{Value, json};
 
-use super::{Commit, EVENTS, NewEvent, ROOM_MEMBERS, ROOM_STATE, ROOMS, RoomRecord, Rooms, auth, pdu::{Pdu, StoredEvent}};
+use super::{
+    Commit, EVENTS, NewEvent, ROOM_MEMBERS, ROOM_STATE, ROOMS, RoomRecord, Rooms, auth,
+    pdu::{Pdu, StoredEvent},
+};
 use crate::{
     accounts::now_ms,
     error::{Error, Result},
@@ -54,7 +57,8 @@ impl Rooms {
         if servers.is_empty() {
             return Ok(());
         }
-        self.outbound.push(&servers, crate::federation::queue::Outgoing::Edu(edu))
+        self.outbound
+            .push(&servers, crate::federation::queue::Outgoing::Edu(edu))
     }
 
     pub fn room_version(&self, room_id: &RoomId) -> Result<Option<RoomVersionId>> {
@@ -63,13 +67,27 @@ impl Rooms {
 
     /// An unsigned event on top of the current extremities, as make_join
     /// and make_leave hand out for the remote server to sign.
-    pub fn event_template(&self, room_id: &RoomId, sender: &UserId, event: &NewEvent) -> Result<(Value, RoomVersionId)> {
-        let record = self.room(room_id)?.ok_or_else(|| Error::not_found("unknown room"))?;
+    pub fn event_template(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        event: &NewEvent,
+    ) -> Result<(Value, RoomVersionId)> {
+        let record = self
+            .room(room_id)?
+            .ok_or_else(|| Error::not_found("unknown room"))?;
         let rules = rules_for(&record.version).map_err(|_| Error::UnsupportedRoomVersion)?;
         let kind = TimelineEventType::from(event.kind.as_str());
-        let content_raw = serde_json::value::to_raw_value(&event.content).map_err(|e| Error::bad_json(e.to_string()))?;
-        let auth_types = ruma::state_res::auth_types_for_event(&kind, sender, event.state_key.as_deref(), &content_raw, &rules.authorization)
-            .map_err(Error::BadJson)?;
+        let content_raw = serde_json::value::to_raw_value(&event.content)
+            .map_err(|e| Error::bad_json(e.to_string()))?;
+        let auth_types = ruma::state_res::auth_types_for_event(
+            &kind,
+            sender,
+            event.state_key.as_deref(),
+            &content_raw,
+            &rules.authorization,
+        )
+        .map_err(Error::BadJson)?;
         let mut auth_events = Vec::new();
         for (t, k) in &auth_types {
             if let Some(id) = self.state_event_id(room_id, &t.to_string(), k)? {
@@ -97,14 +115,22 @@ impl Rooms {
 
     /// Hashes and signs a template as this server (the joining or inviting
     /// side of a membership handshake).
-    pub fn sign_template(&self, template: Value, version: &RoomVersionId) -> Result<(CanonicalJsonObject, OwnedEventId)> {
+    pub fn sign_template(
+        &self,
+        template: Value,
+        version: &RoomVersionId,
+    ) -> Result<(CanonicalJsonObject, OwnedEventId)> {
         let rules = rules_for(version).map_err(|_| Error::UnsupportedRoomVersion)?;
         let mut object = to_object(template)?;
         object.remove("signatures");
         object.remove("hashes");
         object.remove("unsigned");
-        object.insert("origin_server_ts".into(), CanonicalJsonValue::Integer(ruma::Int::try_from(now_ms()).unwrap_or_default()));
-        let event_id = hash_sign_and_id(&mut object, self.server_name.as_str(), &self.key, &rules).map_err(|e| Error::bad_json(e.to_string()))?;
+        object.insert(
+            "origin_server_ts".into(),
+            CanonicalJsonValue::Integer(ruma::Int::try_from(now_ms()).unwrap_or_default()),
+        );
+        let event_id = hash_sign_and_id(&mut object, self.server_name.as_str(), &self.key, &rules)
+            .map_err(|e| Error::bad_json(e.to_string()))?;
         Ok((object, event_id))
     }
 
@@ -115,7 +141,12 @@ impl Rooms {
 
     /// Stores a checked event that is not (yet) part of the timeline:
     /// auth chain and state from a join, an invite to a remote room.
-    pub(crate) fn store_outlier(&self, room_id: &RoomId, object: &CanonicalJsonObject, event_id: &OwnedEventId) -> Result<()> {
+    pub(crate) fn store_outlier(
+        &self,
+        room_id: &RoomId,
+        object: &CanonicalJsonObject,
+        event_id: &OwnedEventId,
+    ) -> Result<()> {
         if self.has_event(event_id.as_str())? {
             return Ok(());
         }
@@ -124,7 +155,8 @@ impl Rooms {
             event_id: event_id.clone(),
             room_id: room_id.to_owned(),
             pos: 0,
-            pdu: serde_json::value::RawValue::from_string(json).map_err(|e| Error::Unknown(e.to_string()))?,
+            pdu: serde_json::value::RawValue::from_string(json)
+                .map_err(|e| Error::Unknown(e.to_string()))?,
             replaces_state: None,
             txn: None,
             rejected: false,
@@ -134,10 +166,17 @@ impl Rooms {
 
     /// Makes `state` (checked events, stored as outliers) the current state
     /// of a room this server is joining, before the join itself is accepted.
-    pub(crate) fn install_state_locked(&self, room_id: &RoomId, version: &RoomVersionId, state: &[(OwnedEventId, CanonicalJsonObject)]) -> Result<()> {
+    pub(crate) fn install_state_locked(
+        &self,
+        room_id: &RoomId,
+        version: &RoomVersionId,
+        state: &[(OwnedEventId, CanonicalJsonObject)],
+    ) -> Result<()> {
         let mut batch = self.store.batch();
         for (id, object) in state {
-            let (Some(CanonicalJsonValue::String(kind)), Some(CanonicalJsonValue::String(key))) = (object.get("type"), object.get("state_key")) else {
+            let (Some(CanonicalJsonValue::String(kind)), Some(CanonicalJsonValue::String(key))) =
+                (object.get("type"), object.get("state_key"))
+            else {
                 continue;
             };
             batch.put(ROOM_STATE, &keys::strs(&[room_id.as_str(), kind, key]), id);
@@ -151,8 +190,16 @@ impl Rooms {
         // The snapshot of the current state is rebuilt from these rows at
         // the next event.
         let record = match self.room(room_id)? {
-            Some(r) => RoomRecord { snapshot: None, ..r },
-            None => RoomRecord { version: version.clone(), extremities: Vec::new(), depth: 0, snapshot: None },
+            Some(r) => RoomRecord {
+                snapshot: None,
+                ..r
+            },
+            None => RoomRecord {
+                version: version.clone(),
+                extremities: Vec::new(),
+                depth: 0,
+                snapshot: None,
+            },
         };
         batch.put(ROOMS, room_id.as_bytes(), &record);
         Ok(batch.commit()?)
@@ -175,10 +222,13 @@ impl Rooms {
         {
             return Ok(());
         }
-        let record = self.room(room_id)?.ok_or_else(|| Error::not_found("this server is not in the room"))?;
+        let record = self
+            .room(room_id)?
+            .ok_or_else(|| Error::not_found("this server is not in the room"))?;
         let rules = rules_for(&record.version).map_err(|_| Error::UnsupportedRoomVersion)?;
         let pdu_json = serde_json::to_string(object).map_err(|e| Error::Unknown(e.to_string()))?;
-        let mut parsed: Pdu = serde_json::from_str(&pdu_json).map_err(|e| Error::bad_json(e.to_string()))?;
+        let mut parsed: Pdu =
+            serde_json::from_str(&pdu_json).map_err(|e| Error::bad_json(e.to_string()))?;
         parsed.event_id = event_id.clone();
         for a in &parsed.auth_events {
             if !self.has_event(a.as_str())? {
@@ -186,36 +236,48 @@ impl Rooms {
             }
         }
         let prev_events = parsed.prev_events.clone();
-        let (state_before, new_state) = match self.state_before_prevs(room_id, &rules, &prev_events)? {
-            None => {
-                auth::authorize(self, &rules, room_id, &parsed)?;
-                (None, None)
-            }
-            Some(before) => {
-                // On another branch: the auth rules run against the state
-                // where the event sits...
-                auth::authorize_with_state(self, &rules, &parsed, &before)?;
-                // ...and against the current state; failing only there is a
-                // soft failure: kept, but never shown or built upon.
-                if let Err(e) = auth::authorize(self, &rules, room_id, &parsed) {
-                    tracing::info!("soft-failed {event_id}: {e}");
-                    return self.store_outlier(room_id, object, event_id);
+        let (state_before, new_state) =
+            match self.state_before_prevs(room_id, &rules, &prev_events)? {
+                None => {
+                    auth::authorize(self, &rules, room_id, &parsed)?;
+                    (None, None)
                 }
-                let mut after = before.clone();
-                if let Some(k) = &parsed.state_key {
-                    after.insert((parsed.kind.to_string(), k.clone()), event_id.clone());
+                Some(before) => {
+                    // On another branch: the auth rules run against the state
+                    // where the event sits...
+                    auth::authorize_with_state(self, &rules, &parsed, &before)?;
+                    // ...and against the current state; failing only there is a
+                    // soft failure: kept, but never shown or built upon.
+                    if let Err(e) = auth::authorize(self, &rules, room_id, &parsed) {
+                        tracing::info!("soft-failed {event_id}: {e}");
+                        return self.store_outlier(room_id, object, event_id);
+                    }
+                    let mut after = before.clone();
+                    if let Some(k) = &parsed.state_key {
+                        after.insert((parsed.kind.to_string(), k.clone()), event_id.clone());
+                    }
+                    let mut maps = vec![after];
+                    let current = self.current_state_ids(room_id)?;
+                    for x in record
+                        .extremities
+                        .iter()
+                        .filter(|x| !prev_events.contains(x))
+                    {
+                        maps.push(self.state_after(x)?.unwrap_or_else(|| current.clone()));
+                    }
+                    let resolved = self.resolve_states(&rules, &maps, Some(&parsed))?;
+                    tracing::debug!(
+                        "branches met at {event_id}: resolved {} of {} state sets",
+                        resolved.len(),
+                        maps.len()
+                    );
+                    (Some(before), Some(resolved))
                 }
-                let mut maps = vec![after];
-                let current = self.current_state_ids(room_id)?;
-                for x in record.extremities.iter().filter(|x| !prev_events.contains(x)) {
-                    maps.push(self.state_after(x)?.unwrap_or_else(|| current.clone()));
-                }
-                let resolved = self.resolve_states(&rules, &maps, Some(&parsed))?;
-                tracing::debug!("branches met at {event_id}: resolved {} of {} state sets", resolved.len(), maps.len());
-                (Some(before), Some(resolved))
-            }
-        };
-        let redaction_target = self.redaction_target(&rules, room_id, &parsed).ok().flatten();
+            };
+        let redaction_target = self
+            .redaction_target(&rules, room_id, &parsed)
+            .ok()
+            .flatten();
         let depth = parsed.depth;
         self.commit_locked(Commit {
             room_id: room_id.to_owned(),
@@ -239,7 +301,9 @@ impl Rooms {
     /// The first event of the room's timeline.
     pub fn earliest_timeline_event(&self, room_id: &RoomId) -> Result<Option<StoredEvent>> {
         let prefix = keys::strs(&[room_id.as_str()]);
-        let first = self.store.scan(super::TIMELINE, &prefix, &prefix, None, false, 1)?;
+        let first = self
+            .store
+            .scan(super::TIMELINE, &prefix, &prefix, None, false, 1)?;
         match first.first() {
             Some((_, id)) => self.event(id.as_str()),
             None => Ok(None),
@@ -250,9 +314,17 @@ impl Rooms {
     /// earliest timeline event, each at the next lower position. Events
     /// that fail the auth rules against their auth events are skipped.
     /// Caller holds the stream writer lock.
-    pub(crate) fn insert_backfilled_locked(&self, room_id: &RoomId, events: &[(i64, OwnedEventId, CanonicalJsonObject)]) -> Result<usize> {
-        let Some(earliest) = self.earliest_timeline_event(room_id)? else { return Ok(0) };
-        let version = self.room_version(room_id)?.ok_or_else(|| Error::not_found("unknown room"))?;
+    pub(crate) fn insert_backfilled_locked(
+        &self,
+        room_id: &RoomId,
+        events: &[(i64, OwnedEventId, CanonicalJsonObject)],
+    ) -> Result<usize> {
+        let Some(earliest) = self.earliest_timeline_event(room_id)? else {
+            return Ok(0);
+        };
+        let version = self
+            .room_version(room_id)?
+            .ok_or_else(|| Error::not_found("unknown room"))?;
         let rules = rules_for(&version).map_err(|_| Error::UnsupportedRoomVersion)?;
         let mut pos = earliest.pos;
         let mut batch = self.store.batch();
@@ -262,7 +334,9 @@ impl Rooms {
                 break;
             }
             let json = serde_json::to_string(object).map_err(|e| Error::Unknown(e.to_string()))?;
-            let Ok(mut parsed) = serde_json::from_str::<Pdu>(&json) else { continue };
+            let Ok(mut parsed) = serde_json::from_str::<Pdu>(&json) else {
+                continue;
+            };
             parsed.event_id = id.clone();
             if let Err(e) = auth::authorize_against_auth_events(self, &rules, &parsed) {
                 tracing::info!("backfilled {id} fails the auth rules: {e}");
@@ -273,7 +347,8 @@ impl Rooms {
                 event_id: id.clone(),
                 room_id: room_id.to_owned(),
                 pos,
-                pdu: serde_json::value::RawValue::from_string(json).map_err(|e| Error::Unknown(e.to_string()))?,
+                pdu: serde_json::value::RawValue::from_string(json)
+                    .map_err(|e| Error::Unknown(e.to_string()))?,
                 replaces_state: None,
                 txn: None,
                 rejected: false,
@@ -286,23 +361,53 @@ impl Rooms {
         Ok(added)
     }
 
-    pub(crate) fn set_invite_state(&self, user: &UserId, room_id: &RoomId, state: &[Value]) -> Result<()> {
-        Ok(self.store.put(INVITE_STATE, &keys::strs(&[user.as_str(), room_id.as_str()]), &state.to_vec())?)
+    pub(crate) fn set_invite_state(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        state: &[Value],
+    ) -> Result<()> {
+        Ok(self.store.put(
+            INVITE_STATE,
+            &keys::strs(&[user.as_str(), room_id.as_str()]),
+            &state.to_vec(),
+        )?)
     }
 
-    pub(crate) fn invite_state(&self, user: &UserId, room_id: &RoomId) -> Result<Option<Vec<Value>>> {
-        Ok(self.store.get(INVITE_STATE, &keys::strs(&[user.as_str(), room_id.as_str()]))?)
+    pub(crate) fn invite_state(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+    ) -> Result<Option<Vec<Value>>> {
+        Ok(self.store.get(
+            INVITE_STATE,
+            &keys::strs(&[user.as_str(), room_id.as_str()]),
+        )?)
     }
 
     /// Records a local user's membership in a room this server is not in
     /// (a remote invite, or its rejection), for /sync.
-    pub(crate) fn set_outside_membership_locked(&self, user: &UserId, room_id: &RoomId, membership: &str, event_id: &OwnedEventId, sender: &UserId, is_direct: bool) -> Result<()> {
+    pub(crate) fn set_outside_membership_locked(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        membership: &str,
+        event_id: &OwnedEventId,
+        sender: &UserId,
+        is_direct: bool,
+    ) -> Result<()> {
         let pos = self.stream.next();
         let mut batch = self.store.batch();
         batch.put(
             super::USER_ROOMS,
             &keys::strs(&[user.as_str(), room_id.as_str()]),
-            &super::UserRoom { membership: membership.into(), pos, event_id: event_id.clone(), is_direct, sender: sender.to_owned() },
+            &super::UserRoom {
+                membership: membership.into(),
+                pos,
+                event_id: event_id.clone(),
+                is_direct,
+                sender: sender.to_owned(),
+            },
         );
         self.stream.record(&mut batch, pos);
         batch.commit()?;
@@ -317,7 +422,9 @@ impl Rooms {
         let mut todo: Vec<OwnedEventId> = ids.to_vec();
         let mut out = Vec::new();
         while let Some(id) = todo.pop() {
-            let Some(ev) = self.event(id.as_str())? else { continue };
+            let Some(ev) = self.event(id.as_str())? else {
+                continue;
+            };
             let Ok(p) = ev.parse() else { continue };
             for a in p.auth_events {
                 if seen.insert(a.clone()) {
@@ -330,7 +437,8 @@ impl Rooms {
         }
         // Reachable auth events of the starting set are included too.
         for id in ids {
-            if seen.contains(id) && !out.iter().any(|e| &e.event_id == id)
+            if seen.contains(id)
+                && !out.iter().any(|e| &e.event_id == id)
                 && let Some(ev) = self.event(id.as_str())?
             {
                 out.push(ev);
@@ -345,7 +453,9 @@ impl Rooms {
     /// only what happened while one of its users was invited or joined.
     pub fn visible_to_server(&self, origin: &str, ev: &StoredEvent) -> Result<bool> {
         let visibility = |state_content: Option<Value>| {
-            state_content.and_then(|c| c["history_visibility"].as_str().map(str::to_owned)).unwrap_or_else(|| "shared".into())
+            state_content
+                .and_then(|c| c["history_visibility"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| "shared".into())
         };
         // The common case needs no snapshot: the room is shared now.
         let now = visibility(self.state_content(&ev.room_id, "m.room.history_visibility", "")?);
@@ -360,11 +470,17 @@ impl Rooms {
         if matches!(at_event.as_str(), "shared" | "world_readable") {
             return Ok(true);
         }
-        let allowed: &[&str] = if at_event == "invited" { &["join", "invite"] } else { &["join"] };
+        let allowed: &[&str] = if at_event == "invited" {
+            &["join", "invite"]
+        } else {
+            &["join"]
+        };
         Ok(state.iter().any(|((t, k), _)| {
             t == "m.room.member"
                 && UserId::parse(k.as_str()).is_ok_and(|u| u.server_name().as_str() == origin)
-                && content_of(t, k).and_then(|c| c["membership"].as_str().map(str::to_owned)).is_some_and(|m| allowed.contains(&m.as_str()))
+                && content_of(t, k)
+                    .and_then(|c| c["membership"].as_str().map(str::to_owned))
+                    .is_some_and(|m| allowed.contains(&m.as_str()))
         }))
     }
 
@@ -378,9 +494,12 @@ impl Rooms {
         if self.visible_to_server(origin, ev)? {
             return Ok(v);
         }
-        let version = self.room_version(&ev.room_id)?.ok_or_else(|| Error::not_found("unknown room"))?;
+        let version = self
+            .room_version(&ev.room_id)?
+            .ok_or_else(|| Error::not_found("unknown room"))?;
         let rules = rules_for(&version).map_err(|_| Error::UnsupportedRoomVersion)?;
-        let redacted = ruma::canonical_json::redact(to_object(v)?, &rules.redaction, None).map_err(|e| Error::Unknown(e.to_string()))?;
+        let redacted = ruma::canonical_json::redact(to_object(v)?, &rules.redaction, None)
+            .map_err(|e| Error::Unknown(e.to_string()))?;
         serde_json::to_value(redacted).map_err(|e| Error::Unknown(e.to_string()))
     }
 

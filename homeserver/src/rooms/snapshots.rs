@@ -40,14 +40,19 @@ impl Rooms {
     /// The last snapshot ID in use, for the counter at start-up.
     pub(crate) fn last_snapshot_id(store: &crate::storage::Store) -> Result<u64> {
         let last = store.scan(STATE_SNAPSHOTS, b"", &[0xFF; 9], None, true, 1)?;
-        Ok(last.first().and_then(|(k, _)| keys::trailing_u64(k)).unwrap_or(0))
+        Ok(last
+            .first()
+            .and_then(|(k, _)| keys::trailing_u64(k))
+            .unwrap_or(0))
     }
 
     pub fn load_snapshot(&self, id: u64) -> Result<StateIds> {
         let mut chain = Vec::new();
         let mut cur = Some(id);
         while let Some(i) = cur {
-            let snap = self.store.get(STATE_SNAPSHOTS, &keys::KeyBuf::new().u64(i).into_vec())?
+            let snap = self
+                .store
+                .get(STATE_SNAPSHOTS, &keys::KeyBuf::new().u64(i).into_vec())?
                 .ok_or_else(|| Error::Unknown(format!("state snapshot {i} is missing")))?;
             cur = snap.parent;
             chain.push(snap);
@@ -66,11 +71,21 @@ impl Rooms {
 
     /// Stores `state` as a snapshot (a delta from `parent` when that is
     /// short) in `batch`; returns its ID.
-    pub(crate) fn stage_snapshot(&self, batch: &mut Batch<'_>, parent: Option<(u64, &StateIds)>, state: &StateIds) -> Result<u64> {
-        let id = self.snapshot_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    pub(crate) fn stage_snapshot(
+        &self,
+        batch: &mut Batch<'_>,
+        parent: Option<(u64, &StateIds)>,
+        state: &StateIds,
+    ) -> Result<u64> {
+        let id = self
+            .snapshot_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
         let snap = match parent {
             Some((pid, pstate)) => {
-                let p = self.store.get(STATE_SNAPSHOTS, &keys::KeyBuf::new().u64(pid).into_vec())?;
+                let p = self
+                    .store
+                    .get(STATE_SNAPSHOTS, &keys::KeyBuf::new().u64(pid).into_vec())?;
                 let chain = p.map_or(FULL_EVERY, |p| p.chain + 1);
                 let removed = pstate.keys().any(|k| !state.contains_key(k));
                 if chain >= FULL_EVERY || removed {
@@ -81,19 +96,29 @@ impl Rooms {
                         .filter(|(k, v)| pstate.get(*k) != Some(*v))
                         .map(|((t, k), v)| (t.clone(), k.clone(), v.clone()))
                         .collect();
-                    Snapshot { parent: Some(pid), chain, changes }
+                    Snapshot {
+                        parent: Some(pid),
+                        chain,
+                        changes,
+                    }
                 }
             }
             None => full(state),
         };
-        batch.put(STATE_SNAPSHOTS, &keys::KeyBuf::new().u64(id).into_vec(), &snap);
+        batch.put(
+            STATE_SNAPSHOTS,
+            &keys::KeyBuf::new().u64(id).into_vec(),
+            &snap,
+        );
         Ok(id)
     }
 
     /// The state after `event_id` (its state before, plus itself if it is
     /// a state event), when this server knows it.
     pub fn state_after(&self, event_id: &EventId) -> Result<Option<StateIds>> {
-        let Some(snap) = self.store.get(EVENT_STATE, event_id.as_bytes())? else { return Ok(None) };
+        let Some(snap) = self.store.get(EVENT_STATE, event_id.as_bytes())? else {
+            return Ok(None);
+        };
         let mut state = self.load_snapshot(snap)?;
         if let Some(ev) = self.event(event_id.as_str())?
             && !ev.rejected
@@ -106,7 +131,10 @@ impl Rooms {
     }
 
     fn snapshot_chain(&self, id: u64) -> Result<u32> {
-        Ok(self.store.get(STATE_SNAPSHOTS, &keys::KeyBuf::new().u64(id).into_vec())?.map_or(FULL_EVERY, |s| s.chain))
+        Ok(self
+            .store
+            .get(STATE_SNAPSHOTS, &keys::KeyBuf::new().u64(id).into_vec())?
+            .map_or(FULL_EVERY, |s| s.chain))
     }
 
     /// Records the state before `event` and returns the snapshot of the
@@ -128,7 +156,11 @@ impl Rooms {
                 Some(id) => (id, self.snapshot_chain(id)?, None),
                 None => {
                     let current = self.current_state_ids(room_id)?;
-                    (self.stage_snapshot(batch, None, &current)?, 0, Some(current))
+                    (
+                        self.stage_snapshot(batch, None, &current)?,
+                        0,
+                        Some(current),
+                    )
                 }
             },
         };
@@ -139,9 +171,20 @@ impl Rooms {
                 let slot = (pdu.kind.to_string(), k.clone());
                 if before_map.is_none() && chain + 1 < FULL_EVERY {
                     // The common case: one more link, nothing loaded.
-                    let id = self.snapshot_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                    let snap = Snapshot { parent: Some(before), chain: chain + 1, changes: vec![(slot.0, slot.1, event_id.clone())] };
-                    batch.put(STATE_SNAPSHOTS, &keys::KeyBuf::new().u64(id).into_vec(), &snap);
+                    let id = self
+                        .snapshot_seq
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                        + 1;
+                    let snap = Snapshot {
+                        parent: Some(before),
+                        chain: chain + 1,
+                        changes: vec![(slot.0, slot.1, event_id.clone())],
+                    };
+                    batch.put(
+                        STATE_SNAPSHOTS,
+                        &keys::KeyBuf::new().u64(id).into_vec(),
+                        &snap,
+                    );
                     id
                 } else {
                     let mut map = match before_map {
@@ -160,7 +203,11 @@ impl Rooms {
     }
 
     /// Which current state rows change when the state becomes `target`.
-    pub(crate) fn state_diff(&self, room_id: &RoomId, target: &StateIds) -> Result<Vec<StateChange>> {
+    pub(crate) fn state_diff(
+        &self,
+        room_id: &RoomId,
+        target: &StateIds,
+    ) -> Result<Vec<StateChange>> {
         let current = self.current_state_ids(room_id)?;
         let mut out = Vec::new();
         for (k, v) in target {
@@ -179,17 +226,29 @@ impl Rooms {
     /// State resolution v2 (v2.1 in room v12) of several state sets.
     /// `pending`: an event being accepted, not yet stored, that the sets
     /// may name.
-    pub fn resolve_states(&self, rules: &RoomVersionRules, maps: &[StateIds], pending: Option<&Pdu>) -> Result<StateIds> {
+    pub fn resolve_states(
+        &self,
+        rules: &RoomVersionRules,
+        maps: &[StateIds],
+        pending: Option<&Pdu>,
+    ) -> Result<StateIds> {
         if maps.is_empty() {
             return Ok(StateIds::new());
         }
         if maps.iter().all(|m| *m == maps[0]) {
             return Ok(maps[0].clone());
         }
-        let v2 = rules.state_res.v2_rules().ok_or(Error::UnsupportedRoomVersion)?;
+        let v2 = rules
+            .state_res
+            .v2_rules()
+            .ok_or(Error::UnsupportedRoomVersion)?;
         let ruma_maps: Vec<HashMap<(StateEventType, String), OwnedEventId>> = maps
             .iter()
-            .map(|m| m.iter().map(|((t, k), id)| ((StateEventType::from(t.as_str()), k.clone()), id.clone())).collect())
+            .map(|m| {
+                m.iter()
+                    .map(|((t, k), id)| ((StateEventType::from(t.as_str()), k.clone()), id.clone()))
+                    .collect()
+            })
             .collect();
         let mut auth_chains = Vec::new();
         for m in maps {
@@ -198,7 +257,11 @@ impl Rooms {
             if let Some(p) = pending.filter(|p| ids.contains(&p.event_id)) {
                 ids.extend(p.auth_events.iter().cloned());
             }
-            let chain: EventIdSet<OwnedEventId> = self.auth_chain(&ids)?.into_iter().map(|e| e.event_id).collect();
+            let chain: EventIdSet<OwnedEventId> = self
+                .auth_chain(&ids)?
+                .into_iter()
+                .map(|e| e.event_id)
+                .collect();
             auth_chains.push(chain);
         }
         let fetch = |id: &EventId| -> Option<Pdu> {
@@ -211,9 +274,19 @@ impl Rooms {
             let set: Vec<OwnedEventId> = conflicted.values().flatten().cloned().collect();
             Some(self.conflicted_subgraph(&set).into_iter().collect())
         };
-        let resolved = ruma::state_res::resolve(&rules.authorization, v2, ruma_maps.iter(), auth_chains, fetch, subgraph)
-            .map_err(|e| Error::Unknown(format!("state resolution failed: {e}")))?;
-        Ok(resolved.into_iter().map(|((t, k), id)| ((t.to_string(), k), id)).collect())
+        let resolved = ruma::state_res::resolve(
+            &rules.authorization,
+            v2,
+            ruma_maps.iter(),
+            auth_chains,
+            fetch,
+            subgraph,
+        )
+        .map_err(|e| Error::Unknown(format!("state resolution failed: {e}")))?;
+        Ok(resolved
+            .into_iter()
+            .map(|((t, k), id)| ((t.to_string(), k), id))
+            .collect())
     }
 
     /// The conflicted state subgraph (room v12): events on an auth path
@@ -234,7 +307,14 @@ impl Rooms {
             if !seen.insert(id.clone()) {
                 continue;
             }
-            let Some(p) = self.event(id.as_str()).ok().flatten().and_then(|e| e.parse().ok()) else { continue };
+            let Some(p) = self
+                .event(id.as_str())
+                .ok()
+                .flatten()
+                .and_then(|e| e.parse().ok())
+            else {
+                continue;
+            };
             for a in p.auth_events {
                 if reaches.get(&a).copied().unwrap_or(false) || targets.contains(&a) {
                     out.insert(a.clone());
@@ -245,7 +325,13 @@ impl Rooms {
         out
     }
 
-    fn mark_reaching(&self, id: &OwnedEventId, targets: &HashSet<&OwnedEventId>, memo: &mut HashMap<OwnedEventId, bool>, depth: usize) -> bool {
+    fn mark_reaching(
+        &self,
+        id: &OwnedEventId,
+        targets: &HashSet<&OwnedEventId>,
+        memo: &mut HashMap<OwnedEventId, bool>,
+        depth: usize,
+    ) -> bool {
         if let Some(r) = memo.get(id) {
             return *r;
         }
@@ -253,7 +339,14 @@ impl Rooms {
         if depth > 10_000 {
             return false;
         }
-        let Some(p) = self.event(id.as_str()).ok().flatten().and_then(|e| e.parse().ok()) else { return false };
+        let Some(p) = self
+            .event(id.as_str())
+            .ok()
+            .flatten()
+            .and_then(|e| e.parse().ok())
+        else {
+            return false;
+        };
         let mut r = false;
         for a in &p.auth_events {
             if targets.contains(a) || self.mark_reaching(a, targets, memo, depth + 1) {
@@ -268,8 +361,15 @@ impl Rooms {
     /// current state when it extends the current forward extremities,
     /// otherwise the resolution of the states after each known prev event.
     /// `None` means "the current state".
-    pub(crate) fn state_before_prevs(&self, room_id: &RoomId, rules: &RoomVersionRules, prevs: &[OwnedEventId]) -> Result<Option<StateIds>> {
-        let record = self.room(room_id)?.ok_or_else(|| Error::not_found("unknown room"))?;
+    pub(crate) fn state_before_prevs(
+        &self,
+        room_id: &RoomId,
+        rules: &RoomVersionRules,
+        prevs: &[OwnedEventId],
+    ) -> Result<Option<StateIds>> {
+        let record = self
+            .room(room_id)?
+            .ok_or_else(|| Error::not_found("unknown room"))?;
         let mut a: Vec<&OwnedEventId> = prevs.iter().collect();
         let mut b: Vec<&OwnedEventId> = record.extremities.iter().collect();
         a.sort();
@@ -291,7 +391,14 @@ impl Rooms {
 }
 
 fn full(state: &StateIds) -> Snapshot {
-    Snapshot { parent: None, chain: 0, changes: state.iter().map(|((t, k), v)| (t.clone(), k.clone(), v.clone())).collect() }
+    Snapshot {
+        parent: None,
+        chain: 0,
+        changes: state
+            .iter()
+            .map(|((t, k), v)| (t.clone(), k.clone(), v.clone()))
+            .collect(),
+    }
 }
 
 #[cfg(test)]
@@ -310,28 +417,87 @@ mod tests {
             let (alice, bob) = (w.user("alice"), w.user("bob"));
             let room = w.room(&alice, version, "public_chat").await;
             w.s.rooms.join(&bob, &room).await.unwrap();
-            let mut pl = w.s.rooms.state_content(&room, "m.room.power_levels", "").unwrap().unwrap();
+            let mut pl =
+                w.s.rooms
+                    .state_content(&room, "m.room.power_levels", "")
+                    .unwrap()
+                    .unwrap();
             pl["users"][bob.as_str()] = json!(50);
-            w.s.rooms.send(&alice, &room, NewEvent::state("m.room.power_levels", "", pl.clone()), None).await.unwrap();
+            w.s.rooms
+                .send(
+                    &alice,
+                    &room,
+                    NewEvent::state("m.room.power_levels", "", pl.clone()),
+                    None,
+                )
+                .await
+                .unwrap();
 
             pl["users"][bob.as_str()] = json!(0);
-            let (demotion, v) = w.s.rooms.event_template(&room, &alice, &NewEvent::state("m.room.power_levels", "", pl)).unwrap();
-            w.s.rooms.send(&bob, &room, NewEvent::state("m.room.name", "", json!({"name": "Bob's"})), None).await.unwrap();
-            assert_eq!(w.s.rooms.state_content(&room, "m.room.name", "").unwrap().unwrap()["name"], "Bob's");
+            let (demotion, v) =
+                w.s.rooms
+                    .event_template(
+                        &room,
+                        &alice,
+                        &NewEvent::state("m.room.power_levels", "", pl),
+                    )
+                    .unwrap();
+            w.s.rooms
+                .send(
+                    &bob,
+                    &room,
+                    NewEvent::state("m.room.name", "", json!({"name": "Bob's"})),
+                    None,
+                )
+                .await
+                .unwrap();
+            assert_eq!(
+                w.s.rooms
+                    .state_content(&room, "m.room.name", "")
+                    .unwrap()
+                    .unwrap()["name"],
+                "Bob's"
+            );
 
             let (object, id) = w.s.rooms.sign_template(demotion, &v).unwrap();
             {
                 let _writer = w.s.rooms.stream.writer.lock().await;
-                w.s.rooms.accept_remote_locked(&room, &object, &id, Vec::new()).unwrap();
+                w.s.rooms
+                    .accept_remote_locked(&room, &object, &id, Vec::new())
+                    .unwrap();
             }
-            let rules = ruma::RoomVersionId::try_from(version).unwrap().rules().unwrap();
-            assert_eq!(w.s.rooms.user_power(&room, &bob, &rules).unwrap(), 0, "v{version}: the demotion stands");
-            assert!(w.s.rooms.state_content(&room, "m.room.name", "").unwrap().is_none(), "v{version}: Bob's rename is undone");
-            assert_eq!(w.s.rooms.room(&room).unwrap().unwrap().extremities.len(), 2, "both branches are forward extremities");
+            let rules = ruma::RoomVersionId::try_from(version)
+                .unwrap()
+                .rules()
+                .unwrap();
+            assert_eq!(
+                w.s.rooms.user_power(&room, &bob, &rules).unwrap(),
+                0,
+                "v{version}: the demotion stands"
+            );
+            assert!(
+                w.s.rooms
+                    .state_content(&room, "m.room.name", "")
+                    .unwrap()
+                    .is_none(),
+                "v{version}: Bob's rename is undone"
+            );
+            assert_eq!(
+                w.s.rooms.room(&room).unwrap().unwrap().extremities.len(),
+                2,
+                "both branches are forward extremities"
+            );
 
             // The next event joins the branches, on the resolved state.
-            let next = w.s.rooms.send(&alice, &room, crate::test_support::text("merged"), None).await.unwrap();
-            assert_eq!(w.s.rooms.room(&room).unwrap().unwrap().extremities, vec![next]);
+            let next =
+                w.s.rooms
+                    .send(&alice, &room, crate::test_support::text("merged"), None)
+                    .await
+                    .unwrap();
+            assert_eq!(
+                w.s.rooms.room(&room).unwrap().unwrap().extremities,
+                vec![next]
+            );
         }
     }
 
@@ -340,12 +506,28 @@ mod tests {
         let w = world();
         let alice = w.user("alice");
         let room = w.room(&alice, "12", "private_chat").await;
-        let before_rename = w.s.rooms.send(&alice, &room, crate::test_support::text("hi"), None).await.unwrap();
-        let rename = w.s.rooms.send(&alice, &room, NewEvent::state("m.room.name", "", json!({"name": "x"})), None).await.unwrap();
+        let before_rename =
+            w.s.rooms
+                .send(&alice, &room, crate::test_support::text("hi"), None)
+                .await
+                .unwrap();
+        let rename =
+            w.s.rooms
+                .send(
+                    &alice,
+                    &room,
+                    NewEvent::state("m.room.name", "", json!({"name": "x"})),
+                    None,
+                )
+                .await
+                .unwrap();
         let after = w.s.rooms.state_after(&before_rename).unwrap().unwrap();
         assert!(!after.contains_key(&("m.room.name".to_owned(), String::new())));
         let after = w.s.rooms.state_after(&rename).unwrap().unwrap();
-        assert_eq!(after.get(&("m.room.name".to_owned(), String::new())), Some(&rename));
+        assert_eq!(
+            after.get(&("m.room.name".to_owned(), String::new())),
+            Some(&rename)
+        );
         assert_eq!(after, w.s.rooms.current_state_ids(&room).unwrap());
     }
 }

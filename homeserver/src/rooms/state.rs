@@ -17,7 +17,9 @@ pub type StateKey = (String, String);
 impl Rooms {
     /// The room's current state, keyed by (type, state_key).
     pub fn current_state_ids(&self, room_id: &RoomId) -> Result<BTreeMap<StateKey, OwnedEventId>> {
-        let rows = self.store.scan_prefix(ROOM_STATE, &keys::strs(&[room_id.as_str()]))?;
+        let rows = self
+            .store
+            .scan_prefix(ROOM_STATE, &keys::strs(&[room_id.as_str()]))?;
         Ok(rows
             .into_iter()
             .filter_map(|(k, id)| {
@@ -38,26 +40,45 @@ impl Rooms {
         Ok(out)
     }
 
-    pub fn state_event(&self, room_id: &RoomId, kind: &str, state_key: &str) -> Result<Option<StoredEvent>> {
+    pub fn state_event(
+        &self,
+        room_id: &RoomId,
+        kind: &str,
+        state_key: &str,
+    ) -> Result<Option<StoredEvent>> {
         match self.state_event_id(room_id, kind, state_key)? {
             Some(id) => self.event(id.as_str()),
             None => Ok(None),
         }
     }
 
-    pub fn state_content(&self, room_id: &RoomId, kind: &str, state_key: &str) -> Result<Option<Value>> {
-        Ok(self.state_event(room_id, kind, state_key)?.map(|e| e.pdu_value()["content"].clone()))
+    pub fn state_content(
+        &self,
+        room_id: &RoomId,
+        kind: &str,
+        state_key: &str,
+    ) -> Result<Option<Value>> {
+        Ok(self
+            .state_event(room_id, kind, state_key)?
+            .map(|e| e.pdu_value()["content"].clone()))
     }
 
     /// State as it was just before the event at `pos`: the current state
     /// with every later state change rolled back to what it replaced. The
     /// local timeline is linear, so each change names its predecessor.
-    pub fn state_before(&self, room_id: &RoomId, pos: u64) -> Result<BTreeMap<StateKey, OwnedEventId>> {
+    pub fn state_before(
+        &self,
+        room_id: &RoomId,
+        pos: u64,
+    ) -> Result<BTreeMap<StateKey, OwnedEventId>> {
         let mut state = self.current_state_ids(room_id)?;
-        let later = self.timeline_range(room_id, pos.saturating_sub(1), u64::MAX, false, usize::MAX)?;
+        let later =
+            self.timeline_range(room_id, pos.saturating_sub(1), u64::MAX, false, usize::MAX)?;
         for ev in later.iter().rev() {
             let v = ev.pdu_value();
-            let (Some(kind), Some(key)) = (v["type"].as_str(), v["state_key"].as_str()) else { continue };
+            let (Some(kind), Some(key)) = (v["type"].as_str(), v["state_key"].as_str()) else {
+                continue;
+            };
             let slot = (kind.to_owned(), key.to_owned());
             match &ev.replaces_state {
                 Some(prev) => {
@@ -95,7 +116,12 @@ impl Rooms {
     }
 
     /// A user's power level; `i64::MAX` for creators of v12+ rooms.
-    pub fn user_power(&self, room_id: &RoomId, user: &UserId, rules: &RoomVersionRules) -> Result<i64> {
+    pub fn user_power(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        rules: &RoomVersionRules,
+    ) -> Result<i64> {
         if rules.authorization.explicitly_privilege_room_creators
             && self.creators(room_id)?.iter().any(|c| c == user.as_str())
         {
@@ -108,7 +134,8 @@ impl Rooms {
                 .or_else(|| pl.get("users_default").and_then(as_int))
                 .unwrap_or(0)),
             None => {
-                let creator = self.room_create_event(room_id)?.pdu_value()["sender"].as_str() == Some(user.as_str());
+                let creator = self.room_create_event(room_id)?.pdu_value()["sender"].as_str()
+                    == Some(user.as_str());
                 Ok(if creator { 100 } else { 0 })
             }
         }
@@ -124,11 +151,18 @@ impl Rooms {
     }
 }
 
-pub fn has_power_for(rooms: &Rooms, room_id: &RoomId, user: &UserId, action: &str, rules: &RoomVersionRules) -> Result<bool> {
+pub fn has_power_for(
+    rooms: &Rooms,
+    room_id: &RoomId,
+    user: &UserId,
+    action: &str,
+    rules: &RoomVersionRules,
+) -> Result<bool> {
     Ok(rooms.user_power(room_id, user, rules)? >= rooms.action_level(room_id, action)?)
 }
 
 /// Power levels may be integers or (in old rooms) numeric strings.
 fn as_int(v: &Value) -> Option<i64> {
-    v.as_i64().or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+    v.as_i64()
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
 }

@@ -8,15 +8,21 @@ use crate::error::{Error, Result};
 
 impl Rooms {
     fn state_str(&self, room: &RoomId, kind: &str, field: &str) -> Result<Option<String>> {
-        Ok(self.state_content(room, kind, "")?.and_then(|c| c.get(field).and_then(Value::as_str).map(str::to_owned)))
+        Ok(self
+            .state_content(room, kind, "")?
+            .and_then(|c| c.get(field).and_then(Value::as_str).map(str::to_owned)))
     }
 
     pub fn join_rule(&self, room: &RoomId) -> Result<String> {
-        Ok(self.state_str(room, "m.room.join_rules", "join_rule")?.unwrap_or_else(|| "invite".into()))
+        Ok(self
+            .state_str(room, "m.room.join_rules", "join_rule")?
+            .unwrap_or_else(|| "invite".into()))
     }
 
     pub fn history_visibility(&self, room: &RoomId) -> Result<String> {
-        Ok(self.state_str(room, "m.room.history_visibility", "history_visibility")?.unwrap_or_else(|| "shared".into()))
+        Ok(self
+            .state_str(room, "m.room.history_visibility", "history_visibility")?
+            .unwrap_or_else(|| "shared".into()))
     }
 
     /// The fields the public room directory and room summaries share.
@@ -39,7 +45,10 @@ impl Rooms {
                 out[name] = Value::from(v);
             }
         }
-        if let Some(t) = self.room_create_event(room)?.pdu_value()["content"].get("type").and_then(Value::as_str) {
+        if let Some(t) = self.room_create_event(room)?.pdu_value()["content"]
+            .get("type")
+            .and_then(Value::as_str)
+        {
             out["room_type"] = Value::from(t);
         }
         Ok(out)
@@ -79,7 +88,12 @@ impl Rooms {
     pub fn rooms_with_join_rule(&self, rule: &str) -> Result<Vec<ruma::OwnedRoomId>> {
         let mut out = Vec::new();
         for (k, _) in self.store.scan_prefix(super::ROOMS, &[])? {
-            let Some(room) = std::str::from_utf8(&k).ok().and_then(|s| ruma::OwnedRoomId::try_from(s).ok()) else { continue };
+            let Some(room) = std::str::from_utf8(&k)
+                .ok()
+                .and_then(|s| ruma::OwnedRoomId::try_from(s).ok())
+            else {
+                continue;
+            };
             if self.join_rule(&room)? == rule {
                 out.push(room);
             }

@@ -11,15 +11,37 @@ use crate::{
 impl Rooms {
     /// Events with `lo < pos <= hi`: oldest first, or newest first when
     /// `backwards`; at most `limit`.
-    pub fn timeline_range(&self, room_id: &RoomId, lo: u64, hi: u64, backwards: bool, limit: usize) -> Result<Vec<StoredEvent>> {
+    pub fn timeline_range(
+        &self,
+        room_id: &RoomId,
+        lo: u64,
+        hi: u64,
+        backwards: bool,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>> {
         if lo >= hi || limit == 0 {
             return Ok(Vec::new());
         }
         let prefix = keys::strs(&[room_id.as_str()]);
         let rows = if backwards {
-            self.store.scan(TIMELINE, &prefix, &timeline_key(room_id, hi), Some(&timeline_key(room_id, lo)), true, limit)?
+            self.store.scan(
+                TIMELINE,
+                &prefix,
+                &timeline_key(room_id, hi),
+                Some(&timeline_key(room_id, lo)),
+                true,
+                limit,
+            )?
         } else {
-            self.store.scan(TIMELINE, &prefix, &timeline_key(room_id, lo + 1), None, false, usize::MAX)?
+            self.store
+                .scan(
+                    TIMELINE,
+                    &prefix,
+                    &timeline_key(room_id, lo + 1),
+                    None,
+                    false,
+                    usize::MAX,
+                )?
                 .into_iter()
                 .take_while(|(k, _)| keys::trailing_u64(k).is_some_and(|p| p <= hi))
                 .take(limit)
@@ -37,7 +59,17 @@ impl Rooms {
     /// Whether the room has any event after `pos`.
     pub fn has_events_after(&self, room_id: &RoomId, pos: u64) -> Result<bool> {
         let prefix = keys::strs(&[room_id.as_str()]);
-        Ok(!self.store.scan(TIMELINE, &prefix, &timeline_key(room_id, pos.saturating_add(1)), None, false, 1)?.is_empty())
+        Ok(!self
+            .store
+            .scan(
+                TIMELINE,
+                &prefix,
+                &timeline_key(room_id, pos.saturating_add(1)),
+                None,
+                false,
+                1,
+            )?
+            .is_empty())
     }
 
     /// The newest position `user` may read in this room: everything while
@@ -58,8 +90,12 @@ impl Rooms {
         let mut cursor = self.event(ur.event_id.as_str())?;
         for _ in 0..64 {
             let Some(ev) = cursor else { break };
-            let Some(prev_id) = ev.replaces_state.clone() else { break };
-            let Some(prev) = self.event(prev_id.as_str())? else { break };
+            let Some(prev_id) = ev.replaces_state.clone() else {
+                break;
+            };
+            let Some(prev) = self.event(prev_id.as_str())? else {
+                break;
+            };
             if prev.parse().ok().and_then(|p| p.membership()).as_deref() == Some("join") {
                 return Ok(ended_at);
             }
@@ -99,13 +135,25 @@ impl Rooms {
     }
 
     /// Membership changes in `room` with `since < pos <= upto`.
-    pub fn membership_changes(&self, room_id: &RoomId, since: u64, upto: u64) -> Result<Vec<(ruma::OwnedUserId, String)>> {
+    pub fn membership_changes(
+        &self,
+        room_id: &RoomId,
+        since: u64,
+        upto: u64,
+    ) -> Result<Vec<(ruma::OwnedUserId, String)>> {
         let prefix = keys::strs(&[room_id.as_str()]);
         let from = timeline_key(room_id, since.saturating_add(1));
         let until = timeline_key(room_id, upto.saturating_add(1));
         Ok(self
             .store
-            .scan(super::MEMBERSHIP_LOG, &prefix, &from, Some(&until), false, usize::MAX)?
+            .scan(
+                super::MEMBERSHIP_LOG,
+                &prefix,
+                &from,
+                Some(&until),
+                false,
+                usize::MAX,
+            )?
             .into_iter()
             .map(|(_, v)| v)
             .collect())
@@ -125,17 +173,34 @@ mod tests {
     /// a newcomer cannot read what was said before; in a shared room they can.
     #[tokio::test]
     async fn history_visibility_sets_where_a_newcomer_starts_reading() {
-        for (visibility, sees_the_past) in [("joined", false), ("invited", false), ("shared", true), ("world_readable", true)] {
+        for (visibility, sees_the_past) in [
+            ("joined", false),
+            ("invited", false),
+            ("shared", true),
+            ("world_readable", true),
+        ] {
             let w = world();
             let (alice, carol) = (w.user("alice"), w.user("carol"));
             let room = w.room(&alice, "12", "public_chat").await;
-            let hv = NewEvent::state("m.room.history_visibility", "", json!({"history_visibility": visibility}));
+            let hv = NewEvent::state(
+                "m.room.history_visibility",
+                "",
+                json!({"history_visibility": visibility}),
+            );
             w.s.rooms.send(&alice, &room, hv, None).await.unwrap();
-            let secret = w.s.rooms.send(&alice, &room, text("SECRET before carol"), None).await.unwrap();
+            let secret =
+                w.s.rooms
+                    .send(&alice, &room, text("SECRET before carol"), None)
+                    .await
+                    .unwrap();
             let secret_pos = w.s.rooms.event(secret.as_str()).unwrap().unwrap().pos;
             w.s.rooms.join(&carol, &room).await.unwrap();
             let from = w.s.rooms.visible_from(&carol, &room).unwrap();
-            assert_eq!(from <= secret_pos, sees_the_past, "{visibility}: carol reads from {from}, the secret is at {secret_pos}");
+            assert_eq!(
+                from <= secret_pos,
+                sees_the_past,
+                "{visibility}: carol reads from {from}, the secret is at {secret_pos}"
+            );
             // Alice, there all along, always reads everything she was there for.
             assert!(w.s.rooms.visible_from(&alice, &room).unwrap() <= secret_pos);
         }

@@ -39,7 +39,9 @@ pub fn strs(parts: &[&str]) -> Vec<u8> {
 /// Splits a key made only of string components back into them.
 pub fn split_strs(key: &[u8]) -> Option<Vec<&str>> {
     let body = key.strip_suffix(&[SEP])?;
-    body.split(|b| *b == SEP).map(|p| std::str::from_utf8(p).ok()).collect()
+    body.split(|b| *b == SEP)
+        .map(|p| std::str::from_utf8(p).ok())
+        .collect()
 }
 
 /// Reads a big-endian u64 at the end of a key.
@@ -55,7 +57,10 @@ mod tests {
     #[test]
     fn string_parts_round_trip() {
         let k = strs(&["@alice:example.org", "DEVICE", ""]);
-        assert_eq!(split_strs(&k).unwrap(), vec!["@alice:example.org", "DEVICE", ""]);
+        assert_eq!(
+            split_strs(&k).unwrap(),
+            vec!["@alice:example.org", "DEVICE", ""]
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Schema versioning: records the layout version in `meta` and upgrades older databases step by step.
 
-use super::{Store, StorageError, Table};
+use super::{StorageError, Store, Table};
 
 /// The layout this binary writes. Bump it together with a new step in `run`.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -16,7 +16,10 @@ pub fn run(store: &Store) -> Result<(), StorageError> {
     match current_version(store)? {
         // A fresh database starts at the current layout.
         None => store.put(META, KEY, &SCHEMA_VERSION),
-        Some(v) if v > SCHEMA_VERSION => Err(StorageError::TooNew { found: v, supported: SCHEMA_VERSION }),
+        Some(v) if v > SCHEMA_VERSION => Err(StorageError::TooNew {
+            found: v,
+            supported: SCHEMA_VERSION,
+        }),
         // Each future step upgrades v -> v+1 in its own batch, then records it,
         // so an interrupted upgrade resumes where it stopped.
         Some(_) => Ok(()),

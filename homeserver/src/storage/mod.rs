@@ -5,7 +5,9 @@ mod migrations;
 
 use std::{marker::PhantomData, path::Path, sync::Arc};
 
-use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions};
+use rocksdb::{
+    ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
+};
 use serde::{Serialize, de::DeserializeOwned};
 
 pub use migrations::SCHEMA_VERSION;
@@ -15,7 +17,10 @@ pub enum StorageError {
     #[error("rocksdb: {0}")]
     Db(#[from] rocksdb::Error),
     #[error("corrupt value in table {table}: {message}")]
-    Corrupt { table: &'static str, message: String },
+    Corrupt {
+        table: &'static str,
+        message: String,
+    },
     #[error("unknown column family {0}")]
     MissingTable(&'static str),
     #[error("database schema version {found} is newer than this binary understands ({supported})")]
@@ -93,12 +98,17 @@ impl<V> Copy for Table<V> {}
 
 impl<V: Serialize + DeserializeOwned> Table<V> {
     pub const fn new(cf: &'static str) -> Self {
-        Table { cf, _v: PhantomData }
+        Table {
+            cf,
+            _v: PhantomData,
+        }
     }
 
     fn decode(&self, bytes: &[u8]) -> Result<V> {
-        serde_json::from_slice(bytes)
-            .map_err(|e| StorageError::Corrupt { table: self.cf, message: e.to_string() })
+        serde_json::from_slice(bytes).map_err(|e| StorageError::Corrupt {
+            table: self.cf,
+            message: e.to_string(),
+        })
     }
 }
 
@@ -123,27 +133,44 @@ impl Store {
         let cfs = COLUMN_FAMILIES.iter().map(|name| {
             let mut cf = Options::default();
             cf.set_compression_type(rocksdb::DBCompressionType::Lz4);
-            cf.set_write_buffer_size(if matches!(*name, "events" | "timeline") { 16 << 20 } else { 4 << 20 });
+            cf.set_write_buffer_size(if matches!(*name, "events" | "timeline") {
+                16 << 20
+            } else {
+                4 << 20
+            });
             ColumnFamilyDescriptor::new(*name, cf)
         });
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
-        let store = Store { db: Arc::new(db), sync_writes };
+        let store = Store {
+            db: Arc::new(db),
+            sync_writes,
+        };
         migrations::run(&store)?;
         Ok(store)
     }
 
     fn cf(&self, name: &'static str) -> Result<&rocksdb::ColumnFamily> {
-        self.db.cf_handle(name).ok_or(StorageError::MissingTable(name))
+        self.db
+            .cf_handle(name)
+            .ok_or(StorageError::MissingTable(name))
     }
 
-    pub fn get<V: Serialize + DeserializeOwned>(&self, t: Table<V>, key: &[u8]) -> Result<Option<V>> {
+    pub fn get<V: Serialize + DeserializeOwned>(
+        &self,
+        t: Table<V>,
+        key: &[u8],
+    ) -> Result<Option<V>> {
         match self.db.get_pinned_cf(self.cf(t.cf)?, key)? {
             Some(bytes) => Ok(Some(t.decode(&bytes)?)),
             None => Ok(None),
         }
     }
 
-    pub fn contains<V: Serialize + DeserializeOwned>(&self, t: Table<V>, key: &[u8]) -> Result<bool> {
+    pub fn contains<V: Serialize + DeserializeOwned>(
+        &self,
+        t: Table<V>,
+        key: &[u8],
+    ) -> Result<bool> {
         Ok(self.db.get_pinned_cf(self.cf(t.cf)?, key)?.is_some())
     }
 
@@ -168,7 +195,11 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, V)>> {
         let cf = self.cf(t.cf)?;
-        let dir = if backwards { Direction::Reverse } else { Direction::Forward };
+        let dir = if backwards {
+            Direction::Reverse
+        } else {
+            Direction::Forward
+        };
         let mut out = Vec::new();
         for item in self.db.iterator_cf(cf, IteratorMode::From(from, dir)) {
             if out.len() >= limit {
@@ -190,7 +221,11 @@ impl Store {
     }
 
     pub fn batch(&self) -> Batch<'_> {
-        Batch { store: self, inner: WriteBatch::default(), error: None }
+        Batch {
+            store: self,
+            inner: WriteBatch::default(),
+            error: None,
+        }
     }
 
     /// Convenience for a single delete.
@@ -201,7 +236,12 @@ impl Store {
     }
 
     /// Convenience for a single write.
-    pub fn put<V: Serialize + DeserializeOwned>(&self, t: Table<V>, key: &[u8], value: &V) -> Result<()> {
+    pub fn put<V: Serialize + DeserializeOwned>(
+        &self,
+        t: Table<V>,
+        key: &[u8],
+        value: &V,
+    ) -> Result<()> {
         let mut b = self.batch();
         b.put(t, key, value);
         b.commit()
@@ -221,7 +261,10 @@ impl Batch<'_> {
             (Ok(cf), Ok(bytes)) => self.inner.put_cf(cf, key, bytes),
             (Err(e), _) => self.error = Some(e),
             (_, Err(e)) => {
-                self.error = Some(StorageError::Corrupt { table: t.cf, message: e.to_string() })
+                self.error = Some(StorageError::Corrupt {
+                    table: t.cf,
+                    message: e.to_string(),
+                })
             }
         }
     }
@@ -262,11 +305,19 @@ mod tests {
         }
         b.commit().unwrap();
         let prefix = keys::strs(&["p"]);
-        let all: Vec<String> = store.scan_prefix(T, &prefix).unwrap().into_iter().map(|(_, v)| v).collect();
+        let all: Vec<String> = store
+            .scan_prefix(T, &prefix)
+            .unwrap()
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect();
         assert_eq!(all, ["v1", "v2", "v3"]);
         let end = keys::KeyBuf::new().str("p").u64(u64::MAX).into_vec();
         let back = store.scan(T, &prefix, &end, None, true, 2).unwrap();
-        assert_eq!(back.into_iter().map(|(_, v)| v).collect::<Vec<_>>(), ["v3", "v2"]);
+        assert_eq!(
+            back.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+            ["v3", "v2"]
+        );
     }
 
     #[test]
@@ -278,6 +329,9 @@ mod tests {
         }
         let store = Store::open(dir.path(), false).unwrap();
         assert_eq!(store.get(T, b"k").unwrap().as_deref(), Some("v"));
-        assert_eq!(migrations::current_version(&store).unwrap(), Some(SCHEMA_VERSION));
+        assert_eq!(
+            migrations::current_version(&store).unwrap(),
+            Some(SCHEMA_VERSION)
+        );
     }
 }

@@ -72,7 +72,9 @@ fn glob(pattern: &str, value: &str) -> bool {
     match pattern.split_once('*') {
         None => pattern == value,
         Some((head, tail)) => {
-            value.len() >= head.len() + tail.len() && value.starts_with(head) && glob_rest(tail, &value[head.len()..])
+            value.len() >= head.len() + tail.len()
+                && value.starts_with(head)
+                && glob_rest(tail, &value[head.len()..])
         }
     }
 }
@@ -81,7 +83,9 @@ fn glob_rest(pattern: &str, value: &str) -> bool {
     if !pattern.contains('*') {
         return value.ends_with(pattern);
     }
-    (0..=value.len()).filter(|i| value.is_char_boundary(*i)).any(|i| glob(pattern, &value[i..]))
+    (0..=value.len())
+        .filter(|i| value.is_char_boundary(*i))
+        .any(|i| glob(pattern, &value[i..]))
 }
 
 impl EventFilter {
@@ -90,24 +94,27 @@ impl EventFilter {
             return false;
         }
         if let Some(types) = &self.types
-            && !types.iter().any(|p| glob(p, kind)) {
-                return false;
-            }
+            && !types.iter().any(|p| glob(p, kind))
+        {
+            return false;
+        }
         if self.not_senders.iter().any(|s| s == sender) {
             return false;
         }
         if let Some(senders) = &self.senders
-            && !senders.iter().any(|s| s == sender) {
-                return false;
-            }
+            && !senders.iter().any(|s| s == sender)
+        {
+            return false;
+        }
         if let Some(room) = room {
             if self.not_rooms.iter().any(|r| r == room) {
                 return false;
             }
             if let Some(rooms) = &self.rooms
-                && !rooms.iter().any(|r| r == room) {
-                    return false;
-                }
+                && !rooms.iter().any(|r| r == room)
+            {
+                return false;
+            }
         }
         true
     }
@@ -124,7 +131,11 @@ impl EventFilter {
 
 impl RoomFilter {
     pub fn allows_room(&self, room: &str) -> bool {
-        !self.not_rooms.iter().any(|r| r == room) && self.rooms.as_ref().is_none_or(|rs| rs.iter().any(|r| r == room))
+        !self.not_rooms.iter().any(|r| r == room)
+            && self
+                .rooms
+                .as_ref()
+                .is_none_or(|rs| rs.iter().any(|r| r == room))
     }
 }
 
@@ -142,7 +153,8 @@ impl Filters {
 
     pub fn create(&self, user: &UserId, filter: Filter) -> Result<String> {
         let id = crate::accounts::random_string(12);
-        self.store.put(FILTERS, &keys::strs(&[user.as_str(), &id]), &filter)?;
+        self.store
+            .put(FILTERS, &keys::strs(&[user.as_str(), &id]), &filter)?;
         Ok(id)
     }
 
@@ -154,9 +166,12 @@ impl Filters {
     pub fn resolve(&self, user: &UserId, param: Option<&str>) -> Result<Filter> {
         match param {
             None => Ok(Filter::default()),
-            Some(p) if p.trim_start().starts_with('{') => serde_json::from_str(p)
-                .map_err(|e| Error::bad_json(format!("invalid filter: {e}"))),
-            Some(id) => self.get(user, id)?.ok_or_else(|| Error::not_found("unknown filter")),
+            Some(p) if p.trim_start().starts_with('{') => {
+                serde_json::from_str(p).map_err(|e| Error::bad_json(format!("invalid filter: {e}")))
+            }
+            Some(id) => self
+                .get(user, id)?
+                .ok_or_else(|| Error::not_found("unknown filter")),
         }
     }
 }
@@ -167,7 +182,11 @@ mod tests {
 
     #[test]
     fn type_globs_and_negations() {
-        let f = EventFilter { types: Some(vec!["m.room.*".into()]), not_types: vec!["m.room.member".into()], ..Default::default() };
+        let f = EventFilter {
+            types: Some(vec!["m.room.*".into()]),
+            not_types: vec!["m.room.member".into()],
+            ..Default::default()
+        };
         assert!(f.allows("m.room.message", "@a:x", None));
         assert!(!f.allows("m.room.member", "@a:x", None));
         assert!(!f.allows("m.reaction", "@a:x", None));

@@ -19,7 +19,10 @@ use crate::{
     ephemeral::{presence::Presence, receipts::Receipts, typing::Typing},
     error::{Error, Result},
     push::{Push, notifications, rules as push_rules},
-    rooms::{Rooms, UserRoom, pdu::{client_event, stripped_state}},
+    rooms::{
+        Rooms, UserRoom,
+        pdu::{client_event, stripped_state},
+    },
     storage::Store,
 };
 use filter::Filter;
@@ -43,7 +46,10 @@ pub fn parse_token(token: &str) -> Result<u64> {
 
 /// `(stream position, to-device position)` of a sync token.
 pub fn parse_sync_token(token: &str) -> Result<(u64, u64)> {
-    let body = token.strip_prefix('s').or_else(|| token.strip_prefix('t')).unwrap_or(token);
+    let body = token
+        .strip_prefix('s')
+        .or_else(|| token.strip_prefix('t'))
+        .unwrap_or(token);
     let bad = || Error::invalid_param("invalid stream token");
     match body.split_once('_') {
         None => {
@@ -83,16 +89,29 @@ impl SyncService {
         let to_device_acked = tokens.map_or(0, |t| t.1);
         // Syncing with a token acknowledges the to-device messages it covered.
         if tokens.is_some() {
-            self.e2ee.ack_to_device(&session.user_id, session.device_id.as_str(), to_device_acked)?;
+            self.e2ee.ack_to_device(
+                &session.user_id,
+                session.device_id.as_str(),
+                to_device_acked,
+            )?;
         }
-        self.presence.sync_started(&session.user_id, &req.set_presence).await?;
+        self.presence
+            .sync_started(&session.user_id, &req.set_presence)
+            .await?;
         let result = self.sync_inner(session, since, to_device_acked, &req).await;
         self.presence.sync_finished(&session.user_id);
         result
     }
 
-    async fn sync_inner(&self, session: &Session, since: Option<u64>, to_device_acked: u64, req: &SyncRequest) -> Result<Value> {
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(req.timeout_ms.min(self.max_timeout_ms));
+    async fn sync_inner(
+        &self,
+        session: &Session,
+        since: Option<u64>,
+        to_device_acked: u64,
+        req: &SyncRequest,
+    ) -> Result<Value> {
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(req.timeout_ms.min(self.max_timeout_ms));
         let notify = self.notifier.handle(&session.user_id);
         loop {
             // Register interest before looking, so a write between the look
@@ -102,7 +121,11 @@ impl SyncService {
             notified.as_mut().enable();
             let upto = self.stream.current();
             let (body, has_news) = self.build(session, since, to_device_acked, upto, req)?;
-            if has_news || since.is_none() || req.full_state || tokio::time::Instant::now() >= deadline {
+            if has_news
+                || since.is_none()
+                || req.full_state
+                || tokio::time::Instant::now() >= deadline
+            {
                 return Ok(body);
             }
             tokio::select! {
@@ -115,7 +138,14 @@ impl SyncService {
         }
     }
 
-    fn build(&self, session: &Session, since: Option<u64>, to_device_acked: u64, upto: u64, req: &SyncRequest) -> Result<(Value, bool)> {
+    fn build(
+        &self,
+        session: &Session,
+        since: Option<u64>,
+        to_device_acked: u64,
+        upto: u64,
+        req: &SyncRequest,
+    ) -> Result<(Value, bool)> {
         let user = &session.user_id;
         let since_pos = since.unwrap_or(0);
         let filter = &req.filter;
@@ -138,19 +168,35 @@ impl SyncService {
                         || self.typing.changed(&room_id, since, upto).is_some()
                         || self.receipts.changed(&room_id, user, since_pos, upto)?;
                     if news {
-                        let mut entry = self.room_entry(session, &room_id, since_pos, upto, full, filter, room_data, &ignored)?;
-                        self.add_ephemeral(&mut entry, session, &room_id, since, upto, filter, &ignored)?;
+                        let mut entry = self.room_entry(
+                            session, &room_id, since_pos, upto, full, filter, room_data, &ignored,
+                        )?;
+                        self.add_ephemeral(
+                            &mut entry, session, &room_id, since, upto, filter, &ignored,
+                        )?;
                         self.add_unread_counts(&mut entry, user, &room_id, filter)?;
                         join.insert(room_id.to_string(), entry);
                     }
                 }
-                "invite" if (since.is_none() || ur.pos > since_pos) && !ignored.contains(ur.sender.as_str()) => {
+                "invite"
+                    if (since.is_none() || ur.pos > since_pos)
+                        && !ignored.contains(ur.sender.as_str()) =>
+                {
                     invite.insert(room_id.to_string(), self.invite_entry(user, &room_id, &ur)?);
                 }
                 "leave" | "ban" => {
                     let fresh = since.is_some() && ur.pos > since_pos && ur.pos <= upto;
                     if fresh || (filter.room.include_leave && (since.is_none() || req.full_state)) {
-                        let entry = self.room_entry(session, &room_id, since_pos, ur.pos, since.is_none() || req.full_state, filter, room_data, &ignored)?;
+                        let entry = self.room_entry(
+                            session,
+                            &room_id,
+                            since_pos,
+                            ur.pos,
+                            since.is_none() || req.full_state,
+                            filter,
+                            room_data,
+                            &ignored,
+                        )?;
                         leave.insert(room_id.to_string(), entry);
                     }
                 }
@@ -159,9 +205,16 @@ impl SyncService {
         }
         let mut global_changes = changes.global;
         // Clients expect push rules from the first sync, stored or not.
-        if since.is_none() && !global_changes.iter().any(|(k, _)| k == push_rules::EVENT_TYPE) {
+        if since.is_none()
+            && !global_changes
+                .iter()
+                .any(|(k, _)| k == push_rules::EVENT_TYPE)
+        {
             let rules = self.push.ruleset(user)?;
-            global_changes.push((push_rules::EVENT_TYPE.into(), json!({"global": push_rules::to_json(&rules)?})));
+            global_changes.push((
+                push_rules::EVENT_TYPE.into(),
+                json!({"global": push_rules::to_json(&rules)?}),
+            ));
         }
         let global: Vec<Value> = global_changes
             .into_iter()
@@ -173,10 +226,18 @@ impl SyncService {
             .sync_events(user, since, upto)?
             .into_iter()
             .filter(|e| !ignored.contains(e["sender"].as_str().unwrap_or_default()))
-            .filter(|e| filter.presence.allows(e["type"].as_str().unwrap_or_default(), e["sender"].as_str().unwrap_or_default(), None))
+            .filter(|e| {
+                filter.presence.allows(
+                    e["type"].as_str().unwrap_or_default(),
+                    e["sender"].as_str().unwrap_or_default(),
+                    None,
+                )
+            })
             .collect();
         let device = session.device_id.as_str();
-        let (to_device, handed_out) = self.e2ee.pending_to_device(user, device, to_device_acked, upto)?;
+        let (to_device, handed_out) =
+            self.e2ee
+                .pending_to_device(user, device, to_device_acked, upto)?;
         let lists = match since {
             Some(s) => self.e2ee.device_list_changes(user, s, upto)?,
             None => Default::default(),
@@ -189,7 +250,11 @@ impl SyncService {
             || !to_device.is_empty()
             || !lists.changed.is_empty()
             || !lists.left.is_empty();
-        let next_batch = if handed_out < upto { format!("s{upto}_{handed_out}") } else { format!("s{upto}") };
+        let next_batch = if handed_out < upto {
+            format!("s{upto}_{handed_out}")
+        } else {
+            format!("s{upto}")
+        };
         let body = json!({
             "next_batch": next_batch,
             "rooms": {"join": join, "invite": invite, "leave": leave, "knock": {}},
@@ -217,22 +282,41 @@ impl SyncService {
     ) -> Result<Value> {
         let now = now_ms();
         let device = Some(session.device_id.as_str());
-        let limit = filter.room.timeline.limit.map(|l| l.clamp(1, 1000) as usize).unwrap_or(self.default_limit);
+        let limit = filter
+            .room
+            .timeline
+            .limit
+            .map(|l| l.clamp(1, 1000) as usize)
+            .unwrap_or(self.default_limit);
         // History visibility: a "joined" room shows nothing from before the join.
-        let earliest = self.rooms.visible_from(&session.user_id, room_id)?.saturating_sub(1);
+        let earliest = self
+            .rooms
+            .visible_from(&session.user_id, room_id)?
+            .saturating_sub(1);
         let lo = if full { 0 } else { since_pos }.max(earliest);
-        let mut newest = self.rooms.timeline_range(room_id, lo, upto, true, limit + 1)?;
+        let mut newest = self
+            .rooms
+            .timeline_range(room_id, lo, upto, true, limit + 1)?;
         let limited = newest.len() > limit;
         newest.truncate(limit);
         newest.reverse();
-        let start_pos = newest.first().map(|e| e.pos).unwrap_or(upto.saturating_add(1));
+        let start_pos = newest
+            .first()
+            .map(|e| e.pos)
+            .unwrap_or(upto.saturating_add(1));
 
         let timeline: Vec<Value> = newest
             .iter()
-            .map(|e| self.rooms.client_event_for(e, &session.user_id, device, upto, now))
+            .map(|e| {
+                self.rooms
+                    .client_event_for(e, &session.user_id, device, upto, now)
+            })
             .filter(|e| filter.room.timeline.allows_event(e))
             // Ignored users' messages vanish; their state changes still apply.
-            .filter(|e| e.get("state_key").is_some() || !ignored.contains(e["sender"].as_str().unwrap_or_default()))
+            .filter(|e| {
+                e.get("state_key").is_some()
+                    || !ignored.contains(e["sender"].as_str().unwrap_or_default())
+            })
             .collect();
 
         // State at the start of the timeline: all of it when the client has
@@ -241,12 +325,21 @@ impl SyncService {
         let wanted: Box<dyn Fn(&(String, String)) -> bool> = if full {
             Box::new(|_| true)
         } else if limited {
-            let gap = self.rooms.timeline_range(room_id, since_pos, start_pos.saturating_sub(1), false, usize::MAX)?;
+            let gap = self.rooms.timeline_range(
+                room_id,
+                since_pos,
+                start_pos.saturating_sub(1),
+                false,
+                usize::MAX,
+            )?;
             let changed: BTreeSet<(String, String)> = gap
                 .iter()
                 .filter_map(|e| {
                     let v = e.pdu_value();
-                    Some((v["type"].as_str()?.to_owned(), v["state_key"].as_str()?.to_owned()))
+                    Some((
+                        v["type"].as_str()?.to_owned(),
+                        v["state_key"].as_str()?.to_owned(),
+                    ))
                 })
                 .collect();
             Box::new(move |k| changed.contains(k))
@@ -262,7 +355,11 @@ impl SyncService {
         let mut state = Vec::new();
         for (key, id) in &at_start {
             // Lazy-loading clients get exactly the members they will display.
-            let include = if lazy && key.0 == "m.room.member" { senders.contains(&key.1) } else { wanted(key) };
+            let include = if lazy && key.0 == "m.room.member" {
+                senders.contains(&key.1)
+            } else {
+                wanted(key)
+            };
             if !include {
                 continue;
             }
@@ -276,7 +373,11 @@ impl SyncService {
 
         let prev_batch = format!("t{}", start_pos.saturating_sub(1));
         let account_data: Vec<Value> = room_data
-            .map(|d| d.iter().map(|(k, c)| json!({"type": k, "content": c})).collect())
+            .map(|d| {
+                d.iter()
+                    .map(|(k, c)| json!({"type": k, "content": c}))
+                    .collect()
+            })
             .unwrap_or_default();
         Ok(json!({
             "timeline": {"events": timeline, "limited": limited, "prev_batch": prev_batch},
@@ -301,25 +402,45 @@ impl SyncService {
     ) -> Result<()> {
         let mut events = Vec::new();
         if let Some(users) = self.typing.changed(room_id, since, upto) {
-            let users: Vec<String> = users.into_iter().map(|u| u.to_string()).filter(|u| !ignored.contains(u)).collect();
+            let users: Vec<String> = users
+                .into_iter()
+                .map(|u| u.to_string())
+                .filter(|u| !ignored.contains(u))
+                .collect();
             events.push(json!({"type": "m.typing", "content": {"user_ids": users}}));
         }
         let is_ignored = |u: &UserId| ignored.contains(u.as_str());
-        if let Some(r) = self.receipts.sync_event(room_id, &session.user_id, since, upto, &is_ignored)? {
+        if let Some(r) =
+            self.receipts
+                .sync_event(room_id, &session.user_id, since, upto, &is_ignored)?
+        {
             events.push(r);
         }
-        events.retain(|e| filter.room.ephemeral.allows(e["type"].as_str().unwrap_or_default(), "", Some(room_id.as_str())));
+        events.retain(|e| {
+            filter.room.ephemeral.allows(
+                e["type"].as_str().unwrap_or_default(),
+                "",
+                Some(room_id.as_str()),
+            )
+        });
         entry["ephemeral"] = json!({"events": events});
         Ok(())
     }
 
     /// `unread_notifications` (and per-thread counts when the filter asks).
-    fn add_unread_counts(&self, entry: &mut Value, user: &UserId, room_id: &RoomId, filter: &Filter) -> Result<()> {
+    fn add_unread_counts(
+        &self,
+        entry: &mut Value,
+        user: &UserId,
+        room_id: &RoomId,
+        filter: &Filter,
+    ) -> Result<()> {
         let by_thread = filter.room.timeline.unread_thread_notifications;
         let (main, threads) = notifications::counts(&self.store, user, room_id, by_thread)?;
         entry["unread_notifications"] = main.to_json();
         if by_thread {
-            let per: Map<String, Value> = threads.into_iter().map(|(t, c)| (t, c.to_json())).collect();
+            let per: Map<String, Value> =
+                threads.into_iter().map(|(t, c)| (t, c.to_json())).collect();
             entry["unread_thread_notifications"] = Value::Object(per);
         }
         Ok(())
@@ -351,7 +472,15 @@ impl SyncService {
                 events.insert((kind, format!("~{i}")), ev);
             }
         }
-        for kind in ["m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar", "m.room.canonical_alias", "m.room.encryption", "m.room.topic"] {
+        for kind in [
+            "m.room.create",
+            "m.room.join_rules",
+            "m.room.name",
+            "m.room.avatar",
+            "m.room.canonical_alias",
+            "m.room.encryption",
+            "m.room.topic",
+        ] {
             if let Some(ev) = self.rooms.state_event(room_id, kind, "")? {
                 events.insert((kind.into(), String::new()), stripped_state(&ev));
             }

@@ -11,7 +11,7 @@ use std::{
 use ruma::{OwnedUserId, UserId};
 use tokio::sync::Notify;
 
-use crate::storage::{Batch, Store, StorageError, Table};
+use crate::storage::{Batch, StorageError, Store, Table};
 
 const META: Table<u64> = Table::new("meta");
 const KEY: &[u8] = b"stream_position";

@@ -41,18 +41,24 @@ pub async fn register(
         return Err(Error::GuestAccessForbidden);
     }
     let stage = match s.config.registration_mode {
-        RegistrationMode::Closed => return Err(Error::forbidden("registration is disabled on this server")),
+        RegistrationMode::Closed => {
+            return Err(Error::forbidden("registration is disabled on this server"));
+        }
         RegistrationMode::Open => "m.login.dummy",
         RegistrationMode::Token => "m.login.registration_token",
     };
     let user_id = match &body.username {
         Some(name) => s.accounts.user_id_for_localpart(name)?,
-        None => s.accounts.user_id_for_localpart(&crate::accounts::random_string(12))?,
+        None => s
+            .accounts
+            .user_id_for_localpart(&crate::accounts::random_string(12))?,
     };
     if s.accounts.exists(&user_id)? {
         return Err(Error::UserInUse);
     }
-    let Some(auth) = &body.auth else { return Err(s.uia.challenge(stage, None)) };
+    let Some(auth) = &body.auth else {
+        return Err(s.uia.challenge(stage, None));
+    };
     // Only attempts that carry auth count: the first, empty request of the
     // flow just asks which stages exist.
     s.rate_limiter.check(Action::Registration, &addr)?;
@@ -61,24 +67,33 @@ pub async fn register(
         (Some("m.login.dummy"), "m.login.dummy") => true,
         (Some("m.login.registration_token"), "m.login.registration_token") => {
             match (&auth.token, &s.registration_token) {
-                (Some(given), Some(expected)) => constant_time_eq(given.as_bytes(), expected.as_bytes()),
+                (Some(given), Some(expected)) => {
+                    constant_time_eq(given.as_bytes(), expected.as_bytes())
+                }
                 _ => false,
             }
         }
         _ => false,
     };
     if !passed {
-        return Err(s.uia.challenge(stage, Some("authentication stage not completed")));
+        return Err(s
+            .uia
+            .challenge(stage, Some("authentication stage not completed")));
     }
     s.uia.finish(auth.session.as_deref());
     let accounts = s.accounts.clone();
     let uid = user_id.clone();
     let password = body.password.clone();
-    crate::accounts::with_password_hasher(move || accounts.create(&uid, password.as_deref())).await?;
+    crate::accounts::with_password_hasher(move || accounts.create(&uid, password.as_deref()))
+        .await?;
     if body.inhibit_login {
         return Ok(Json(json!({"user_id": user_id})));
     }
-    let session = s.accounts.open_session(&user_id, body.device_id.as_deref(), body.initial_device_display_name)?;
+    let session = s.accounts.open_session(
+        &user_id,
+        body.device_id.as_deref(),
+        body.initial_device_display_name,
+    )?;
     Ok(Json(json!({
         "user_id": user_id,
         "access_token": session.access_token,
@@ -96,7 +111,10 @@ pub struct AvailableQuery {
     username: String,
 }
 
-pub async fn register_available(State(s): State<AppState>, Q(q): Q<AvailableQuery>) -> Result<Json<Value>> {
+pub async fn register_available(
+    State(s): State<AppState>,
+    Q(q): Q<AvailableQuery>,
+) -> Result<Json<Value>> {
     let user_id = s.accounts.user_id_for_localpart(&q.username)?;
     if s.accounts.exists(&user_id)? {
         return Err(Error::UserInUse);
@@ -109,11 +127,17 @@ pub struct TokenQuery {
     token: String,
 }
 
-pub async fn registration_token_validity(State(s): State<AppState>, Q(q): Q<TokenQuery>) -> Result<Json<Value>> {
+pub async fn registration_token_validity(
+    State(s): State<AppState>,
+    Q(q): Q<TokenQuery>,
+) -> Result<Json<Value>> {
     if s.config.registration_mode != RegistrationMode::Token {
         return Err(Error::forbidden("registration tokens are not in use"));
     }
-    let valid = s.registration_token.as_deref().is_some_and(|t| constant_time_eq(t.as_bytes(), q.token.as_bytes()));
+    let valid = s
+        .registration_token
+        .as_deref()
+        .is_some_and(|t| constant_time_eq(t.as_bytes(), q.token.as_bytes()));
     Ok(Json(json!({"valid": valid})))
 }
 
@@ -131,18 +155,36 @@ pub struct LoginBody {
     initial_device_display_name: Option<String>,
 }
 
-pub async fn login(State(s): State<AppState>, ClientAddr(addr): ClientAddr, Body(body): Body<LoginBody>) -> Result<Json<Value>> {
+pub async fn login(
+    State(s): State<AppState>,
+    ClientAddr(addr): ClientAddr,
+    Body(body): Body<LoginBody>,
+) -> Result<Json<Value>> {
     if body.kind != "m.login.password" {
-        return Err(Error::Unknown(format!("unsupported login type {}", body.kind)));
+        return Err(Error::Unknown(format!(
+            "unsupported login type {}",
+            body.kind
+        )));
     }
-    let user = body.auth.user().ok_or_else(|| Error::MissingParam("identifier.user is required".into()))?;
-    let password = body.auth.password.clone().ok_or_else(|| Error::MissingParam("password is required".into()))?;
+    let user = body
+        .auth
+        .user()
+        .ok_or_else(|| Error::MissingParam("identifier.user is required".into()))?;
+    let password = body
+        .auth
+        .password
+        .clone()
+        .ok_or_else(|| Error::MissingParam("password is required".into()))?;
     s.rate_limiter.check(Action::Login, &addr)?;
     let user_id = s.accounts.resolve_login_user(user)?;
     // Per account too, so guessing one password from many addresses is slow.
     s.rate_limiter.check(Action::Login, user_id.as_str())?;
     check_password(&s, &user_id, password).await?;
-    let session = s.accounts.open_session(&user_id, body.device_id.as_deref(), body.initial_device_display_name)?;
+    let session = s.accounts.open_session(
+        &user_id,
+        body.device_id.as_deref(),
+        body.initial_device_display_name,
+    )?;
     Ok(Json(json!({
         "user_id": user_id,
         "access_token": session.access_token,
@@ -154,31 +196,50 @@ pub async fn login(State(s): State<AppState>, ClientAddr(addr): ClientAddr, Body
 async fn check_password(s: &AppState, user_id: &ruma::UserId, password: String) -> Result<()> {
     let accounts = s.accounts.clone();
     let uid = user_id.to_owned();
-    let ok = crate::accounts::with_password_hasher(move || accounts.check_password(&uid, &password)).await?;
-    if ok { Ok(()) } else { Err(Error::forbidden("invalid username or password")) }
+    let ok =
+        crate::accounts::with_password_hasher(move || accounts.check_password(&uid, &password))
+            .await?;
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::forbidden("invalid username or password"))
+    }
 }
 
 /// Completes `m.login.password` UIA for an action on the caller's own account.
-pub(crate) async fn require_password_uia(s: &AppState, session: &crate::accounts::Session, auth: Option<&AuthData>) -> Result<()> {
-    let Some(auth) = auth else { return Err(s.uia.challenge("m.login.password", None)) };
+pub(crate) async fn require_password_uia(
+    s: &AppState,
+    session: &crate::accounts::Session,
+    auth: Option<&AuthData>,
+) -> Result<()> {
+    let Some(auth) = auth else {
+        return Err(s.uia.challenge("m.login.password", None));
+    };
     s.uia.check_session(auth.session.as_deref())?;
     if auth.kind.as_deref() != Some("m.login.password") {
-        return Err(s.uia.challenge("m.login.password", Some("authentication stage not completed")));
+        return Err(s.uia.challenge(
+            "m.login.password",
+            Some("authentication stage not completed"),
+        ));
     }
     if let Some(u) = auth.user()
-        && s.accounts.resolve_login_user(u).ok().as_deref() != Some(&*session.user_id) {
-            return Err(Error::forbidden("you can only authenticate as yourself"));
-        }
+        && s.accounts.resolve_login_user(u).ok().as_deref() != Some(&*session.user_id)
+    {
+        return Err(Error::forbidden("you can only authenticate as yourself"));
+    }
     let password = auth.password.clone().unwrap_or_default();
     if check_password(s, &session.user_id, password).await.is_err() {
-        return Err(s.uia.challenge("m.login.password", Some("invalid password")));
+        return Err(s
+            .uia
+            .challenge("m.login.password", Some("invalid password")));
     }
     s.uia.finish(auth.session.as_deref());
     Ok(())
 }
 
 pub async fn logout(State(s): State<AppState>, Auth(session): Auth) -> Result<Json<Value>> {
-    s.remove_devices(&session.user_id, &[session.device_id.as_str()]).await?;
+    s.remove_devices(&session.user_id, &[session.device_id.as_str()])
+        .await?;
     Ok(Json(json!({})))
 }
 
@@ -200,15 +261,23 @@ pub struct PasswordBody {
     auth: Option<AuthData>,
 }
 
-pub async fn change_password(State(s): State<AppState>, Auth(session): Auth, Body(body): Body<PasswordBody>) -> Result<Json<Value>> {
+pub async fn change_password(
+    State(s): State<AppState>,
+    Auth(session): Auth,
+    Body(body): Body<PasswordBody>,
+) -> Result<Json<Value>> {
     require_password_uia(&s, &session, body.auth.as_ref()).await?;
     let accounts = s.accounts.clone();
     let uid = session.user_id.clone();
-    crate::accounts::with_password_hasher(move || accounts.set_password(&uid, &body.new_password)).await?;
+    crate::accounts::with_password_hasher(move || accounts.set_password(&uid, &body.new_password))
+        .await?;
     if body.logout_devices.unwrap_or(true) {
         let devices = s.accounts.devices(&session.user_id)?;
-        let others: Vec<&str> =
-            devices.iter().map(|(d, _)| d.as_str()).filter(|d| *d != session.device_id.as_str()).collect();
+        let others: Vec<&str> = devices
+            .iter()
+            .map(|(d, _)| d.as_str())
+            .filter(|d| *d != session.device_id.as_str())
+            .collect();
         s.remove_devices(&session.user_id, &others).await?;
     }
     Ok(Json(json!({})))
@@ -219,12 +288,24 @@ fn device_json(id: &str, d: &crate::accounts::DeviceRecord) -> Value {
 }
 
 pub async fn devices(State(s): State<AppState>, Auth(session): Auth) -> Result<Json<Value>> {
-    let list: Vec<Value> = s.accounts.devices(&session.user_id)?.iter().map(|(id, d)| device_json(id.as_str(), d)).collect();
+    let list: Vec<Value> = s
+        .accounts
+        .devices(&session.user_id)?
+        .iter()
+        .map(|(id, d)| device_json(id.as_str(), d))
+        .collect();
     Ok(Json(json!({"devices": list})))
 }
 
-pub async fn device(State(s): State<AppState>, Auth(session): Auth, P(device_id): P<String>) -> Result<Json<Value>> {
-    let d = s.accounts.device(&session.user_id, &device_id)?.ok_or_else(|| Error::not_found("unknown device"))?;
+pub async fn device(
+    State(s): State<AppState>,
+    Auth(session): Auth,
+    P(device_id): P<String>,
+) -> Result<Json<Value>> {
+    let d = s
+        .accounts
+        .device(&session.user_id, &device_id)?
+        .ok_or_else(|| Error::not_found("unknown device"))?;
     Ok(Json(device_json(&device_id, &d)))
 }
 
@@ -239,7 +320,8 @@ pub async fn update_device(
     P(device_id): P<String>,
     Body(body): Body<DeviceUpdate>,
 ) -> Result<Json<Value>> {
-    s.accounts.rename_device(&session.user_id, &device_id, body.display_name)?;
+    s.accounts
+        .rename_device(&session.user_id, &device_id, body.display_name)?;
     Ok(Json(json!({})))
 }
 
@@ -258,7 +340,8 @@ pub async fn delete_device(
         return Err(Error::not_found("unknown device"));
     }
     require_password_uia(&s, &session, body.auth.as_ref()).await?;
-    s.remove_devices(&session.user_id, &[device_id.as_str()]).await?;
+    s.remove_devices(&session.user_id, &[device_id.as_str()])
+        .await?;
     Ok(Json(json!({})))
 }
 
@@ -268,7 +351,11 @@ pub struct DeleteDevices {
     auth: Option<AuthData>,
 }
 
-pub async fn delete_devices(State(s): State<AppState>, Auth(session): Auth, Body(body): Body<DeleteDevices>) -> Result<Json<Value>> {
+pub async fn delete_devices(
+    State(s): State<AppState>,
+    Auth(session): Auth,
+    Body(body): Body<DeleteDevices>,
+) -> Result<Json<Value>> {
     require_password_uia(&s, &session, body.auth.as_ref()).await?;
     let ids: Vec<&str> = body.devices.iter().map(String::as_str).collect();
     s.remove_devices(&session.user_id, &ids).await?;

@@ -19,8 +19,14 @@ pub struct VersionBody {
     version: Option<String>,
 }
 
-pub async fn create_version(State(s): State<AppState>, Auth(session): Auth, Body(body): Body<VersionBody>) -> Result<Json<Value>> {
-    let version = s.e2ee.create_backup(&session.user_id, body.algorithm, body.auth_data)?;
+pub async fn create_version(
+    State(s): State<AppState>,
+    Auth(session): Auth,
+    Body(body): Body<VersionBody>,
+) -> Result<Json<Value>> {
+    let version = s
+        .e2ee
+        .create_backup(&session.user_id, body.algorithm, body.auth_data)?;
     Ok(Json(json!({"version": version})))
 }
 
@@ -28,16 +34,35 @@ pub async fn latest_version(State(s): State<AppState>, Auth(session): Auth) -> R
     Ok(Json(s.e2ee.backup_info(&session.user_id, None)?))
 }
 
-pub async fn get_version(State(s): State<AppState>, Auth(session): Auth, P(version): P<String>) -> Result<Json<Value>> {
+pub async fn get_version(
+    State(s): State<AppState>,
+    Auth(session): Auth,
+    P(version): P<String>,
+) -> Result<Json<Value>> {
     Ok(Json(s.e2ee.backup_info(&session.user_id, Some(&version))?))
 }
 
-pub async fn put_version(State(s): State<AppState>, Auth(session): Auth, P(version): P<String>, Body(body): Body<VersionBody>) -> Result<Json<Value>> {
-    s.e2ee.update_backup(&session.user_id, &version, body.algorithm, body.auth_data, body.version)?;
+pub async fn put_version(
+    State(s): State<AppState>,
+    Auth(session): Auth,
+    P(version): P<String>,
+    Body(body): Body<VersionBody>,
+) -> Result<Json<Value>> {
+    s.e2ee.update_backup(
+        &session.user_id,
+        &version,
+        body.algorithm,
+        body.auth_data,
+        body.version,
+    )?;
     Ok(Json(json!({})))
 }
 
-pub async fn delete_version(State(s): State<AppState>, Auth(session): Auth, P(version): P<String>) -> Result<Json<Value>> {
+pub async fn delete_version(
+    State(s): State<AppState>,
+    Auth(session): Auth,
+    P(version): P<String>,
+) -> Result<Json<Value>> {
     s.e2ee.delete_backup(&session.user_id, &version)?;
     Ok(Json(json!({})))
 }
@@ -52,8 +77,17 @@ pub struct AllKeys {
     rooms: Map<String, Value>,
 }
 
-pub async fn put_all(State(s): State<AppState>, Auth(session): Auth, Q(q): Q<VersionQuery>, Body(body): Body<AllKeys>) -> Result<Json<Value>> {
-    Ok(Json(s.e2ee.put_backup_keys(&session.user_id, &q.version, &body.rooms)?))
+pub async fn put_all(
+    State(s): State<AppState>,
+    Auth(session): Auth,
+    Q(q): Q<VersionQuery>,
+    Body(body): Body<AllKeys>,
+) -> Result<Json<Value>> {
+    Ok(Json(s.e2ee.put_backup_keys(
+        &session.user_id,
+        &q.version,
+        &body.rooms,
+    )?))
 }
 
 pub async fn put_room(
@@ -68,7 +102,11 @@ pub async fn put_room(
     }
     let mut rooms = Map::new();
     rooms.insert(room, Value::Object(body));
-    Ok(Json(s.e2ee.put_backup_keys(&session.user_id, &q.version, &rooms)?))
+    Ok(Json(s.e2ee.put_backup_keys(
+        &session.user_id,
+        &q.version,
+        &rooms,
+    )?))
 }
 
 pub async fn put_session(
@@ -80,29 +118,91 @@ pub async fn put_session(
 ) -> Result<Json<Value>> {
     let mut rooms = Map::new();
     rooms.insert(room, json!({"sessions": {sid: body}}));
-    Ok(Json(s.e2ee.put_backup_keys(&session.user_id, &q.version, &rooms)?))
+    Ok(Json(s.e2ee.put_backup_keys(
+        &session.user_id,
+        &q.version,
+        &rooms,
+    )?))
 }
 
-pub async fn get_all(State(s): State<AppState>, Auth(session): Auth, Q(q): Q<VersionQuery>) -> Result<Json<Value>> {
-    Ok(Json(s.e2ee.get_backup_keys(&session.user_id, &q.version, None, None)?))
+pub async fn get_all(
+    State(s): State<AppState>,
+    Auth(session): Auth,
+    Q(q): Q<VersionQuery>,
+) -> Result<Json<Value>> {
+    Ok(Json(s.e2ee.get_backup_keys(
+        &session.user_id,
+        &q.version,
+        None,
+        None,
+    )?))
 }
 
-pub async fn get_room(State(s): State<AppState>, Auth(session): Auth, P(room): P<String>, Q(q): Q<VersionQuery>) -> Result<Json<Value>> {
-    Ok(Json(s.e2ee.get_backup_keys(&session.user_id, &q.version, Some(&room), None)?))
+pub async fn get_room(
+    State(s): State<AppState>,
+    Auth(session): Auth,
+    P(room): P<String>,
+    Q(q): Q<VersionQuery>,
+) -> Result<Json<Value>> {
+    Ok(Json(s.e2ee.get_backup_keys(
+        &session.user_id,
+        &q.version,
+        Some(&room),
+        None,
+    )?))
 }
 
-pub async fn get_session(State(s): State<AppState>, Auth(session): Auth, P((room, sid)): P<(String, String)>, Q(q): Q<VersionQuery>) -> Result<Json<Value>> {
-    Ok(Json(s.e2ee.get_backup_keys(&session.user_id, &q.version, Some(&room), Some(&sid))?))
+pub async fn get_session(
+    State(s): State<AppState>,
+    Auth(session): Auth,
+    P((room, sid)): P<(String, String)>,
+    Q(q): Q<VersionQuery>,
+) -> Result<Json<Value>> {
+    Ok(Json(s.e2ee.get_backup_keys(
+        &session.user_id,
+        &q.version,
+        Some(&room),
+        Some(&sid),
+    )?))
 }
 
-pub async fn delete_all(State(s): State<AppState>, Auth(session): Auth, Q(q): Q<VersionQuery>) -> Result<Json<Value>> {
-    Ok(Json(s.e2ee.delete_backup_keys(&session.user_id, &q.version, None, None)?))
+pub async fn delete_all(
+    State(s): State<AppState>,
+    Auth(session): Auth,
+    Q(q): Q<VersionQuery>,
+) -> Result<Json<Value>> {
+    Ok(Json(s.e2ee.delete_backup_keys(
+        &session.user_id,
+        &q.version,
+        None,
+        None,
+    )?))
 }
 
-pub async fn delete_room(State(s): State<AppState>, Auth(session): Auth, P(room): P<String>, Q(q): Q<VersionQuery>) -> Result<Json<Value>> {
-    Ok(Json(s.e2ee.delete_backup_keys(&session.user_id, &q.version, Some(&room), None)?))
+pub async fn delete_room(
+    State(s): State<AppState>,
+    Auth(session): Auth,
+    P(room): P<String>,
+    Q(q): Q<VersionQuery>,
+) -> Result<Json<Value>> {
+    Ok(Json(s.e2ee.delete_backup_keys(
+        &session.user_id,
+        &q.version,
+        Some(&room),
+        None,
+    )?))
 }
 
-pub async fn delete_session(State(s): State<AppState>, Auth(session): Auth, P((room, sid)): P<(String, String)>, Q(q): Q<VersionQuery>) -> Result<Json<Value>> {
-    Ok(Json(s.e2ee.delete_backup_keys(&session.user_id, &q.version, Some(&room), Some(&sid))?))
+pub async fn delete_session(
+    State(s): State<AppState>,
+    Auth(session): Auth,
+    P((room, sid)): P<(String, String)>,
+    Q(q): Q<VersionQuery>,
+) -> Result<Json<Value>> {
+    Ok(Json(s.e2ee.delete_backup_keys(
+        &session.user_id,
+        &q.version,
+        Some(&room),
+        Some(&sid),
+    )?))
 }

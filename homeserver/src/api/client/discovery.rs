@@ -26,8 +26,10 @@ pub async fn well_known_client(State(s): State<AppState>, headers: HeaderMap) ->
 }
 
 pub async fn capabilities(State(s): State<AppState>, Auth(_): Auth) -> Json<Value> {
-    let available: serde_json::Map<String, Value> =
-        SUPPORTED_ROOM_VERSIONS.iter().map(|v| (v.to_string(), Value::from("stable"))).collect();
+    let available: serde_json::Map<String, Value> = SUPPORTED_ROOM_VERSIONS
+        .iter()
+        .map(|v| (v.to_string(), Value::from("stable")))
+        .collect();
     Json(json!({
         "capabilities": {
             "m.room_versions": {"default": s.config.default_room_version.as_str(), "available": available},

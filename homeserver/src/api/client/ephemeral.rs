@@ -31,7 +31,14 @@ pub async fn typing(
     if user_id(&user)? != session.user_id {
         return Err(Error::forbidden("you can only set your own typing state"));
     }
-    s.typing.set(&session.user_id, &room, body.typing, body.timeout.map(Duration::from_millis)).await?;
+    s.typing
+        .set(
+            &session.user_id,
+            &room,
+            body.typing,
+            body.timeout.map(Duration::from_millis),
+        )
+        .await?;
     Ok(Json(json!({})))
 }
 
@@ -53,19 +60,39 @@ pub async fn receipt(
         }
         set_fully_read(&s, &session.user_id, &room, &event_id).await?;
     } else {
-        s.receipts.set(&session.user_id, &room, &kind, &event_id, body.thread_id.as_deref()).await?;
+        s.receipts
+            .set(
+                &session.user_id,
+                &room,
+                &kind,
+                &event_id,
+                body.thread_id.as_deref(),
+            )
+            .await?;
     }
     Ok(Json(json!({})))
 }
 
-async fn set_fully_read(s: &AppState, user: &ruma::UserId, room: &ruma::RoomId, event_id: &str) -> Result<()> {
+async fn set_fully_read(
+    s: &AppState,
+    user: &ruma::UserId,
+    room: &ruma::RoomId,
+    event_id: &str,
+) -> Result<()> {
     if s.rooms.membership_of(room, user)?.as_deref() != Some("join") {
         return Err(Error::forbidden("you are not in this room"));
     }
     if s.rooms.event(event_id)?.is_none_or(|e| e.room_id != room) {
         return Err(Error::not_found("no such event in this room"));
     }
-    s.account_data.set(user, Some(room), "m.fully_read", json!({"event_id": event_id})).await
+    s.account_data
+        .set(
+            user,
+            Some(room),
+            "m.fully_read",
+            json!({"event_id": event_id}),
+        )
+        .await
 }
 
 #[derive(Deserialize)]
@@ -89,10 +116,14 @@ pub async fn read_markers(
         set_fully_read(&s, &session.user_id, &room, id).await?;
     }
     if let Some(id) = &body.read {
-        s.receipts.set(&session.user_id, &room, PUBLIC, id, None).await?;
+        s.receipts
+            .set(&session.user_id, &room, PUBLIC, id, None)
+            .await?;
     }
     if let Some(id) = &body.read_private {
-        s.receipts.set(&session.user_id, &room, PRIVATE, id, None).await?;
+        s.receipts
+            .set(&session.user_id, &room, PRIVATE, id, None)
+            .await?;
     }
     Ok(Json(json!({})))
 }
@@ -105,7 +136,9 @@ pub struct PresenceBody {
 }
 
 /// Tells "absent" (keep the old message) from `null` (clear it).
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<Option<String>>, D::Error> {
+fn present<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Option<String>>, D::Error> {
     Option::<String>::deserialize(d).map(Some)
 }
 
@@ -118,14 +151,25 @@ pub async fn put_presence(
     if user_id(&user)? != session.user_id {
         return Err(Error::forbidden("you can only set your own presence"));
     }
-    if body.status_msg.as_ref().and_then(|m| m.as_ref()).is_some_and(|m| m.len() > 1024) {
+    if body
+        .status_msg
+        .as_ref()
+        .and_then(|m| m.as_ref())
+        .is_some_and(|m| m.len() > 1024)
+    {
         return Err(Error::invalid_param("status_msg is limited to 1024 bytes"));
     }
-    s.presence.set(&session.user_id, &body.presence, body.status_msg).await?;
+    s.presence
+        .set(&session.user_id, &body.presence, body.status_msg)
+        .await?;
     Ok(Json(json!({})))
 }
 
-pub async fn get_presence(State(s): State<AppState>, Auth(session): Auth, P(user): P<String>) -> Result<Json<Value>> {
+pub async fn get_presence(
+    State(s): State<AppState>,
+    Auth(session): Auth,
+    P(user): P<String>,
+) -> Result<Json<Value>> {
     let user = user_id(&user)?;
     if s.profiles.get(&user)?.is_none() {
         return Err(Error::not_found("no such user"));

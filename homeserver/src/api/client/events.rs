@@ -14,7 +14,10 @@ use crate::{
     },
     error::{Error, Result},
     ratelimit::Action,
-    rooms::{NewEvent, Txn, pdu::{StoredEvent, client_event, parse_event_id}},
+    rooms::{
+        NewEvent, Txn,
+        pdu::{StoredEvent, client_event, parse_event_id},
+    },
     sync::parse_token,
 };
 
@@ -28,9 +31,21 @@ pub async fn send(
     if kind.is_empty() || kind.len() > 255 {
         return Err(Error::invalid_param("event type must be 1-255 bytes"));
     }
-    s.rate_limiter.check(Action::Message, session.user_id.as_str())?;
-    let txn = Txn { device_id: session.device_id.as_str(), txn_id: &txn_id };
-    let id = s.rooms.send(&session.user_id, &room, NewEvent::message(&kind, Value::Object(content)), Some(txn)).await?;
+    s.rate_limiter
+        .check(Action::Message, session.user_id.as_str())?;
+    let txn = Txn {
+        device_id: session.device_id.as_str(),
+        txn_id: &txn_id,
+    };
+    let id = s
+        .rooms
+        .send(
+            &session.user_id,
+            &room,
+            NewEvent::message(&kind, Value::Object(content)),
+            Some(txn),
+        )
+        .await?;
     Ok(Json(json!({"event_id": id})))
 }
 
@@ -52,13 +67,29 @@ pub async fn put_state_empty_key(
     put_state_inner(s, session, room, kind, String::new(), content).await
 }
 
-async fn put_state_inner(s: AppState, session: Session, room: String, kind: String, key: String, content: Map<String, Value>) -> Result<Json<Value>> {
+async fn put_state_inner(
+    s: AppState,
+    session: Session,
+    room: String,
+    kind: String,
+    key: String,
+    content: Map<String, Value>,
+) -> Result<Json<Value>> {
     let room = room_id(&room)?;
     if kind == "m.room.create" {
         return Err(Error::forbidden("the create event cannot be replaced"));
     }
-    s.rate_limiter.check(Action::Message, session.user_id.as_str())?;
-    let id = s.rooms.send(&session.user_id, &room, NewEvent::state(&kind, &key, Value::Object(content)), None).await?;
+    s.rate_limiter
+        .check(Action::Message, session.user_id.as_str())?;
+    let id = s
+        .rooms
+        .send(
+            &session.user_id,
+            &room,
+            NewEvent::state(&kind, &key, Value::Object(content)),
+            None,
+        )
+        .await?;
     Ok(Json(json!({"event_id": id})))
 }
 
@@ -78,12 +109,23 @@ fn state_for(s: &AppState, session: &Session, room: &ruma::RoomId) -> Result<Vec
     Ok(out)
 }
 
-pub async fn get_state(State(s): State<AppState>, Auth(session): Auth, P(room): P<String>) -> Result<Json<Value>> {
+pub async fn get_state(
+    State(s): State<AppState>,
+    Auth(session): Auth,
+    P(room): P<String>,
+) -> Result<Json<Value>> {
     let room = room_id(&room)?;
     let now = now_ms();
     let events: Vec<Value> = state_for(&s, &session, &room)?
         .iter()
-        .map(|e| client_event(e, Some(session.device_id.as_str()), s.rooms.prev_content(e), now))
+        .map(|e| {
+            client_event(
+                e,
+                Some(session.device_id.as_str()),
+                s.rooms.prev_content(e),
+                now,
+            )
+        })
         .collect();
     Ok(Json(Value::Array(events)))
 }
@@ -104,7 +146,13 @@ pub async fn get_state_event_empty_key(
     get_state_event_inner(s, session, room, kind, String::new())
 }
 
-fn get_state_event_inner(s: AppState, session: Session, room: String, kind: String, key: String) -> Result<Json<Value>> {
+fn get_state_event_inner(
+    s: AppState,
+    session: Session,
+    room: String,
+    kind: String,
+    key: String,
+) -> Result<Json<Value>> {
     let room = room_id(&room)?;
     let found = state_for(&s, &session, &room)?.into_iter().find(|e| {
         let v = e.pdu_value();
@@ -114,7 +162,11 @@ fn get_state_event_inner(s: AppState, session: Session, room: String, kind: Stri
     Ok(Json(ev.pdu_value()["content"].clone()))
 }
 
-pub async fn get_event(State(s): State<AppState>, Auth(session): Auth, P((room, event_id)): P<(String, String)>) -> Result<Json<Value>> {
+pub async fn get_event(
+    State(s): State<AppState>,
+    Auth(session): Auth,
+    P((room, event_id)): P<(String, String)>,
+) -> Result<Json<Value>> {
     let room = room_id(&room)?;
     let until = s.rooms.visible_until(&session.user_id, &room)?;
     let from = s.rooms.visible_from(&session.user_id, &room)?;
@@ -123,7 +175,13 @@ pub async fn get_event(State(s): State<AppState>, Auth(session): Auth, P((room, 
         .event(&event_id)?
         .filter(|e| e.room_id == room && e.pos <= until && e.pos >= from)
         .ok_or_else(|| Error::not_found("event not found"))?;
-    Ok(Json(s.rooms.client_event_for(&ev, &session.user_id, Some(session.device_id.as_str()), until, now_ms())))
+    Ok(Json(s.rooms.client_event_for(
+        &ev,
+        &session.user_id,
+        Some(session.device_id.as_str()),
+        until,
+        now_ms(),
+    )))
 }
 
 #[derive(Deserialize)]
@@ -138,15 +196,28 @@ pub async fn redact(
     Body(body): Body<RedactBody>,
 ) -> Result<Json<Value>> {
     let room = room_id(&room)?;
-    let target = parse_event_id(&event_id).ok_or_else(|| Error::invalid_param("invalid event ID"))?;
-    s.rate_limiter.check(Action::Message, session.user_id.as_str())?;
+    let target =
+        parse_event_id(&event_id).ok_or_else(|| Error::invalid_param("invalid event ID"))?;
+    s.rate_limiter
+        .check(Action::Message, session.user_id.as_str())?;
     let mut content = json!({});
     if let Some(r) = body.reason {
         content["reason"] = Value::from(r);
     }
-    let event = NewEvent { kind: "m.room.redaction".into(), content, state_key: None, redacts: Some(target) };
-    let txn = Txn { device_id: session.device_id.as_str(), txn_id: &txn_id };
-    let id = s.rooms.send(&session.user_id, &room, event, Some(txn)).await?;
+    let event = NewEvent {
+        kind: "m.room.redaction".into(),
+        content,
+        state_key: None,
+        redacts: Some(target),
+    };
+    let txn = Txn {
+        device_id: session.device_id.as_str(),
+        txn_id: &txn_id,
+    };
+    let id = s
+        .rooms
+        .send(&session.user_id, &room, event, Some(txn))
+        .await?;
     Ok(Json(json!({"event_id": id})))
 }
 
@@ -156,29 +227,45 @@ pub struct MembersQuery {
     not_membership: Option<String>,
 }
 
-pub async fn members(State(s): State<AppState>, Auth(session): Auth, P(room): P<String>, Q(q): Q<MembersQuery>) -> Result<Json<Value>> {
+pub async fn members(
+    State(s): State<AppState>,
+    Auth(session): Auth,
+    P(room): P<String>,
+    Q(q): Q<MembersQuery>,
+) -> Result<Json<Value>> {
     let room = room_id(&room)?;
     let now = now_ms();
     let chunk: Vec<Value> = state_for(&s, &session, &room)?
         .iter()
         .filter(|e| e.pdu_value()["type"] == "m.room.member")
         .filter(|e| {
-            let m = e.pdu_value()["content"]["membership"].as_str().unwrap_or_default().to_owned();
-            q.membership.as_deref().is_none_or(|w| w == m) && q.not_membership.as_deref() != Some(m.as_str())
+            let m = e.pdu_value()["content"]["membership"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            q.membership.as_deref().is_none_or(|w| w == m)
+                && q.not_membership.as_deref() != Some(m.as_str())
         })
         .map(|e| client_event(e, None, s.rooms.prev_content(e), now))
         .collect();
     Ok(Json(json!({"chunk": chunk})))
 }
 
-pub async fn joined_members(State(s): State<AppState>, Auth(session): Auth, P(room): P<String>) -> Result<Json<Value>> {
+pub async fn joined_members(
+    State(s): State<AppState>,
+    Auth(session): Auth,
+    P(room): P<String>,
+) -> Result<Json<Value>> {
     let room = room_id(&room)?;
     if s.rooms.membership_of(&room, &session.user_id)?.as_deref() != Some("join") {
         return Err(Error::forbidden("you are not in this room"));
     }
     let mut joined = Map::new();
     for user in s.rooms.members_with(&room, &["join"])? {
-        let content = s.rooms.state_content(&room, "m.room.member", user.as_str())?.unwrap_or_default();
+        let content = s
+            .rooms
+            .state_content(&room, "m.room.member", user.as_str())?
+            .unwrap_or_default();
         joined.insert(
             user.to_string(),
             json!({"display_name": content.get("displayname"), "avatar_url": content.get("avatar_url")}),
@@ -196,16 +283,35 @@ pub struct MessagesQuery {
     filter: Option<String>,
 }
 
-pub async fn messages(State(s): State<AppState>, Auth(session): Auth, P(room): P<String>, Q(q): Q<MessagesQuery>) -> Result<Json<Value>> {
+pub async fn messages(
+    State(s): State<AppState>,
+    Auth(session): Auth,
+    P(room): P<String>,
+    Q(q): Q<MessagesQuery>,
+) -> Result<Json<Value>> {
     let room = room_id(&room)?;
-    let visible = s.rooms.visible_until(&session.user_id, &room)?.min(s.rooms.stream.current());
-    let filter = s.filters.resolve(&session.user_id, q.filter.as_deref())?.room.timeline;
-    let limit = q.limit.or(filter.limit.map(|l| l as usize)).unwrap_or(10).clamp(1, 1000);
+    let visible = s
+        .rooms
+        .visible_until(&session.user_id, &room)?
+        .min(s.rooms.stream.current());
+    let filter = s
+        .filters
+        .resolve(&session.user_id, q.filter.as_deref())?
+        .room
+        .timeline;
+    let limit = q
+        .limit
+        .or(filter.limit.map(|l| l as usize))
+        .unwrap_or(10)
+        .clamp(1, 1000);
     let from = q.from.as_deref().map(parse_token).transpose()?;
     let to = q.to.as_deref().map(parse_token).transpose()?;
     // History visibility: nothing before this position (timeline ranges
     // are exclusive below).
-    let earliest = s.rooms.visible_from(&session.user_id, &room)?.saturating_sub(1);
+    let earliest = s
+        .rooms
+        .visible_from(&session.user_id, &room)?
+        .saturating_sub(1);
     let (events, start, end) = match q.dir.as_str() {
         "b" => {
             let hi = from.unwrap_or(visible).min(visible);
@@ -213,17 +319,28 @@ pub async fn messages(State(s): State<AppState>, Auth(session): Auth, P(room): P
             let mut evs = s.rooms.timeline_range(&room, lo, hi, true, limit)?;
             // Past the start of what this server has: ask the room's other
             // servers for the history before it.
-            if evs.len() < limit && earliest == 0 && s.federation.backfill(&room, limit - evs.len()).await.unwrap_or(0) > 0 {
+            if evs.len() < limit
+                && earliest == 0
+                && s.federation
+                    .backfill(&room, limit - evs.len())
+                    .await
+                    .unwrap_or(0)
+                    > 0
+            {
                 evs = s.rooms.timeline_range(&room, lo, hi, true, limit)?;
             }
-            let end = (evs.len() == limit).then(|| evs.last().map(|e| format!("t{}", e.pos - 1))).flatten();
+            let end = (evs.len() == limit)
+                .then(|| evs.last().map(|e| format!("t{}", e.pos - 1)))
+                .flatten();
             (evs, format!("t{hi}"), end)
         }
         "f" => {
             let lo = from.unwrap_or(0).max(earliest);
             let hi = to.unwrap_or(u64::MAX).min(visible);
             let evs = s.rooms.timeline_range(&room, lo, hi, false, limit)?;
-            let end = (evs.len() == limit).then(|| evs.last().map(|e| format!("t{}", e.pos))).flatten();
+            let end = (evs.len() == limit)
+                .then(|| evs.last().map(|e| format!("t{}", e.pos)))
+                .flatten();
             (evs, format!("t{lo}"), end)
         }
         _ => return Err(Error::invalid_param("dir must be b or f")),
@@ -233,9 +350,15 @@ pub async fn messages(State(s): State<AppState>, Auth(session): Auth, P(room): P
     let ignored = s.account_data.ignored_users(&session.user_id)?;
     let chunk: Vec<Value> = events
         .iter()
-        .map(|e| s.rooms.client_event_for(e, &session.user_id, device, visible, now))
+        .map(|e| {
+            s.rooms
+                .client_event_for(e, &session.user_id, device, visible, now)
+        })
         .filter(|e| filter.allows_event(e))
-        .filter(|e| e.get("state_key").is_some() || !ignored.contains(e["sender"].as_str().unwrap_or_default()))
+        .filter(|e| {
+            e.get("state_key").is_some()
+                || !ignored.contains(e["sender"].as_str().unwrap_or_default())
+        })
         .collect();
     let mut body = json!({"chunk": chunk, "start": start});
     if let Some(e) = end {
@@ -248,7 +371,12 @@ pub async fn messages(State(s): State<AppState>, Auth(session): Auth, P(room): P
 }
 
 /// Member events of the senders in `chunk`, for lazy-loading clients.
-fn member_events_for(s: &AppState, room: &ruma::RoomId, chunk: &[Value], now: u64) -> Result<Vec<Value>> {
+fn member_events_for(
+    s: &AppState,
+    room: &ruma::RoomId,
+    chunk: &[Value],
+    now: u64,
+) -> Result<Vec<Value>> {
     let senders: BTreeSet<&str> = chunk.iter().filter_map(|e| e["sender"].as_str()).collect();
     let mut out = Vec::new();
     for sender in senders {
@@ -272,25 +400,46 @@ pub async fn context(
     Q(q): Q<ContextQuery>,
 ) -> Result<Json<Value>> {
     let room = room_id(&room)?;
-    let visible = s.rooms.visible_until(&session.user_id, &room)?.min(s.rooms.stream.current());
+    let visible = s
+        .rooms
+        .visible_until(&session.user_id, &room)?
+        .min(s.rooms.stream.current());
     let earliest = s.rooms.visible_from(&session.user_id, &room)?;
     let ev = s
         .rooms
         .event(&event_id)?
         .filter(|e| e.room_id == room && e.pos <= visible && e.pos >= earliest)
         .ok_or_else(|| Error::not_found("event not found"))?;
-    let filter = s.filters.resolve(&session.user_id, q.filter.as_deref())?.room.timeline;
+    let filter = s
+        .filters
+        .resolve(&session.user_id, q.filter.as_deref())?
+        .room
+        .timeline;
     let limit = q.limit.unwrap_or(10).min(100);
-    let before = s.rooms.timeline_range(&room, earliest.saturating_sub(1), ev.pos - 1, true, limit / 2)?;
-    let after = s.rooms.timeline_range(&room, ev.pos, visible, false, limit - limit / 2)?;
+    let before = s.rooms.timeline_range(
+        &room,
+        earliest.saturating_sub(1),
+        ev.pos - 1,
+        true,
+        limit / 2,
+    )?;
+    let after = s
+        .rooms
+        .timeline_range(&room, ev.pos, visible, false, limit - limit / 2)?;
     let now = now_ms();
     let device = Some(session.device_id.as_str());
     let ignored = s.account_data.ignored_users(&session.user_id)?;
     let fmt = |list: &[StoredEvent]| -> Vec<Value> {
         list.iter()
-            .map(|e| s.rooms.client_event_for(e, &session.user_id, device, visible, now))
+            .map(|e| {
+                s.rooms
+                    .client_event_for(e, &session.user_id, device, visible, now)
+            })
             .filter(|e| filter.allows_event(e))
-            .filter(|e| e.get("state_key").is_some() || !ignored.contains(e["sender"].as_str().unwrap_or_default()))
+            .filter(|e| {
+                e.get("state_key").is_some()
+                    || !ignored.contains(e["sender"].as_str().unwrap_or_default())
+            })
             .collect()
     };
     let start = before.last().map(|e| e.pos).unwrap_or(ev.pos) - 1;
@@ -305,8 +454,14 @@ pub async fn context(
         let mut all = fmt(&before);
         all.extend(fmt(&after));
         all.push(client_event(&ev, device, None, now));
-        let senders: BTreeSet<String> = all.iter().filter_map(|e| e["sender"].as_str().map(str::to_owned)).collect();
-        state.retain(|e| e["type"] != "m.room.member" || e["state_key"].as_str().is_some_and(|k| senders.contains(k)));
+        let senders: BTreeSet<String> = all
+            .iter()
+            .filter_map(|e| e["sender"].as_str().map(str::to_owned))
+            .collect();
+        state.retain(|e| {
+            e["type"] != "m.room.member"
+                || e["state_key"].as_str().is_some_and(|k| senders.contains(k))
+        });
     }
     Ok(Json(json!({
         "event": s.rooms.client_event_for(&ev, &session.user_id, device, visible, now),

@@ -19,8 +19,15 @@ use crate::{
     sync::parse_token,
 };
 
-pub async fn upload(State(s): State<AppState>, Auth(session): Auth, Body(body): Body<Upload>) -> Result<Json<Value>> {
-    let counts = s.e2ee.upload(&session.user_id, session.device_id.as_str(), body).await?;
+pub async fn upload(
+    State(s): State<AppState>,
+    Auth(session): Auth,
+    Body(body): Body<Upload>,
+) -> Result<Json<Value>> {
+    let counts = s
+        .e2ee
+        .upload(&session.user_id, session.device_id.as_str(), body)
+        .await?;
     Ok(Json(json!({"one_time_key_counts": counts})))
 }
 
@@ -31,16 +38,27 @@ pub struct QueryBody {
     timeout: Option<u64>,
 }
 
-pub async fn query(State(s): State<AppState>, Auth(session): Auth, Body(body): Body<QueryBody>) -> Result<Json<Value>> {
+pub async fn query(
+    State(s): State<AppState>,
+    Auth(session): Auth,
+    Body(body): Body<QueryBody>,
+) -> Result<Json<Value>> {
     let viewer = &session.user_id;
-    let (mut devices, mut masters, mut self_signing, mut user_signing, mut failures) = (Map::new(), Map::new(), Map::new(), Map::new(), Map::new());
+    let (mut devices, mut masters, mut self_signing, mut user_signing, mut failures) =
+        (Map::new(), Map::new(), Map::new(), Map::new(), Map::new());
     let mut remote: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
     for (user, only) in &body.device_keys {
         if user.server_name() != s.config.server_name {
-            remote.entry(user.server_name().to_string()).or_default().insert(user.to_string(), json!(only));
+            remote
+                .entry(user.server_name().to_string())
+                .or_default()
+                .insert(user.to_string(), json!(only));
             continue;
         }
-        devices.insert(user.to_string(), Value::Object(s.e2ee.device_keys(viewer, user, only)?));
+        devices.insert(
+            user.to_string(),
+            Value::Object(s.e2ee.device_keys(viewer, user, only)?),
+        );
         if let Some(k) = s.e2ee.cross_signing_for(viewer, user, "master")? {
             masters.insert(user.to_string(), k);
         }
@@ -49,9 +67,10 @@ pub async fn query(State(s): State<AppState>, Auth(session): Auth, Body(body): B
         }
         // Only the owner ever sees their user-signing key.
         if user == viewer
-            && let Some(k) = s.e2ee.cross_signing_for(viewer, user, "user_signing")? {
-                user_signing.insert(user.to_string(), k);
-            }
+            && let Some(k) = s.e2ee.cross_signing_for(viewer, user, "user_signing")?
+        {
+            user_signing.insert(user.to_string(), k);
+        }
     }
     if !remote.is_empty() {
         let r = s.federation.query_remote_keys(remote).await;
@@ -76,14 +95,21 @@ pub struct ClaimBody {
     timeout: Option<u64>,
 }
 
-pub async fn claim(State(s): State<AppState>, Auth(_session): Auth, Body(body): Body<ClaimBody>) -> Result<Json<Value>> {
+pub async fn claim(
+    State(s): State<AppState>,
+    Auth(_session): Auth,
+    Body(body): Body<ClaimBody>,
+) -> Result<Json<Value>> {
     let mut local = BTreeMap::new();
     let mut remote: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
     for (user, devices) in body.one_time_keys {
         if user.server_name() == s.config.server_name {
             local.insert(user, devices);
         } else {
-            remote.entry(user.server_name().to_string()).or_default().insert(user.to_string(), json!(devices));
+            remote
+                .entry(user.server_name().to_string())
+                .or_default()
+                .insert(user.to_string(), json!(devices));
         }
     }
     let mut keys = s.e2ee.claim(&local).await?;
@@ -102,7 +128,11 @@ pub struct ChangesQuery {
     to: String,
 }
 
-pub async fn changes(State(s): State<AppState>, Auth(session): Auth, Q(q): Q<ChangesQuery>) -> Result<Json<Value>> {
+pub async fn changes(
+    State(s): State<AppState>,
+    Auth(session): Auth,
+    Q(q): Q<ChangesQuery>,
+) -> Result<Json<Value>> {
     let from = parse_token(&q.from)?;
     let to = parse_token(&q.to)?.min(s.rooms.stream.current());
     let c = s.e2ee.device_list_changes(&session.user_id, from, to)?;
@@ -116,13 +146,21 @@ pub struct DeviceSigningBody {
     auth: Option<AuthData>,
 }
 
-pub async fn device_signing_upload(State(s): State<AppState>, Auth(session): Auth, Body(body): Body<DeviceSigningBody>) -> Result<Json<Value>> {
+pub async fn device_signing_upload(
+    State(s): State<AppState>,
+    Auth(session): Auth,
+    Body(body): Body<DeviceSigningBody>,
+) -> Result<Json<Value>> {
     // The first upload needs no extra auth (a fresh account has nothing to
     // protect); replacing keys does, or a stolen token could swap them.
-    if s.e2ee.cross_signing_replaces(&session.user_id, &body.keys)? {
+    if s.e2ee
+        .cross_signing_replaces(&session.user_id, &body.keys)?
+    {
         require_password_uia(&s, &session, body.auth.as_ref()).await?;
     }
-    s.e2ee.upload_cross_signing(&session.user_id, body.keys).await?;
+    s.e2ee
+        .upload_cross_signing(&session.user_id, body.keys)
+        .await?;
     Ok(Json(json!({})))
 }
 
@@ -149,6 +187,14 @@ pub async fn send_to_device(
     if kind.is_empty() || kind.len() > 255 {
         return Err(Error::invalid_param("event type must be 1-255 bytes"));
     }
-    s.e2ee.send_to_device(&session.user_id, session.device_id.as_str(), &txn, &kind, body.messages).await?;
+    s.e2ee
+        .send_to_device(
+            &session.user_id,
+            session.device_id.as_str(),
+            &txn,
+            &kind,
+            body.messages,
+        )
+        .await?;
     Ok(Json(json!({})))
 }

@@ -16,17 +16,28 @@ pub async fn get_profile(State(s): State<AppState>, P(user): P<String>) -> Resul
     if user.server_name() != s.config.server_name {
         return Ok(Json(s.federation.remote_profile(&user, None).await?));
     }
-    let profile = s.profiles.get(&user)?.ok_or_else(|| Error::not_found("no such user"))?;
+    let profile = s
+        .profiles
+        .get(&user)?
+        .ok_or_else(|| Error::not_found("no such user"))?;
     Ok(Json(Value::Object(profile)))
 }
 
-pub async fn get_field(State(s): State<AppState>, P((user, key)): P<(String, String)>) -> Result<Json<Value>> {
+pub async fn get_field(
+    State(s): State<AppState>,
+    P((user, key)): P<(String, String)>,
+) -> Result<Json<Value>> {
     let user = user_id(&user)?;
     if user.server_name() != s.config.server_name {
         return Ok(Json(s.federation.remote_profile(&user, Some(&key)).await?));
     }
-    let profile = s.profiles.get(&user)?.ok_or_else(|| Error::not_found("no such user"))?;
-    let value = profile.get(&key).ok_or_else(|| Error::not_found("the user has no such profile field"))?;
+    let profile = s
+        .profiles
+        .get(&user)?
+        .ok_or_else(|| Error::not_found("no such user"))?;
+    let value = profile
+        .get(&key)
+        .ok_or_else(|| Error::not_found("the user has no such profile field"))?;
     Ok(Json(json!({ key: value })))
 }
 
@@ -40,15 +51,24 @@ pub async fn put_field(
         return Err(Error::forbidden("you can only change your own profile"));
     }
     // The body holds exactly the field being set, under its own name.
-    let value = body.get(&key).cloned().ok_or_else(|| Error::bad_json(format!("body must contain {key}")))?;
+    let value = body
+        .get(&key)
+        .cloned()
+        .ok_or_else(|| Error::bad_json(format!("body must contain {key}")))?;
     if body.len() != 1 {
-        return Err(Error::bad_json("body must contain only the field being set"));
+        return Err(Error::bad_json(
+            "body must contain only the field being set",
+        ));
     }
     s.profiles.set(&session.user_id, &key, Some(value)).await?;
     Ok(Json(json!({})))
 }
 
-pub async fn delete_field(State(s): State<AppState>, Auth(session): Auth, P((user, key)): P<(String, String)>) -> Result<Json<Value>> {
+pub async fn delete_field(
+    State(s): State<AppState>,
+    Auth(session): Auth,
+    P((user, key)): P<(String, String)>,
+) -> Result<Json<Value>> {
     if user_id(&user)? != session.user_id {
         return Err(Error::forbidden("you can only change your own profile"));
     }

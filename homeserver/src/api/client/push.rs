@@ -16,7 +16,9 @@ use crate::{
 };
 
 pub async fn get_all(State(s): State<AppState>, Auth(session): Auth) -> Result<Json<Value>> {
-    Ok(Json(json!({"global": rules::to_json(&*s.push.ruleset(&session.user_id)?)?})))
+    Ok(Json(
+        json!({"global": rules::to_json(&*s.push.ruleset(&session.user_id)?)?}),
+    ))
 }
 
 fn check_scope(scope: &str) -> Result<()> {
@@ -26,14 +28,26 @@ fn check_scope(scope: &str) -> Result<()> {
     Ok(())
 }
 
-pub async fn get_scope(State(s): State<AppState>, Auth(session): Auth, P(scope): P<String>) -> Result<Json<Value>> {
+pub async fn get_scope(
+    State(s): State<AppState>,
+    Auth(session): Auth,
+    P(scope): P<String>,
+) -> Result<Json<Value>> {
     check_scope(&scope)?;
     Ok(Json(rules::to_json(&*s.push.ruleset(&session.user_id)?)?))
 }
 
-pub async fn get_rule(State(s): State<AppState>, Auth(session): Auth, P((scope, kind, id)): P<(String, String, String)>) -> Result<Json<Value>> {
+pub async fn get_rule(
+    State(s): State<AppState>,
+    Auth(session): Auth,
+    P((scope, kind, id)): P<(String, String, String)>,
+) -> Result<Json<Value>> {
     check_scope(&scope)?;
-    Ok(Json(rules::find(&*s.push.ruleset(&session.user_id)?, &kind, &id)?))
+    Ok(Json(rules::find(
+        &*s.push.ruleset(&session.user_id)?,
+        &kind,
+        &id,
+    )?))
 }
 
 #[derive(Deserialize)]
@@ -53,25 +67,43 @@ pub async fn put_rule(
     let rule = rules::new_rule(&kind, &id, body)?;
     s.push
         .edit(&session.user_id, |set| {
-            set.insert(rule, place.after.as_deref(), place.before.as_deref()).map_err(rules::insert_error)
+            set.insert(rule, place.after.as_deref(), place.before.as_deref())
+                .map_err(rules::insert_error)
         })
         .await?;
     Ok(Json(json!({})))
 }
 
-pub async fn delete_rule(State(s): State<AppState>, Auth(session): Auth, P((scope, kind, id)): P<(String, String, String)>) -> Result<Json<Value>> {
+pub async fn delete_rule(
+    State(s): State<AppState>,
+    Auth(session): Auth,
+    P((scope, kind, id)): P<(String, String, String)>,
+) -> Result<Json<Value>> {
     check_scope(&scope)?;
     let kind = rules::parse_kind(&kind)?;
-    s.push.edit(&session.user_id, |set| set.remove(kind, &id).map_err(rules::remove_error)).await?;
+    s.push
+        .edit(&session.user_id, |set| {
+            set.remove(kind, &id).map_err(rules::remove_error)
+        })
+        .await?;
     Ok(Json(json!({})))
 }
 
-fn kind_and_check(s: &AppState, session: &crate::accounts::Session, kind: &str, id: &str) -> Result<RuleKind> {
+fn kind_and_check(
+    s: &AppState,
+    session: &crate::accounts::Session,
+    kind: &str,
+    id: &str,
+) -> Result<RuleKind> {
     rules::find(&*s.push.ruleset(&session.user_id)?, kind, id)?;
     rules::parse_kind(kind)
 }
 
-pub async fn get_enabled(State(s): State<AppState>, Auth(session): Auth, P((scope, kind, id)): P<(String, String, String)>) -> Result<Json<Value>> {
+pub async fn get_enabled(
+    State(s): State<AppState>,
+    Auth(session): Auth,
+    P((scope, kind, id)): P<(String, String, String)>,
+) -> Result<Json<Value>> {
     check_scope(&scope)?;
     let rule = rules::find(&*s.push.ruleset(&session.user_id)?, &kind, &id)?;
     Ok(Json(json!({"enabled": rule["enabled"]})))
@@ -91,12 +123,19 @@ pub async fn put_enabled(
     check_scope(&scope)?;
     let kind = kind_and_check(&s, &session, &kind, &id)?;
     s.push
-        .edit(&session.user_id, |set| set.set_enabled(kind, &id, body.enabled).map_err(|_| Error::not_found("no such push rule")))
+        .edit(&session.user_id, |set| {
+            set.set_enabled(kind, &id, body.enabled)
+                .map_err(|_| Error::not_found("no such push rule"))
+        })
         .await?;
     Ok(Json(json!({})))
 }
 
-pub async fn get_actions(State(s): State<AppState>, Auth(session): Auth, P((scope, kind, id)): P<(String, String, String)>) -> Result<Json<Value>> {
+pub async fn get_actions(
+    State(s): State<AppState>,
+    Auth(session): Auth,
+    P((scope, kind, id)): P<(String, String, String)>,
+) -> Result<Json<Value>> {
     check_scope(&scope)?;
     let rule = rules::find(&*s.push.ruleset(&session.user_id)?, &kind, &id)?;
     Ok(Json(json!({"actions": rule["actions"]})))
@@ -116,13 +155,18 @@ pub async fn put_actions(
     check_scope(&scope)?;
     let kind = kind_and_check(&s, &session, &kind, &id)?;
     s.push
-        .edit(&session.user_id, |set| set.set_actions(kind, &id, body.actions).map_err(|_| Error::not_found("no such push rule")))
+        .edit(&session.user_id, |set| {
+            set.set_actions(kind, &id, body.actions)
+                .map_err(|_| Error::not_found("no such push rule"))
+        })
         .await?;
     Ok(Json(json!({})))
 }
 
 pub async fn get_pushers(State(s): State<AppState>, Auth(session): Auth) -> Result<Json<Value>> {
-    Ok(Json(json!({"pushers": pusher::list(&s.store, &session.user_id)?})))
+    Ok(Json(
+        json!({"pushers": pusher::list(&s.store, &session.user_id)?}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -140,7 +184,11 @@ pub struct SetPusherBody {
     append: bool,
 }
 
-pub async fn set_pusher(State(s): State<AppState>, Auth(session): Auth, Body(body): Body<SetPusherBody>) -> Result<Json<Value>> {
+pub async fn set_pusher(
+    State(s): State<AppState>,
+    Auth(session): Auth,
+    Body(body): Body<SetPusherBody>,
+) -> Result<Json<Value>> {
     let Some(kind) = body.kind else {
         pusher::delete(&s.store, &session.user_id, &body.app_id, &body.pushkey)?;
         return Ok(Json(json!({})));
@@ -150,8 +198,12 @@ pub async fn set_pusher(State(s): State<AppState>, Auth(session): Auth, Body(bod
         pushkey: body.pushkey,
         kind,
         app_id: body.app_id,
-        app_display_name: body.app_display_name.ok_or_else(|| missing("app_display_name"))?,
-        device_display_name: body.device_display_name.ok_or_else(|| missing("device_display_name"))?,
+        app_display_name: body
+            .app_display_name
+            .ok_or_else(|| missing("app_display_name"))?,
+        device_display_name: body
+            .device_display_name
+            .ok_or_else(|| missing("device_display_name"))?,
         profile_tag: body.profile_tag,
         lang: body.lang.ok_or_else(|| missing("lang"))?,
         data: body.data.ok_or_else(|| missing("data"))?,
@@ -168,15 +220,29 @@ pub struct NotificationsQuery {
     only: Option<String>,
 }
 
-pub async fn get_notifications(State(s): State<AppState>, Auth(session): Auth, Q(q): Q<NotificationsQuery>) -> Result<Json<Value>> {
-    let from = q.from.as_deref().map(|f| f.parse::<u64>().map_err(|_| Error::invalid_param("invalid from token"))).transpose()?;
+pub async fn get_notifications(
+    State(s): State<AppState>,
+    Auth(session): Auth,
+    Q(q): Q<NotificationsQuery>,
+) -> Result<Json<Value>> {
+    let from = q
+        .from
+        .as_deref()
+        .map(|f| {
+            f.parse::<u64>()
+                .map_err(|_| Error::invalid_param("invalid from token"))
+        })
+        .transpose()?;
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
     let only_highlight = q.only.as_deref() == Some("highlight");
-    let (list, next) = notifications::list(&s.store, &session.user_id, from, limit, only_highlight)?;
+    let (list, next) =
+        notifications::list(&s.store, &session.user_id, from, limit, only_highlight)?;
     let now = now_ms();
     let mut out = Vec::new();
     for (n, read) in list {
-        let Some(ev) = s.rooms.event(n.event_id.as_str())? else { continue };
+        let Some(ev) = s.rooms.event(n.event_id.as_str())? else {
+            continue;
+        };
         out.push(json!({
             "actions": n.actions,
             "event": s.rooms.client_event_for(&ev, &session.user_id, None, u64::MAX, now),

@@ -22,8 +22,13 @@ pub struct RelationsQuery {
 }
 
 fn token(t: Option<&str>) -> Result<Option<u64>> {
-    t.map(|t| t.strip_prefix('r').unwrap_or(t).parse::<u64>().map_err(|_| Error::invalid_param("invalid pagination token")))
-        .transpose()
+    t.map(|t| {
+        t.strip_prefix('r')
+            .unwrap_or(t)
+            .parse::<u64>()
+            .map_err(|_| Error::invalid_param("invalid pagination token"))
+    })
+    .transpose()
 }
 
 async fn relations_inner(
@@ -36,7 +41,10 @@ async fn relations_inner(
     q: RelationsQuery,
 ) -> Result<Json<Value>> {
     let room = room_id(&room)?;
-    let visible = s.rooms.visible_until(&session.user_id, &room)?.min(s.rooms.stream.current());
+    let visible = s
+        .rooms
+        .visible_until(&session.user_id, &room)?
+        .min(s.rooms.stream.current());
     s.rooms
         .event(&event_id)?
         .filter(|e| e.room_id == room && e.pos <= visible)
@@ -63,7 +71,10 @@ async fn relations_inner(
     let device = Some(session.device_id.as_str());
     let chunk: Vec<Value> = events
         .iter()
-        .map(|e| s.rooms.client_event_for(e, &session.user_id, device, visible, now))
+        .map(|e| {
+            s.rooms
+                .client_event_for(e, &session.user_id, device, visible, now)
+        })
         .filter(|e| !ignored.contains(e["sender"].as_str().unwrap_or_default()))
         .collect();
     let mut body = json!({"chunk": chunk});
@@ -76,7 +87,12 @@ async fn relations_inner(
     Ok(Json(body))
 }
 
-pub async fn relations(State(s): State<AppState>, Auth(session): Auth, P((room, event_id)): P<(String, String)>, Q(q): Q<RelationsQuery>) -> Result<Json<Value>> {
+pub async fn relations(
+    State(s): State<AppState>,
+    Auth(session): Auth,
+    P((room, event_id)): P<(String, String)>,
+    Q(q): Q<RelationsQuery>,
+) -> Result<Json<Value>> {
     relations_inner(s, session, room, event_id, None, None, q).await
 }
 
@@ -95,7 +111,16 @@ pub async fn relations_by_type_and_event_type(
     P((room, event_id, rel_type, event_type)): P<(String, String, String, String)>,
     Q(q): Q<RelationsQuery>,
 ) -> Result<Json<Value>> {
-    relations_inner(s, session, room, event_id, Some(rel_type), Some(event_type), q).await
+    relations_inner(
+        s,
+        session,
+        room,
+        event_id,
+        Some(rel_type),
+        Some(event_type),
+        q,
+    )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -105,19 +130,40 @@ pub struct ThreadsQuery {
     include: Option<String>,
 }
 
-pub async fn threads(State(s): State<AppState>, Auth(session): Auth, P(room): P<String>, Q(q): Q<ThreadsQuery>) -> Result<Json<Value>> {
+pub async fn threads(
+    State(s): State<AppState>,
+    Auth(session): Auth,
+    P(room): P<String>,
+    Q(q): Q<ThreadsQuery>,
+) -> Result<Json<Value>> {
     let room = room_id(&room)?;
-    let visible = s.rooms.visible_until(&session.user_id, &room)?.min(s.rooms.stream.current());
+    let visible = s
+        .rooms
+        .visible_until(&session.user_id, &room)?
+        .min(s.rooms.stream.current());
     let participated = match q.include.as_deref() {
         None | Some("all") => false,
         Some("participated") => true,
         Some(_) => return Err(Error::invalid_param("include must be all or participated")),
     };
     let limit = q.limit.unwrap_or(50).clamp(1, 1000);
-    let (roots, next) = s.rooms.threads_page(&room, &session.user_id, participated, token(q.from.as_deref())?, limit, visible)?;
+    let (roots, next) = s.rooms.threads_page(
+        &room,
+        &session.user_id,
+        participated,
+        token(q.from.as_deref())?,
+        limit,
+        visible,
+    )?;
     let now = now_ms();
     let device = Some(session.device_id.as_str());
-    let chunk: Vec<Value> = roots.iter().map(|e| s.rooms.client_event_for(e, &session.user_id, device, visible, now)).collect();
+    let chunk: Vec<Value> = roots
+        .iter()
+        .map(|e| {
+            s.rooms
+                .client_event_for(e, &session.user_id, device, visible, now)
+        })
+        .collect();
     let mut body = json!({"chunk": chunk});
     if let Some(n) = next {
         body["next_batch"] = Value::from(format!("r{n}"));

@@ -24,13 +24,25 @@ pub struct SyncQuery {
     set_presence: Option<String>,
 }
 
-pub async fn sync(State(s): State<AppState>, Auth(session): Auth, Q(q): Q<SyncQuery>) -> Result<Json<Value>> {
+pub async fn sync(
+    State(s): State<AppState>,
+    Auth(session): Auth,
+    Q(q): Q<SyncQuery>,
+) -> Result<Json<Value>> {
     let filter = s.filters.resolve(&session.user_id, q.filter.as_deref())?;
     let set_presence = q.set_presence.unwrap_or_else(|| "online".into());
     if !crate::ephemeral::presence::valid_state(&set_presence) {
-        return Err(Error::invalid_param("set_presence must be online, unavailable or offline"));
+        return Err(Error::invalid_param(
+            "set_presence must be online, unavailable or offline",
+        ));
     }
-    let req = SyncRequest { since: q.since, timeout_ms: q.timeout.unwrap_or(0), full_state: q.full_state, filter, set_presence };
+    let req = SyncRequest {
+        since: q.since,
+        timeout_ms: q.timeout.unwrap_or(0),
+        full_state: q.full_state,
+        filter,
+        set_presence,
+    };
     Ok(Json(s.sync.sync(&session, req).await?))
 }
 
@@ -42,15 +54,31 @@ fn own(session: &Session, user: &str) -> Result<()> {
     Ok(())
 }
 
-pub async fn create_filter(State(s): State<AppState>, Auth(session): Auth, P(user): P<String>, Body(filter): Body<Filter>) -> Result<Json<Value>> {
+pub async fn create_filter(
+    State(s): State<AppState>,
+    Auth(session): Auth,
+    P(user): P<String>,
+    Body(filter): Body<Filter>,
+) -> Result<Json<Value>> {
     own(&session, &user)?;
-    Ok(Json(json!({"filter_id": s.filters.create(&session.user_id, filter)?})))
+    Ok(Json(
+        json!({"filter_id": s.filters.create(&session.user_id, filter)?}),
+    ))
 }
 
-pub async fn get_filter(State(s): State<AppState>, Auth(session): Auth, P((user, id)): P<(String, String)>) -> Result<Json<Value>> {
+pub async fn get_filter(
+    State(s): State<AppState>,
+    Auth(session): Auth,
+    P((user, id)): P<(String, String)>,
+) -> Result<Json<Value>> {
     own(&session, &user)?;
-    let f = s.filters.get(&session.user_id, &id)?.ok_or_else(|| Error::not_found("unknown filter"))?;
-    Ok(Json(serde_json::to_value(f).map_err(|e| Error::Unknown(e.to_string()))?))
+    let f = s
+        .filters
+        .get(&session.user_id, &id)?
+        .ok_or_else(|| Error::not_found("unknown filter"))?;
+    Ok(Json(
+        serde_json::to_value(f).map_err(|e| Error::Unknown(e.to_string()))?,
+    ))
 }
 
 /// Types the server manages through dedicated endpoints.
@@ -69,13 +97,22 @@ pub async fn put_account_data(
 ) -> Result<Json<Value>> {
     own(&session, &user)?;
     check_type(&kind)?;
-    s.account_data.set(&session.user_id, None, &kind, Value::Object(content)).await?;
+    s.account_data
+        .set(&session.user_id, None, &kind, Value::Object(content))
+        .await?;
     Ok(Json(json!({})))
 }
 
-pub async fn get_account_data(State(s): State<AppState>, Auth(session): Auth, P((user, kind)): P<(String, String)>) -> Result<Json<Value>> {
+pub async fn get_account_data(
+    State(s): State<AppState>,
+    Auth(session): Auth,
+    P((user, kind)): P<(String, String)>,
+) -> Result<Json<Value>> {
     own(&session, &user)?;
-    s.account_data.get(&session.user_id, None, &kind)?.map(Json).ok_or_else(|| Error::not_found("no account data of that type"))
+    s.account_data
+        .get(&session.user_id, None, &kind)?
+        .map(Json)
+        .ok_or_else(|| Error::not_found("no account data of that type"))
 }
 
 pub async fn put_room_account_data(
@@ -87,7 +124,9 @@ pub async fn put_room_account_data(
     own(&session, &user)?;
     check_type(&kind)?;
     let room = room_id(&room)?;
-    s.account_data.set(&session.user_id, Some(&room), &kind, Value::Object(content)).await?;
+    s.account_data
+        .set(&session.user_id, Some(&room), &kind, Value::Object(content))
+        .await?;
     Ok(Json(json!({})))
 }
 
@@ -98,7 +137,10 @@ pub async fn get_room_account_data(
 ) -> Result<Json<Value>> {
     own(&session, &user)?;
     let room = room_id(&room)?;
-    s.account_data.get(&session.user_id, Some(&room), &kind)?.map(Json).ok_or_else(|| Error::not_found("no account data of that type"))
+    s.account_data
+        .get(&session.user_id, Some(&room), &kind)?
+        .map(Json)
+        .ok_or_else(|| Error::not_found("no account data of that type"))
 }
 
 /// Room tags live in the room's `m.tag` account data, as clients see them in /sync.
@@ -109,7 +151,11 @@ fn tags_of(s: &AppState, session: &Session, room: &ruma::RoomId) -> Result<Map<S
         .unwrap_or_default())
 }
 
-pub async fn get_tags(State(s): State<AppState>, Auth(session): Auth, P((user, room)): P<(String, String)>) -> Result<Json<Value>> {
+pub async fn get_tags(
+    State(s): State<AppState>,
+    Auth(session): Auth,
+    P((user, room)): P<(String, String)>,
+) -> Result<Json<Value>> {
     own(&session, &user)?;
     let room = room_id(&room)?;
     Ok(Json(json!({"tags": tags_of(&s, &session, &room)?})))
@@ -135,17 +181,39 @@ pub async fn put_tag(
         return Err(Error::invalid_param("order must be between 0 and 1"));
     }
     let mut tags = tags_of(&s, &session, &room)?;
-    tags.insert(tag, body.order.map_or_else(|| json!({}), |o| json!({"order": o})));
-    s.account_data.set(&session.user_id, Some(&room), "m.tag", json!({"tags": tags})).await?;
+    tags.insert(
+        tag,
+        body.order
+            .map_or_else(|| json!({}), |o| json!({"order": o})),
+    );
+    s.account_data
+        .set(
+            &session.user_id,
+            Some(&room),
+            "m.tag",
+            json!({"tags": tags}),
+        )
+        .await?;
     Ok(Json(json!({})))
 }
 
-pub async fn delete_tag(State(s): State<AppState>, Auth(session): Auth, P((user, room, tag)): P<(String, String, String)>) -> Result<Json<Value>> {
+pub async fn delete_tag(
+    State(s): State<AppState>,
+    Auth(session): Auth,
+    P((user, room, tag)): P<(String, String, String)>,
+) -> Result<Json<Value>> {
     own(&session, &user)?;
     let room = room_id(&room)?;
     let mut tags = tags_of(&s, &session, &room)?;
     if tags.remove(&tag).is_some() {
-        s.account_data.set(&session.user_id, Some(&room), "m.tag", json!({"tags": tags})).await?;
+        s.account_data
+            .set(
+                &session.user_id,
+                Some(&room),
+                "m.tag",
+                json!({"tags": tags}),
+            )
+            .await?;
     }
     Ok(Json(json!({})))
 }

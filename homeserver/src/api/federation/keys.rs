@@ -14,8 +14,13 @@ use crate::{
 const VALIDITY_MS: u64 = 24 * 3600 * 1000;
 
 fn own_document(s: &AppState) -> Result<Value> {
-    server_keys::key_document(s.config.server_name.as_str(), &s.federation.key, &s.federation.old_keys, now_ms() + VALIDITY_MS)
-        .map_err(|e| Error::Unknown(e.to_string()))
+    server_keys::key_document(
+        s.config.server_name.as_str(),
+        &s.federation.key,
+        &s.federation.old_keys,
+        now_ms() + VALIDITY_MS,
+    )
+    .map_err(|e| Error::Unknown(e.to_string()))
 }
 
 pub async fn server_keys(State(s): State<AppState>) -> Result<Json<Value>> {
@@ -38,9 +43,14 @@ async fn notarised(s: &AppState, server: &str) -> Option<Value> {
     server_keys::countersign(&doc, s.config.server_name.as_str(), &s.federation.key).ok()
 }
 
-pub async fn query(State(s): State<AppState>, crate::api::extract::Body(body): crate::api::extract::Body<Value>) -> Result<Json<Value>> {
+pub async fn query(
+    State(s): State<AppState>,
+    crate::api::extract::Body(body): crate::api::extract::Body<Value>,
+) -> Result<Json<Value>> {
     s.federation.require_enabled()?;
-    let wanted = body["server_keys"].as_object().ok_or_else(|| Error::bad_json("server_keys must be an object"))?;
+    let wanted = body["server_keys"]
+        .as_object()
+        .ok_or_else(|| Error::bad_json("server_keys must be an object"))?;
     let mut out = Vec::new();
     for server in wanted.keys().take(20) {
         if let Some(d) = notarised(&s, server).await {
