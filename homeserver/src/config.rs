@@ -34,6 +34,7 @@ pub enum RegistrationMode {
 struct RawConfig {
     server_name: Option<String>,
     listen: Option<String>,
+    public_base_url: Option<String>,
     default_room_version: Option<String>,
     max_request_bytes: Option<u64>,
     #[serde(default)]
@@ -208,6 +209,9 @@ struct RawSync {
 pub struct Config {
     pub server_name: OwnedServerName,
     pub listen: SocketAddr,
+    /// Where clients reach the server (`https://matrix.example.org`), for
+    /// /.well-known/matrix/client; `None`: the URL the request came in on.
+    pub public_base_url: Option<String>,
     pub default_room_version: RoomVersionId,
     pub max_request_bytes: usize,
     pub database_path: PathBuf,
@@ -284,6 +288,22 @@ impl Config {
         let listen: SocketAddr = listen
             .parse()
             .map_err(|e| invalid("listen", format!("expected ADDRESS:PORT: {e}")))?;
+        let public_base_url = match raw.public_base_url.filter(|u| !u.is_empty()) {
+            Some(u) => {
+                let u = u.trim_end_matches('/').to_owned();
+                let host = u
+                    .strip_prefix("https://")
+                    .or_else(|| u.strip_prefix("http://"));
+                if host.is_none_or(|h| h.is_empty() || h.contains(char::is_whitespace)) {
+                    return Err(invalid(
+                        "public_base_url",
+                        "expected an http:// or https:// URL".into(),
+                    ));
+                }
+                Some(u)
+            }
+            None => None,
+        };
         let version = raw.default_room_version.unwrap_or_else(|| "12".into());
         if !SUPPORTED_ROOM_VERSIONS.contains(&version.as_str()) {
             return Err(invalid(
@@ -418,6 +438,7 @@ impl Config {
             publish_policy: raw.directory.publish.unwrap_or(PublishPolicy::Members),
             server_name,
             listen,
+            public_base_url,
             default_room_version,
             max_request_bytes: usize::try_from(max_request_bytes)
                 .map_err(|_| invalid("max_request_bytes", "too large".into()))?,

@@ -46,8 +46,13 @@ pub enum Error {
     UnsupportedRoomVersion,
     #[error("{0}")]
     InvalidRoomState(String),
+    /// A request the spec has no better code for (e.g. an unsupported login type).
     #[error("{0}")]
     Unknown(String),
+    /// Our own failure (serialising our own values, a task that died, a
+    /// file we cannot write): 500, logged as an error.
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error("too many requests")]
     LimitExceeded { retry_after_ms: u64 },
     #[error("{0}")]
@@ -94,6 +99,9 @@ impl Error {
     pub fn invalid_param(msg: impl Into<String>) -> Self {
         Error::InvalidParam(msg.into())
     }
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        Error::Internal(e.to_string())
+    }
 
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         use Error::*;
@@ -121,6 +129,7 @@ impl Error {
             UnsupportedRoomVersion => (StatusCode::BAD_REQUEST, "M_UNSUPPORTED_ROOM_VERSION"),
             InvalidRoomState(_) => (StatusCode::BAD_REQUEST, "M_INVALID_ROOM_STATE"),
             Unknown(_) => (StatusCode::BAD_REQUEST, "M_UNKNOWN"),
+            Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN"),
             Uia(_) => (StatusCode::UNAUTHORIZED, "M_FORBIDDEN"),
             LimitExceeded { .. } => (StatusCode::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED"),
             DuplicateAnnotation => (StatusCode::BAD_REQUEST, "M_DUPLICATE_ANNOTATION"),
@@ -147,6 +156,10 @@ impl IntoResponse for Error {
             Error::Storage(e) => {
                 tracing::error!("storage failure: {e}");
                 json!({"errcode": errcode, "error": "internal storage error"})
+            }
+            Error::Internal(e) => {
+                tracing::error!("internal failure: {e}");
+                json!({"errcode": errcode, "error": "internal server error"})
             }
             Error::UnknownToken { soft_logout } => {
                 json!({"errcode": errcode, "error": self.to_string(), "soft_logout": soft_logout})

@@ -1,7 +1,7 @@
 //! Bad input over raw HTTP: each rejection has the right status and errcode,
 //! changes nothing, and leaves the server up.
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, ensure};
 use bellwire_tests::{Body, Http, ServerOptions, TestServer, enc, password_for};
 use serde_json::{Value, json};
 
@@ -327,7 +327,8 @@ async fn forbidden_actions_are_403_and_change_nothing() -> Result<()> {
 }
 
 /// Unknown endpoints: 404 M_UNRECOGNIZED; known endpoints with the wrong
-/// method: 405 M_UNRECOGNIZED.
+/// method: 405 M_UNRECOGNIZED. Paths outside /_matrix and /.well-known
+/// are not Matrix endpoints (the web client lives there): a plain 404.
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_endpoints_and_wrong_methods_are_unrecognized() -> Result<()> {
     let server = TestServer::start().await?;
@@ -359,6 +360,18 @@ async fn unknown_endpoints_and_wrong_methods_are_unrecognized() -> Result<()> {
         http.joined_rooms(&token).await?.is_empty(),
         "GET createRoom created nothing"
     );
+    for path in ["/", "/no/such/page", "/_matrixx/client"] {
+        let r = http.call("GET", path, None, Body::None).await?;
+        ensure!(
+            r.status == 404 && r.errcode().is_none(),
+            "GET {path}: {} {}",
+            r.status,
+            r.text
+        );
+    }
+    http.call("GET", "/.well-known/matrix/nothing", None, Body::None)
+        .await?
+        .expect_error(404, "M_UNRECOGNIZED")?;
 
     assert_still_serving(&http, &token).await
 }

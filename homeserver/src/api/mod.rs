@@ -8,9 +8,13 @@ pub mod media;
 
 use std::sync::Arc;
 
-use axum::Router;
+use axum::{
+    Router,
+    http::{StatusCode, Uri},
+    response::{IntoResponse, Response},
+};
 
-use crate::services::Services;
+use crate::{error::Error, services::Services};
 
 pub type AppState = Arc<Services>;
 
@@ -18,18 +22,20 @@ pub fn router(services: AppState) -> Router {
     client::routes()
         .merge(media_routes())
         .merge(federation::routes())
-        .fallback(|| async {
-            crate::error::Error::Unrecognized {
-                method_not_allowed: false,
-            }
-        })
-        .method_not_allowed_fallback(|| async {
-            crate::error::Error::Unrecognized {
-                method_not_allowed: true,
-            }
-        })
+        .fallback(|uri: Uri| async move { unrecognized(&uri, false) })
+        .method_not_allowed_fallback(|uri: Uri| async move { unrecognized(&uri, true) })
         .with_state(services)
         .layer(axum::middleware::from_fn(cors::cors))
+}
+
+/// Matrix paths answer unknown endpoints with the spec's JSON error; every
+/// other path is left free for the web client, so it gets a plain 404.
+fn unrecognized(uri: &Uri, method_not_allowed: bool) -> Response {
+    let path = uri.path();
+    if path.starts_with("/_matrix/") || path.starts_with("/.well-known/") {
+        return Error::Unrecognized { method_not_allowed }.into_response();
+    }
+    (StatusCode::NOT_FOUND, "Not Found").into_response()
 }
 
 fn media_routes() -> Router<AppState> {

@@ -15,14 +15,21 @@ pub async fn versions() -> Json<Value> {
     }))
 }
 
-/// Points clients at the URL they reached us on, unless it is configured.
+/// Points clients at `public_base_url`, or else at the URL the request came
+/// in on (behind a TLS proxy, `X-Forwarded-Proto` says it was https).
 pub async fn well_known_client(State(s): State<AppState>, headers: HeaderMap) -> Json<Value> {
-    let host = headers
-        .get("host")
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .unwrap_or_else(|| s.config.listen.to_string());
-    Json(json!({"m.homeserver": {"base_url": format!("http://{host}")}}))
+    let base_url = s.config.public_base_url.clone().unwrap_or_else(|| {
+        let header = |name: &str| headers.get(name).and_then(|h| h.to_str().ok());
+        let host = header("host")
+            .map(str::to_owned)
+            .unwrap_or_else(|| s.config.listen.to_string());
+        let scheme = match header("x-forwarded-proto") {
+            Some("https") => "https",
+            _ => "http",
+        };
+        format!("{scheme}://{host}")
+    });
+    Json(json!({"m.homeserver": {"base_url": base_url}}))
 }
 
 pub async fn capabilities(State(s): State<AppState>, Auth(_): Auth) -> Json<Value> {
@@ -34,8 +41,11 @@ pub async fn capabilities(State(s): State<AppState>, Auth(_): Auth) -> Json<Valu
         "capabilities": {
             "m.room_versions": {"default": s.config.default_room_version.as_str(), "available": available},
             "m.change_password": {"enabled": true},
-            "m.set_displayname": {"enabled": false},
-            "m.set_avatar_url": {"enabled": false},
+            // Profile changes work (PUT /profile/{userId}/{field}): clients
+            // hide "rename" when these say otherwise.
+            "m.set_displayname": {"enabled": true},
+            "m.set_avatar_url": {"enabled": true},
+            "m.profile_fields": {"enabled": true},
             "m.3pid_changes": {"enabled": false},
         }
     }))
