@@ -8,8 +8,8 @@ use serde_json::Value;
 
 use crate::{
     error::Result,
-    storage::{Store, Table, keys},
-    sync::stream::{Notifier, StreamPositions},
+    storage::{Read, Store, Table, keys},
+    stream::{Stream, Write},
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -30,8 +30,7 @@ pub struct Changes {
 #[derive(Clone)]
 pub struct AccountData {
     store: Store,
-    stream: Arc<StreamPositions>,
-    notifier: Arc<Notifier>,
+    stream: Arc<Stream>,
 }
 
 fn key(user: &UserId, room: Option<&RoomId>, kind: &str) -> Vec<u8> {
@@ -39,12 +38,12 @@ fn key(user: &UserId, room: Option<&RoomId>, kind: &str) -> Vec<u8> {
 }
 
 impl AccountData {
-    pub fn new(store: Store, stream: Arc<StreamPositions>, notifier: Arc<Notifier>) -> Self {
-        AccountData {
-            store,
-            stream,
-            notifier,
-        }
+    pub fn new(store: Store, stream: Arc<Stream>) -> Self {
+        AccountData { store, stream }
+    }
+
+    pub(crate) fn stream(&self) -> &Stream {
+        &self.stream
     }
 
     pub fn get(&self, user: &UserId, room: Option<&RoomId>, kind: &str) -> Result<Option<Value>> {
@@ -61,30 +60,24 @@ impl AccountData {
         kind: &str,
         content: Value,
     ) -> Result<()> {
-        let _writer = self.stream.writer.lock().await;
-        self.set_locked(user, room, kind, content)
+        self.stream
+            .write(|w| {
+                stage(w, user, room, kind, content);
+                Ok(())
+            })
+            .await
     }
 
-    /// For callers that already hold the stream writer lock.
-    pub fn set_locked(
+    /// Reads `kind` as a write in progress sees it.
+    pub fn get_in(
         &self,
+        r: &impl Read,
         user: &UserId,
         room: Option<&RoomId>,
         kind: &str,
-        content: Value,
-    ) -> Result<()> {
-        let pos = self.stream.next();
-        let mut batch = self.store.batch();
-        batch.put(
-            ACCOUNT_DATA,
-            &key(user, room, kind),
-            &Entry { pos, content },
-        );
-        self.stream.record(&mut batch, pos);
-        batch.commit()?;
-        self.stream.publish(pos);
-        self.notifier.wake([user]);
-        Ok(())
+    ) -> Result<Option<Value>> {
+        Ok(r.get(ACCOUNT_DATA, &key(user, room, kind))?
+            .map(|e| e.content))
     }
 
     /// Senders on the user's ignore list (`m.ignored_user_list`).
@@ -126,4 +119,15 @@ impl AccountData {
         }
         Ok(out)
     }
+}
+
+/// Sets account data as part of a larger write (a join's `m.direct`).
+pub fn stage(w: &mut Write<'_>, user: &UserId, room: Option<&RoomId>, kind: &str, content: Value) {
+    let pos = w.next_pos();
+    w.put(
+        ACCOUNT_DATA,
+        &key(user, room, kind),
+        &Entry { pos, content },
+    );
+    w.wake([user]);
 }

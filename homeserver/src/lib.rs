@@ -10,6 +10,7 @@ pub mod ephemeral;
 pub mod error;
 pub mod federation;
 pub mod media;
+pub mod outbox;
 pub mod profiles;
 pub mod push;
 pub mod ratelimit;
@@ -18,6 +19,7 @@ pub mod rooms;
 pub mod services;
 pub mod signing_key;
 pub mod storage;
+pub mod stream;
 pub mod sync;
 #[cfg(test)]
 mod test_support;

@@ -4,10 +4,9 @@ use ruma::UserId;
 use serde_json::{Map, Value};
 
 use crate::{
-    accounts::USERS,
+    accounts::Accounts,
     error::{Error, Result},
     rooms::{NewEvent, Rooms},
-    storage::Store,
 };
 
 /// The spec's cap on a whole profile (v1.16: 64 KiB).
@@ -15,18 +14,18 @@ const MAX_PROFILE_BYTES: usize = 65_536;
 
 #[derive(Clone)]
 pub struct Profiles {
-    store: Store,
+    accounts: Accounts,
     rooms: Rooms,
 }
 
 impl Profiles {
-    pub fn new(store: Store, rooms: Rooms) -> Self {
-        Profiles { store, rooms }
+    pub fn new(accounts: Accounts, rooms: Rooms) -> Self {
+        Profiles { accounts, rooms }
     }
 
     /// The whole profile, or `None` for an unknown user.
     pub fn get(&self, user: &UserId) -> Result<Option<Map<String, Value>>> {
-        let Some(u) = self.store.get(USERS, user.as_bytes())? else {
+        let Some(u) = self.accounts.get(user)? else {
             return Ok(None);
         };
         let mut out = u.profile_fields.clone();
@@ -45,44 +44,48 @@ impl Profiles {
         if key.is_empty() || key.len() > 255 {
             return Err(Error::invalid_param("profile keys are 1-255 bytes"));
         }
-        let mut record = self
-            .store
-            .get(USERS, user.as_bytes())?
-            .ok_or_else(|| Error::not_found("no such user"))?;
-        match key {
-            "displayname" | "avatar_url" => {
-                let v = match value {
-                    None | Some(Value::Null) => None,
-                    Some(Value::String(s)) => Some(s),
-                    Some(_) => return Err(Error::bad_json(format!("{key} must be a string"))),
-                };
-                if key == "avatar_url" && v.as_deref().is_some_and(|u| !u.starts_with("mxc://")) {
-                    return Err(Error::invalid_param("avatar_url must be an mxc:// URI"));
+        self.accounts
+            .update(user, |record| {
+                match key {
+                    "displayname" | "avatar_url" => {
+                        let v = match value {
+                            None | Some(Value::Null) => None,
+                            Some(Value::String(s)) => Some(s),
+                            Some(_) => {
+                                return Err(Error::bad_json(format!("{key} must be a string")));
+                            }
+                        };
+                        if key == "avatar_url"
+                            && v.as_deref().is_some_and(|u| !u.starts_with("mxc://"))
+                        {
+                            return Err(Error::invalid_param("avatar_url must be an mxc:// URI"));
+                        }
+                        if key == "displayname" {
+                            record.displayname = v
+                        } else {
+                            record.avatar_url = v
+                        }
+                    }
+                    _ => match value {
+                        None => {
+                            record.profile_fields.remove(key);
+                        }
+                        Some(v) => {
+                            record.profile_fields.insert(key.to_owned(), v);
+                        }
+                    },
                 }
-                if key == "displayname" {
-                    record.displayname = v
-                } else {
-                    record.avatar_url = v
+                let size = serde_json::to_vec(&record.profile_fields)
+                    .map(|b| b.len())
+                    .unwrap_or(0)
+                    + record.displayname.as_ref().map_or(0, String::len)
+                    + record.avatar_url.as_ref().map_or(0, String::len);
+                if size > MAX_PROFILE_BYTES {
+                    return Err(Error::ProfileTooLarge);
                 }
-            }
-            _ => match value {
-                None => {
-                    record.profile_fields.remove(key);
-                }
-                Some(v) => {
-                    record.profile_fields.insert(key.to_owned(), v);
-                }
-            },
-        }
-        let size = serde_json::to_vec(&record.profile_fields)
-            .map(|b| b.len())
-            .unwrap_or(0)
-            + record.displayname.as_ref().map_or(0, String::len)
-            + record.avatar_url.as_ref().map_or(0, String::len);
-        if size > MAX_PROFILE_BYTES {
-            return Err(Error::ProfileTooLarge);
-        }
-        self.store.put(USERS, user.as_bytes(), &record)?;
+                Ok(())
+            })
+            .await?;
         if key == "displayname" || key == "avatar_url" {
             self.propagate(user).await;
         }

@@ -11,16 +11,14 @@ use crate::{
     ephemeral::{presence::Presence, receipts::Receipts, typing::Typing},
     error::Result,
     media::Media,
+    outbox::{Couriers, Outbox},
     profiles::Profiles,
-    push::{Push, pusher},
+    push::{Push, gateway::PushCourier},
     ratelimit::RateLimiter,
     rooms::Rooms,
-    storage::{Store, Table},
-    sync::{
-        SyncService,
-        filter::Filters,
-        stream::{Notifier, StreamPositions},
-    },
+    storage::{Read, Store, Table},
+    stream::{Notifier, Stream},
+    sync::{SyncService, filter::Filters},
 };
 
 pub struct Services {
@@ -52,50 +50,33 @@ const META_BYTES: Table<String> = Table::new("meta");
 impl Services {
     pub fn build(config: Config, store: Store) -> Result<Self> {
         let key = Arc::new(crate::signing_key::load_or_create(&store)?);
-        let stream = Arc::new(StreamPositions::load(&store)?);
-        let notifier = Arc::new(Notifier::default());
-        let account_data = AccountData::new(store.clone(), stream.clone(), notifier.clone());
-        let (push, push_queue) = Push::new(store.clone(), account_data.clone());
-        let (outbound, new_destinations) = crate::federation::queue::OutboundQueue::new(
-            store.clone(),
-            config.server_name.to_string(),
-        )?;
+        let stream = Arc::new(Stream::new(store.clone(), Arc::new(Notifier::default()))?);
+        let outbox = Outbox::new(store.clone(), config.server_name.to_string())?;
+        let account_data = AccountData::new(store.clone(), stream.clone());
+        let push = Push::new(store.clone(), account_data.clone(), outbox.clone());
         let rooms = Rooms::new(
             store.clone(),
             config.server_name.clone(),
             key.clone(),
             stream.clone(),
-            notifier.clone(),
             account_data.clone(),
             config.default_room_version.clone(),
             push.clone(),
-            outbound.clone(),
+            outbox.clone(),
         );
-        let typing = Typing::new(
-            store.clone(),
-            stream.clone(),
-            notifier.clone(),
-            rooms.clone(),
-        );
-        let receipts = Receipts::new(
-            store.clone(),
-            stream.clone(),
-            notifier.clone(),
-            rooms.clone(),
-        );
+        let typing = Typing::new(stream.clone(), rooms.clone());
+        let receipts = Receipts::new(store.clone(), stream.clone(), rooms.clone());
         let presence = Presence::new(
             store.clone(),
             stream.clone(),
-            notifier.clone(),
             rooms.clone(),
             account_data.clone(),
             config.presence_enabled,
         );
-        let accounts = Accounts::new(store.clone(), &config.server_name);
+        let accounts = Accounts::new(store.clone(), stream.clone(), &config.server_name);
         let e2ee = E2ee::new(
             store.clone(),
             stream.clone(),
-            notifier.clone(),
             rooms.clone(),
             accounts.clone(),
         );
@@ -109,11 +90,9 @@ impl Services {
             e2ee: e2ee.clone(),
             store: store.clone(),
             stream,
-            notifier,
             default_limit: config.sync_default_timeline_limit,
             max_timeout_ms: config.sync_max_timeout_ms,
         };
-        tokio::spawn(pusher::run(push_queue, rooms.clone(), push.clone()));
         tokio::spawn(presence.clone().sweep_forever());
         let registration_token = match (config.registration_mode, &config.registration_token) {
             (RegistrationMode::Token, Some(t)) => Some(t.clone()),
@@ -145,8 +124,7 @@ impl Services {
             crate::federation::Parts {
                 store: store.clone(),
                 key: key.clone(),
-                queue: outbound,
-                new_destinations,
+                outbox: outbox.clone(),
                 rooms: rooms.clone(),
                 typing: typing.clone(),
                 receipts: receipts.clone(),
@@ -155,8 +133,13 @@ impl Services {
                 media: media.clone(),
             },
         )?;
+        outbox.start(Couriers {
+            servers: federation.courier(&config),
+            pushers: Some(Arc::new(PushCourier::new(rooms.clone(), push.clone())?)),
+            appservices: None,
+        })?;
         Ok(Services {
-            accounts,
+            accounts: accounts.clone(),
             e2ee,
             media,
             federation,
@@ -166,7 +149,7 @@ impl Services {
             receipts,
             presence,
             push,
-            profiles: Profiles::new(store.clone(), rooms.clone()),
+            profiles: Profiles::new(accounts.clone(), rooms.clone()),
             public_rooms: PublicRooms::new(store.clone(), rooms.clone(), config.publish_policy),
             user_directory: UserDirectory::new(
                 store.clone(),

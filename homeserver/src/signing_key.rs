@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     accounts::{now_ms, random_string},
     error::{Error, Result},
-    storage::{Store, Table},
+    storage::{Read, Store, Table},
 };
 
 /// `"signing_key" -> "<version>:<base64 PKCS#8>"`.
@@ -22,7 +22,7 @@ struct StoredOldKey {
 }
 
 fn bad(e: impl std::fmt::Display) -> Error {
-    Error::Unknown(format!("server signing key: {e}"))
+    Error::Internal(format!("server signing key: {e}"))
 }
 
 fn encode(key: &ServerKey, version: &str) -> String {

@@ -29,13 +29,17 @@ pub fn world() -> World {
 }
 
 impl World {
-    pub fn user(&self, name: &str) -> OwnedUserId {
+    pub async fn user(&self, name: &str) -> OwnedUserId {
         let id = self
             .s
             .accounts
             .user_id_for_localpart(name)
             .expect("localpart");
-        self.s.accounts.create(&id, None).expect("create user");
+        self.s
+            .accounts
+            .create(&id, None)
+            .await
+            .expect("create user");
         id
     }
 

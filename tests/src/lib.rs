@@ -2229,6 +2229,8 @@ pub struct PushRequest {
     pub path: String,
     /// The body parsed as JSON (Null if it was not JSON).
     pub body: Value,
+    /// The status the gateway answered (503 while it was out of order).
+    pub answered: u16,
 }
 
 impl PushRequest {
@@ -2248,11 +2250,13 @@ impl PushRequest {
 }
 
 /// A minimal HTTP/1.1 push gateway on 127.0.0.1 (a free port): records every
-/// request and answers `200 {"rejected":[]}`. Keep-alive and chunked request
-/// bodies are supported. Stops accepting when dropped.
+/// request and answers `200 {"rejected":[]}` (or 503 while out of order).
+/// Keep-alive and chunked request bodies are supported. Stops accepting
+/// when dropped.
 pub struct PushGateway {
     addr: SocketAddr,
     received: std::sync::Arc<Mutex<Vec<PushRequest>>>,
+    out_of_order: std::sync::Arc<std::sync::atomic::AtomicBool>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -2378,21 +2382,35 @@ async fn read_push_request(
         buf.drain(..len).collect()
     };
     let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    Ok(Some((PushRequest { method, path, body }, !close)))
+    Ok(Some((
+        PushRequest {
+            method,
+            path,
+            body,
+            answered: 0,
+        },
+        !close,
+    )))
 }
 
 async fn serve_push_connection(
     mut stream: tokio::net::TcpStream,
     received: std::sync::Arc<Mutex<Vec<PushRequest>>>,
+    out_of_order: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<()> {
     use tokio::io::AsyncWriteExt;
     let mut buf = Vec::new();
-    while let Some((request, keep_alive)) = read_push_request(&mut stream, &mut buf).await? {
+    while let Some((mut request, keep_alive)) = read_push_request(&mut stream, &mut buf).await? {
+        let (status, body) = if out_of_order.load(std::sync::atomic::Ordering::SeqCst) {
+            ("503 Service Unavailable", r#"{"error":"out of order"}"#)
+        } else {
+            ("200 OK", r#"{"rejected":[]}"#)
+        };
+        request.answered = status[..3].parse().unwrap_or(0);
         received.lock().unwrap().push(request);
-        let body = r#"{"rejected":[]}"#;
         let connection = if keep_alive { "keep-alive" } else { "close" };
         let response = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
              connection: {connection}\r\n\r\n{body}",
             body.len()
         );
@@ -2413,12 +2431,13 @@ impl PushGateway {
             .context("push gateway: cannot bind 127.0.0.1:0")?;
         let addr = listener.local_addr()?;
         let received = std::sync::Arc::new(Mutex::new(Vec::new()));
-        let sink = received.clone();
+        let out_of_order = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (sink, broken) = (received.clone(), out_of_order.clone());
         let accept = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let sink = sink.clone();
+                let (sink, broken) = (sink.clone(), broken.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = serve_push_connection(stream, sink).await {
+                    if let Err(e) = serve_push_connection(stream, sink, broken).await {
                         eprintln!("push gateway connection error: {e:#}");
                     }
                 });
@@ -2427,8 +2446,16 @@ impl PushGateway {
         Ok(Self {
             addr,
             received,
+            out_of_order,
             accept,
         })
+    }
+
+    /// While out of order, every request is recorded and answered 503, as a
+    /// gateway that is down for maintenance would.
+    pub fn set_out_of_order(&self, broken: bool) {
+        self.out_of_order
+            .store(broken, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The URL to register as a pusher's `data.url`.

@@ -579,6 +579,44 @@ async fn messages_sent_while_a_server_is_down_arrive_when_it_returns() -> Result
     Ok(())
 }
 
+/// Bob's server holds the room's create event only as part of the state
+/// his join brought (it is not in hs2's timeline). When his client asks for
+/// the context around it, hs2 says it has no such event in the timeline
+/// rather than failing, and goes on serving; around his own join, the
+/// context is there.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_context_of_an_event_known_only_from_a_join_is_not_found() -> Result<()> {
+    let (_federation, hs1, hs2) = two_servers().await?;
+    let (alice, bob) = alice_and_bob(&hs1, &hs2).await?;
+    let room_id = share_room(&alice, &bob, "Context").await?;
+    let facts = room_facts(&bob, &room_id).await?;
+    let http = bob.http();
+    let context = |event: &str| {
+        format!(
+            "/_matrix/client/v3/rooms/{}/context/{}",
+            enc(room_id.as_str()),
+            enc(event)
+        )
+    };
+    http.get(&context(&facts.create), Some(&bob.access_token()))
+        .await?
+        .expect_error(404, "M_NOT_FOUND")?;
+    let own_join = facts
+        .members
+        .get(bob.user_id.as_str())
+        .context("Bob's join is in the room state")?;
+    let r = http
+        .get(&context(own_join), Some(&bob.access_token()))
+        .await?;
+    r.expect_ok()?;
+    ensure!(
+        r.json["event"]["event_id"] == own_join.as_str(),
+        "{}",
+        r.text
+    );
+    Ok(())
+}
+
 /// Bob leaves the room: Alice's client sees his membership turn to
 /// `leave`, and both servers agree he is gone.
 #[tokio::test(flavor = "multi_thread")]

@@ -558,3 +558,47 @@ async fn the_master_rule_silences_pushes_and_counts() -> Result<()> {
     .await?;
     Ok(())
 }
+
+/// Bob's push gateway is down for maintenance when Alice writes to him; the
+/// server keeps the push and retries. The server is then killed (SIGKILL)
+/// before the gateway comes back: after the restart, the push still arrives.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queued_push_survives_kill_9() -> Result<()> {
+    let mut server = TestServer::start().await?;
+    let http = server.http();
+    let gateway = PushGateway::start().await?;
+    let alice = server.new_user("alice").await?;
+    let bob = server.new_user("bob").await?;
+    set_pusher(
+        &http,
+        &bob,
+        http_pusher("bob-phone", &gateway.notify_url(), None),
+    )
+    .await?;
+    let room = dm(&alice, &bob).await?;
+
+    gateway.set_out_of_order(true);
+    let message = http
+        .send_text(&alice.access_token(), &room, "late-1", "Call me back")
+        .await?;
+    message.expect_ok()?;
+    let event_id = message.json["event_id"]
+        .as_str()
+        .context("no event_id")?
+        .to_owned();
+    gateway
+        .wait_for("a refused attempt to push Alice's message", |r| {
+            is_push_for(r, "bob-phone", &event_id) && r.answered == 503
+        })
+        .await?;
+
+    server.kill9().await?;
+    gateway.set_out_of_order(false);
+    server.start_again().await?;
+    gateway
+        .wait_for("the push, delivered after the restart", |r| {
+            is_push_for(r, "bob-phone", &event_id) && r.answered == 200
+        })
+        .await?;
+    Ok(())
+}

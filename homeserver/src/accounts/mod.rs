@@ -3,7 +3,10 @@
 pub mod openid;
 pub mod uia;
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::{
+    sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
+};
 
 use argon2::{
     Argon2, PasswordHash, PasswordHasher, PasswordVerifier,
@@ -15,7 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     error::{Error, Result},
-    storage::{Store, Table, keys},
+    storage::{Read, Store, Table, keys},
+    stream::Stream,
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -77,13 +81,15 @@ pub fn random_string(len: usize) -> String {
 #[derive(Clone)]
 pub struct Accounts {
     store: Store,
+    stream: Arc<Stream>,
     server_name: ruma::OwnedServerName,
 }
 
 impl Accounts {
-    pub fn new(store: Store, server_name: &ServerName) -> Self {
+    pub fn new(store: Store, stream: Arc<Stream>, server_name: &ServerName) -> Self {
         Accounts {
             store,
+            stream,
             server_name: server_name.to_owned(),
         }
     }
@@ -132,11 +138,14 @@ impl Accounts {
         Ok(self.store.get(USERS, user_id.as_bytes())?)
     }
 
-    pub fn create(&self, user_id: &UserId, password: Option<&str>) -> Result<()> {
-        if self.exists(user_id)? {
-            return Err(Error::UserInUse);
-        }
-        let password_hash = password.map(hash_password).transpose()?;
+    /// Creates an account. The password is hashed first (slow, off the
+    /// async threads); whether the name is free is decided inside the write,
+    /// so of two registrations racing for one name exactly one succeeds.
+    pub async fn create(&self, user_id: &UserId, password: Option<String>) -> Result<()> {
+        let password_hash = match password {
+            Some(p) => Some(with_password_hasher(move || hash_password(&p)).await?),
+            None => None,
+        };
         let record = UserRecord {
             password_hash,
             created_ts: now_ms(),
@@ -145,8 +154,34 @@ impl Accounts {
             avatar_url: None,
             profile_fields: Default::default(),
         };
-        self.store.put(USERS, user_id.as_bytes(), &record)?;
-        Ok(())
+        self.stream
+            .write(|w| {
+                if w.contains(USERS, user_id.as_bytes())? {
+                    return Err(Error::UserInUse);
+                }
+                w.put(USERS, user_id.as_bytes(), &record);
+                Ok(())
+            })
+            .await
+    }
+
+    /// Changes a user's record in one write (password, profile), so two
+    /// changes at once never undo each other.
+    pub async fn update<T>(
+        &self,
+        user_id: &UserId,
+        change: impl FnOnce(&mut UserRecord) -> Result<T>,
+    ) -> Result<T> {
+        self.stream
+            .write(|w| {
+                let mut user = w
+                    .get(USERS, user_id.as_bytes())?
+                    .ok_or_else(|| Error::not_found("no such user"))?;
+                let out = change(&mut user)?;
+                w.put(USERS, user_id.as_bytes(), &user);
+                Ok(out)
+            })
+            .await
     }
 
     /// Checks a password; returns `false` for unknown users too, so callers
@@ -170,18 +205,18 @@ impl Accounts {
             .unwrap_or(false))
     }
 
-    pub fn set_password(&self, user_id: &UserId, password: &str) -> Result<()> {
-        let mut user = self
-            .get(user_id)?
-            .ok_or_else(|| Error::not_found("no such user"))?;
-        user.password_hash = Some(hash_password(password)?);
-        self.store.put(USERS, user_id.as_bytes(), &user)?;
-        Ok(())
+    pub async fn set_password(&self, user_id: &UserId, password: String) -> Result<()> {
+        let hash = with_password_hasher(move || hash_password(&password)).await?;
+        self.update(user_id, |user| {
+            user.password_hash = Some(hash);
+            Ok(())
+        })
+        .await
     }
 
     /// Creates (or re-uses) a device and gives it a fresh access token; an
     /// existing device's old token stops working.
-    pub fn open_session(
+    pub async fn open_session(
         &self,
         user_id: &UserId,
         device_id: Option<&str>,
@@ -194,33 +229,36 @@ impl Accounts {
         };
         let dkey = keys::strs(&[user_id.as_str(), device_id.as_str()]);
         let token = format!("bw_{}", random_string(40));
-        let mut batch = self.store.batch();
-        let record = match self.store.get(DEVICES, &dkey)? {
-            Some(mut old) => {
-                batch.delete(TOKENS, old.access_token.as_bytes());
-                old.access_token = token.clone();
-                if display_name.is_some() {
-                    old.display_name = display_name;
-                }
-                old
-            }
-            None => DeviceRecord {
-                display_name,
-                access_token: token.clone(),
-                last_seen_ts: Some(now_ms()),
-                last_seen_ip: None,
-            },
-        };
-        batch.put(DEVICES, &dkey, &record);
-        batch.put(
-            TOKENS,
-            token.as_bytes(),
-            &TokenRecord {
-                user_id: user_id.to_owned(),
-                device_id: device_id.clone(),
-            },
-        );
-        batch.commit()?;
+        self.stream
+            .write(|w| {
+                let record = match w.get(DEVICES, &dkey)? {
+                    Some(mut old) => {
+                        w.delete(TOKENS, old.access_token.as_bytes());
+                        old.access_token = token.clone();
+                        if display_name.is_some() {
+                            old.display_name = display_name;
+                        }
+                        old
+                    }
+                    None => DeviceRecord {
+                        display_name,
+                        access_token: token.clone(),
+                        last_seen_ts: Some(now_ms()),
+                        last_seen_ip: None,
+                    },
+                };
+                w.put(DEVICES, &dkey, &record);
+                w.put(
+                    TOKENS,
+                    token.as_bytes(),
+                    &TokenRecord {
+                        user_id: user_id.to_owned(),
+                        device_id: device_id.clone(),
+                    },
+                );
+                Ok(())
+            })
+            .await?;
         Ok(Session {
             user_id: user_id.to_owned(),
             device_id,
@@ -300,10 +338,10 @@ pub async fn with_password_hasher<T: Send + 'static>(
     let _permit = PASSWORD_HASHERS
         .acquire()
         .await
-        .map_err(|e| Error::Unknown(e.to_string()))?;
+        .map_err(|e| Error::internal(e))?;
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| Error::Unknown(e.to_string()))?
+        .map_err(|e| Error::internal(e))?
 }
 
 fn hash_password(password: &str) -> Result<String> {
@@ -314,34 +352,36 @@ fn hash_password(password: &str) -> Result<String> {
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
-        .map_err(|e| Error::Unknown(format!("password hashing failed: {e}")))
+        .map_err(|e| Error::Internal(format!("password hashing failed: {e}")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stream::Notifier;
 
     fn accounts() -> (tempfile::TempDir, Accounts) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), false).unwrap();
+        let stream = Arc::new(Stream::new(store.clone(), Arc::new(Notifier::default())).unwrap());
         let name = ruma::server_name!("example.org");
-        (dir, Accounts::new(store, name))
+        (dir, Accounts::new(store, stream, name))
     }
 
-    #[test]
-    fn register_login_and_token_rotation() {
+    #[tokio::test]
+    async fn register_login_and_token_rotation() {
         let (_d, acc) = accounts();
         let alice = acc.user_id_for_localpart("Alice").unwrap();
         assert_eq!(alice.as_str(), "@alice:example.org");
-        acc.create(&alice, Some("pw")).unwrap();
+        acc.create(&alice, Some("pw".into())).await.unwrap();
         assert!(matches!(
-            acc.create(&alice, Some("pw")),
+            acc.create(&alice, Some("pw".into())).await,
             Err(Error::UserInUse)
         ));
         assert!(acc.check_password(&alice, "pw").unwrap());
         assert!(!acc.check_password(&alice, "nope").unwrap());
-        let s1 = acc.open_session(&alice, Some("DEV"), None).unwrap();
-        let s2 = acc.open_session(&alice, Some("DEV"), None).unwrap();
+        let s1 = acc.open_session(&alice, Some("DEV"), None).await.unwrap();
+        let s2 = acc.open_session(&alice, Some("DEV"), None).await.unwrap();
         assert!(
             acc.authenticate(&s1.access_token).is_err(),
             "old token of a re-used device must die"
@@ -355,6 +395,31 @@ mod tests {
         );
         acc.delete_devices(&alice, &["DEV"]).unwrap();
         assert!(acc.authenticate(&s2.access_token).is_err());
+    }
+
+    /// Six registrations of one new name at once, each with its own
+    /// password: exactly one account is made, and its password is the
+    /// winner's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_registrations_of_one_name_make_one_account() {
+        let (_d, acc) = accounts();
+        let bob = acc.user_id_for_localpart("bob").unwrap();
+        let tries = (0..6).map(|i| {
+            let (acc, bob) = (acc.clone(), bob.clone());
+            tokio::spawn(async move { (i, acc.create(&bob, Some(format!("pw{i}"))).await) })
+        });
+        let mut winners = Vec::new();
+        for t in tries {
+            let (i, outcome) = t.await.unwrap();
+            match outcome {
+                Ok(()) => winners.push(i),
+                Err(Error::UserInUse) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "{winners:?}");
+        let pw = format!("pw{}", winners[0]);
+        assert!(acc.check_password(&bob, &pw).unwrap());
     }
 
     #[test]

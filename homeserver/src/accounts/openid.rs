@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::{Accounts, now_ms, random_string};
 use crate::{
     error::{Error, Result},
-    storage::Table,
+    storage::{Read, Table},
 };
 
 /// An hour, as Synapse and the spec's examples use.

@@ -310,7 +310,7 @@ async fn serve_file(
 ) -> Result<Response> {
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
     let path = media.file_path(server, id);
-    let io = |e: std::io::Error| Error::Unknown(format!("media file: {e}"));
+    let io = |e: std::io::Error| Error::Internal(format!("media file: {e}"));
     let content_type = rec
         .content_type
         .clone()

@@ -7,7 +7,7 @@ use crate::{
     config::PublishPolicy,
     error::{Error, Result},
     rooms::{Rooms, state::has_power_for},
-    storage::{Store, Table},
+    storage::{Read, Store, Table},
 };
 
 /// `room -> ()` for every listed room.

@@ -5,7 +5,12 @@ use std::collections::BTreeSet;
 use ruma::{OwnedUserId, UserId};
 use serde_json::{Value, json};
 
-use crate::{accounts::USERS, error::Result, rooms::Rooms, storage::Store};
+use crate::{
+    accounts::USERS,
+    error::Result,
+    rooms::Rooms,
+    storage::{Read, Store},
+};
 
 #[derive(Clone)]
 pub struct UserDirectory {

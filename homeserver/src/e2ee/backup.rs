@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 use super::E2ee;
 use crate::{
     error::{Error, Result},
-    storage::{Table, keys},
+    storage::{Read, Table, keys},
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 use super::{E2ee, keys::DEVICE_KEYS, signatures};
 use crate::{
     error::{Error, Result},
-    storage::{Table, keys},
+    storage::{Read, Table, keys},
 };
 
 /// `(user, "master" | "self_signing" | "user_signing") -> key object`.

@@ -7,7 +7,7 @@ use ruma::{OwnedUserId, UserId};
 use super::E2ee;
 use crate::{
     error::Result,
-    storage::{Table, keys},
+    storage::{Read, Table, keys},
 };
 
 /// `pos -> user`.
@@ -22,26 +22,22 @@ pub struct DeviceListChanges {
 
 impl E2ee {
     /// Records that `user`'s devices or keys changed and wakes everyone who
-    /// tracks them. Caller must not hold the stream writer lock.
+    /// tracks them.
     pub async fn device_list_changed(&self, user: &UserId) -> Result<()> {
-        let _writer = self.stream.writer.lock().await;
-        self.device_list_changed_locked(user)
-    }
-
-    pub(crate) fn device_list_changed_locked(&self, user: &UserId) -> Result<()> {
-        let pos = self.stream.next();
-        let mut batch = self.store.batch();
-        batch.put(
-            DEVICE_LIST_LOG,
-            &keys::KeyBuf::new().u64(pos).into_vec(),
-            &user.to_owned(),
-        );
-        self.stream.record(&mut batch, pos);
-        batch.commit()?;
-        self.stream.publish(pos);
         let mut wake = self.rooms.sharers(user)?;
         wake.insert(user.to_owned());
-        self.notifier.wake(wake.iter().map(|u| u.as_ref()));
+        self.stream
+            .write(|w| {
+                let pos = w.next_pos();
+                w.put(
+                    DEVICE_LIST_LOG,
+                    &keys::KeyBuf::new().u64(pos).into_vec(),
+                    &user.to_owned(),
+                );
+                w.wake(wake.iter().map(|u| u.as_ref()));
+                Ok(())
+            })
+            .await?;
         if user.server_name() == self.rooms.server_name {
             self.announce_remote(user)?;
         }
@@ -78,8 +74,8 @@ impl E2ee {
         }
         let edu = serde_json::json!({"edu_type": "m.signing_key_update", "content": content});
         self.rooms
-            .outbound
-            .push(&servers, crate::federation::queue::Outgoing::Edu(edu))
+            .outbox
+            .push_to_servers(&servers, crate::outbox::Item::Edu(edu))
     }
 
     /// Tells servers sharing a room with `user` that their devices changed.
@@ -109,8 +105,8 @@ impl E2ee {
         }
         let edu = serde_json::json!({"edu_type": "m.device_list_update", "content": content});
         self.rooms
-            .outbound
-            .push(&servers, crate::federation::queue::Outgoing::Edu(edu))
+            .outbox
+            .push_to_servers(&servers, crate::outbox::Item::Edu(edu))
     }
 
     /// Whose device lists `viewer` must refetch after `since` (up to

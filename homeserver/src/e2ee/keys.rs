@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 use super::{E2ee, signatures};
 use crate::{
     error::{Error, Result},
-    storage::{Batch, Table, keys},
+    storage::{Batch, Read, Table, keys},
 };
 
 /// `(user, device) -> signed device keys`, as uploaded. Users of any server
@@ -332,7 +332,7 @@ mod tests {
     #[tokio::test]
     async fn one_time_keys_go_once_then_the_fallback_key() {
         let w = world();
-        let (alice, bob) = (w.user("alice"), w.user("bob"));
+        let (alice, bob) = (w.user("alice").await, w.user("bob").await);
         let mut otks = Map::new();
         for i in 0..3 {
             otks.insert(
@@ -393,7 +393,7 @@ mod tests {
     #[tokio::test]
     async fn a_one_time_key_id_cannot_change_value() {
         let w = world();
-        let bob = w.user("bob");
+        let bob = w.user("bob").await;
         let up = |v: &str| {
             let mut otks = Map::new();
             otks.insert("signed_curve25519:K".into(), json!({"key": v}));

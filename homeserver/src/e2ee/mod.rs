@@ -9,19 +9,13 @@ pub mod to_device;
 
 use std::sync::Arc;
 
-use crate::{
-    accounts::Accounts,
-    rooms::Rooms,
-    storage::Store,
-    sync::stream::{Notifier, StreamPositions},
-};
+use crate::{accounts::Accounts, rooms::Rooms, storage::Store, stream::Stream};
 
 /// Shared state of the E2EE services.
 #[derive(Clone)]
 pub struct E2ee {
     pub(crate) store: Store,
-    pub(crate) stream: Arc<StreamPositions>,
-    pub(crate) notifier: Arc<Notifier>,
+    pub(crate) stream: Arc<Stream>,
     pub(crate) rooms: Rooms,
     pub(crate) accounts: Accounts,
     /// Serialises one-time key claims so no key is ever handed out twice.
@@ -29,17 +23,10 @@ pub struct E2ee {
 }
 
 impl E2ee {
-    pub fn new(
-        store: Store,
-        stream: Arc<StreamPositions>,
-        notifier: Arc<Notifier>,
-        rooms: Rooms,
-        accounts: Accounts,
-    ) -> Self {
+    pub fn new(store: Store, stream: Arc<Stream>, rooms: Rooms, accounts: Accounts) -> Self {
         E2ee {
             store,
             stream,
-            notifier,
             rooms,
             accounts,
             claim_lock: Default::default(),

@@ -7,7 +7,8 @@ use serde_json::{Map, Value, json};
 use super::E2ee;
 use crate::{
     error::{Error, Result},
-    storage::{Batch, Table, keys},
+    outbox::Item,
+    storage::{Batch, Read, Table, keys},
 };
 
 /// Largest content of one to-device message: an Olm-encrypted room key is
@@ -70,13 +71,13 @@ impl E2ee {
                 }
             }
         }
-        let _writer = self.stream.writer.lock().await;
         let txn_key = keys::strs(&[sender.as_str(), sender_device, txn]);
         if self.store.contains(TO_DEVICE_TXNS, &txn_key)? {
             return Ok(());
         }
-        let pos = self.stream.next();
-        let mut batch = self.store.batch();
+        // Who gets what: local devices now, other servers' users through
+        // their servers.
+        let mut deliveries: Vec<(ruma::OwnedUserId, String, ToDevice)> = Vec::new();
         let mut wake = Vec::new();
         let mut remote: std::collections::BTreeMap<String, Map<String, Value>> = Default::default();
         let local_sender = sender.server_name() == self.rooms.server_name;
@@ -113,30 +114,42 @@ impl E2ee {
                     Vec::new()
                 };
                 for d in targets {
-                    batch.put(TO_DEVICE, &inbox_key(&user, d, pos), &message);
+                    deliveries.push((user.clone(), d.to_owned(), message.clone()));
                 }
             }
             wake.push(user);
         }
-        batch.put(TO_DEVICE_TXNS, &txn_key, &true);
-        let mut dests = Vec::new();
-        for (server, msgs) in remote {
-            let edu = serde_json::json!({"edu_type": "m.direct_to_device", "content": {
-                "sender": sender, "type": kind, "message_id": format!("{sender_device}-{txn}"), "messages": msgs,
-            }});
-            self.rooms.outbound.stage(
-                &mut batch,
-                std::slice::from_ref(&server),
-                &crate::federation::queue::Outgoing::Edu(edu),
-            );
-            dests.push(server);
-        }
-        self.stream.record(&mut batch, pos);
-        batch.commit()?;
-        self.rooms.outbound.wake(&dests);
-        self.stream.publish(pos);
-        self.notifier.wake(wake.iter().map(|u| u.as_ref()));
-        Ok(())
+        let edus: Vec<(String, Value)> = remote
+            .into_iter()
+            .map(|(server, msgs)| {
+                let edu = serde_json::json!({"edu_type": "m.direct_to_device", "content": {
+                    "sender": sender, "type": kind, "message_id": format!("{sender_device}-{txn}"), "messages": msgs,
+                }});
+                (server, edu)
+            })
+            .collect();
+        self.stream
+            .write(|w| {
+                // A retry that raced the first attempt delivers nothing twice.
+                if w.contains(TO_DEVICE_TXNS, &txn_key)? {
+                    return Ok(());
+                }
+                let pos = w.next_pos();
+                for (user, device, message) in &deliveries {
+                    w.put(TO_DEVICE, &inbox_key(user, device, pos), message);
+                }
+                w.put(TO_DEVICE_TXNS, &txn_key, &true);
+                for (server, edu) in &edus {
+                    self.rooms.outbox.stage_for_servers(
+                        w,
+                        std::slice::from_ref(server),
+                        &Item::Edu(edu.clone()),
+                    );
+                }
+                w.wake(wake.iter().map(|u| u.as_ref()));
+                Ok(())
+            })
+            .await
     }
 
     /// Drops what the device has acknowledged (everything up to `acked`).

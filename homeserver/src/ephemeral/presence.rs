@@ -15,8 +15,8 @@ use crate::{
     accounts::now_ms,
     error::{Error, Result},
     rooms::Rooms,
-    storage::{Store, Table, keys},
-    sync::stream::{Notifier, StreamPositions},
+    storage::{Read, Store, Table, keys},
+    stream::Stream,
 };
 
 /// The global account data event with which a user hides their presence.
@@ -50,8 +50,7 @@ struct Liveness {
 #[derive(Clone)]
 pub struct Presence {
     store: Store,
-    stream: Arc<StreamPositions>,
-    notifier: Arc<Notifier>,
+    stream: Arc<Stream>,
     rooms: Rooms,
     account_data: AccountData,
     enabled: bool,
@@ -65,8 +64,7 @@ pub fn valid_state(s: &str) -> bool {
 impl Presence {
     pub fn new(
         store: Store,
-        stream: Arc<StreamPositions>,
-        notifier: Arc<Notifier>,
+        stream: Arc<Stream>,
         rooms: Rooms,
         account_data: AccountData,
         enabled: bool,
@@ -74,7 +72,6 @@ impl Presence {
         Presence {
             store,
             stream,
-            notifier,
             rooms,
             account_data,
             enabled,
@@ -109,58 +106,58 @@ impl Presence {
             )));
         }
         let now = now_ms();
-        let _writer = self.stream.writer.lock().await;
-        let old = self.record(user)?;
-        let status = match status_msg {
-            Some(s) => s,
-            None => old.as_ref().and_then(|o| o.status_msg.clone()),
-        };
-        let last_active_ts = if presence == "online" {
-            now
-        } else {
-            old.as_ref().map_or(now, |o| o.last_active_ts)
-        };
-        let unchanged = old.as_ref().is_some_and(|o| {
-            o.presence == presence
-                && o.status_msg == status
-                && now.saturating_sub(o.last_active_ts) < ACTIVE_WINDOW_MS
-        });
-        if unchanged {
-            return Ok(());
-        }
-        let pos = self.stream.next();
-        let mut batch = self.store.batch();
-        if let Some(o) = &old {
-            batch.delete(PRESENCE_LOG, &keys::KeyBuf::new().u64(o.pos).into_vec());
-        }
-        batch.put(
-            PRESENCE,
-            user.as_bytes(),
-            &PresenceRecord {
-                presence: presence.to_owned(),
-                status_msg: status,
-                last_active_ts,
-                pos,
-            },
-        );
-        batch.put(
-            PRESENCE_LOG,
-            &keys::KeyBuf::new().u64(pos).into_vec(),
-            &user.to_owned(),
-        );
-        self.stream.record(&mut batch, pos);
-        batch.commit()?;
-        self.stream.publish(pos);
         let mut wake = self.rooms.sharers(user)?;
         wake.insert(user.to_owned());
-        self.notifier.wake(wake.iter().map(|u| u.as_ref()));
-        if user.server_name() == self.rooms.server_name && self.enabled && !self.hidden(user)? {
-            self.announce_remote(
-                user,
-                presence,
-                &self.record(user)?.and_then(|r| r.status_msg),
-                now.saturating_sub(last_active_ts),
-            )?;
+        let written = self
+            .stream
+            .write(|w| {
+                let old = w.get(PRESENCE, user.as_bytes())?;
+                let status = match status_msg {
+                    Some(s) => s,
+                    None => old.as_ref().and_then(|o| o.status_msg.clone()),
+                };
+                let last_active_ts = if presence == "online" {
+                    now
+                } else {
+                    old.as_ref().map_or(now, |o| o.last_active_ts)
+                };
+                let unchanged = old.as_ref().is_some_and(|o| {
+                    o.presence == presence
+                        && o.status_msg == status
+                        && now.saturating_sub(o.last_active_ts) < ACTIVE_WINDOW_MS
+                });
+                if unchanged {
+                    return Ok(None);
+                }
+                let pos = w.next_pos();
+                if let Some(o) = &old {
+                    w.delete(PRESENCE_LOG, &keys::KeyBuf::new().u64(o.pos).into_vec());
+                }
+                w.put(
+                    PRESENCE,
+                    user.as_bytes(),
+                    &PresenceRecord {
+                        presence: presence.to_owned(),
+                        status_msg: status.clone(),
+                        last_active_ts,
+                        pos,
+                    },
+                );
+                w.put(
+                    PRESENCE_LOG,
+                    &keys::KeyBuf::new().u64(pos).into_vec(),
+                    &user.to_owned(),
+                );
+                w.wake(wake.iter().map(|u| u.as_ref()));
+                Ok(Some((status, last_active_ts)))
+            })
+            .await?;
+        if let Some((status, last_active_ts)) = written
+            && user.server_name() == self.rooms.server_name
+            && self.enabled
+            && !self.hidden(user)?
+        {
+            self.announce_remote(user, presence, &status, now.saturating_sub(last_active_ts))?;
         }
         Ok(())
     }
@@ -190,9 +187,9 @@ impl Presence {
             p["status_msg"] = Value::from(s.as_str());
         }
         let edu = serde_json::json!({"edu_type": "m.presence", "content": {"push": [p]}});
-        self.rooms.outbound.push(
+        self.rooms.outbox.push_to_servers(
             &servers.into_iter().collect::<Vec<_>>(),
-            crate::federation::queue::Outgoing::Edu(edu),
+            crate::outbox::Item::Edu(edu),
         )
     }
 

@@ -9,9 +9,10 @@ use serde_json::{Map, Value, json};
 use crate::{
     accounts::now_ms,
     error::{Error, Result},
+    outbox::Item,
     rooms::Rooms,
-    storage::{Batch, Store, Table, keys},
-    sync::stream::{Notifier, StreamPositions},
+    storage::{Read, Store, Table, Txn, keys},
+    stream::Stream,
 };
 
 pub const PUBLIC: &str = "m.read";
@@ -41,23 +42,21 @@ pub(crate) const READ_UPTO: Table<u64> = Table::new("read_upto");
 #[derive(Clone)]
 pub struct Receipts {
     store: Store,
-    stream: Arc<StreamPositions>,
-    notifier: Arc<Notifier>,
+    stream: Arc<Stream>,
     rooms: Rooms,
 }
 
-/// Records in `batch` that `user` has read `room` (or one thread of it) up to `pos`.
+/// Records in `txn` that `user` has read `room` (or one thread of it) up to `pos`.
 pub(crate) fn mark_read(
-    store: &Store,
-    batch: &mut Batch<'_>,
+    txn: &mut Txn<'_>,
     user: &UserId,
     room: &RoomId,
     thread: &str,
     pos: u64,
 ) -> Result<()> {
     let key = keys::strs(&[user.as_str(), room.as_str(), thread]);
-    if store.get(READ_UPTO, &key)?.unwrap_or(0) < pos {
-        batch.put(READ_UPTO, &key, &pos);
+    if txn.get(READ_UPTO, &key)?.unwrap_or(0) < pos {
+        txn.put(READ_UPTO, &key, &pos);
     }
     Ok(())
 }
@@ -86,16 +85,10 @@ pub fn read_positions(
 }
 
 impl Receipts {
-    pub fn new(
-        store: Store,
-        stream: Arc<StreamPositions>,
-        notifier: Arc<Notifier>,
-        rooms: Rooms,
-    ) -> Self {
+    pub fn new(store: Store, stream: Arc<Stream>, rooms: Rooms) -> Self {
         Receipts {
             store,
             stream,
-            notifier,
             rooms,
         }
     }
@@ -134,53 +127,56 @@ impl Receipts {
             .event(event_id)?
             .filter(|e| e.room_id == room)
             .ok_or_else(|| Error::not_found("no such event in this room"))?;
-        let _writer = self.stream.writer.lock().await;
         let key = keys::strs(&[room.as_str(), receipt_type, user.as_str(), thread]);
-        if self
-            .store
-            .get(RECEIPTS, &key)?
-            .is_some_and(|old| old.event_pos >= event.pos)
-        {
-            return Ok(());
-        }
-        let pos = self.stream.next();
-        let receipt = Receipt {
-            receipt_type: receipt_type.to_owned(),
-            user_id: user.to_owned(),
-            thread: thread.to_owned(),
-            event_id: event.event_id.clone(),
-            event_pos: event.pos,
-            ts: now_ms(),
-            pos,
-        };
-        let mut batch = self.store.batch();
-        batch.put(RECEIPTS, &key, &receipt);
-        batch.put(
-            RECEIPT_LOG,
-            &keys::KeyBuf::new().str(room.as_str()).u64(pos).into_vec(),
-            &receipt,
-        );
-        mark_read(&self.store, &mut batch, user, room, thread, event.pos)?;
-        self.stream.record(&mut batch, pos);
-        batch.commit()?;
-        self.stream.publish(pos);
-        if receipt_type == PRIVATE {
-            self.notifier.wake([user]);
+        // Other servers hear of our users' public receipts, in the same write.
+        let servers = if receipt_type == PUBLIC && user.server_name() == self.rooms.server_name {
+            self.rooms.remote_servers(room)?
         } else {
-            if user.server_name() == self.rooms.server_name {
-                let mut data = serde_json::json!({"ts": receipt.ts});
-                if !thread.is_empty() {
-                    data["thread_id"] = serde_json::Value::from(thread);
+            Vec::new()
+        };
+        let wake = if receipt_type == PRIVATE {
+            vec![user.to_owned()]
+        } else {
+            self.rooms.members_with(room, &["join"])?
+        };
+        self.stream
+            .write(|w| {
+                if w.get(RECEIPTS, &key)?
+                    .is_some_and(|old| old.event_pos >= event.pos)
+                {
+                    return Ok(());
                 }
-                let edu = serde_json::json!({"edu_type": "m.receipt", "content": {
-                    room.as_str(): {"m.read": {user.as_str(): {"event_ids": [event_id], "data": data}}}
-                }});
-                self.rooms.send_edu_to_room(room, edu)?;
-            }
-            let members = self.rooms.members_with(room, &["join"])?;
-            self.notifier.wake(members.iter().map(|u| u.as_ref()));
-        }
-        Ok(())
+                let pos = w.next_pos();
+                let receipt = Receipt {
+                    receipt_type: receipt_type.to_owned(),
+                    user_id: user.to_owned(),
+                    thread: thread.to_owned(),
+                    event_id: event.event_id.clone(),
+                    event_pos: event.pos,
+                    ts: now_ms(),
+                    pos,
+                };
+                w.put(RECEIPTS, &key, &receipt);
+                w.put(
+                    RECEIPT_LOG,
+                    &keys::KeyBuf::new().str(room.as_str()).u64(pos).into_vec(),
+                    &receipt,
+                );
+                mark_read(w, user, room, thread, event.pos)?;
+                if !servers.is_empty() {
+                    let mut data = serde_json::json!({"ts": receipt.ts});
+                    if !thread.is_empty() {
+                        data["thread_id"] = serde_json::Value::from(thread);
+                    }
+                    let edu = serde_json::json!({"edu_type": "m.receipt", "content": {
+                        room.as_str(): {"m.read": {user.as_str(): {"event_ids": [event_id], "data": data}}}
+                    }});
+                    self.rooms.outbox.stage_for_servers(w, &servers, &Item::Edu(edu));
+                }
+                w.wake(wake.iter().map(|u| u.as_ref()));
+                Ok(())
+            })
+            .await
     }
 
     /// Whether anything `viewer` may see changed in `(since, upto]`.

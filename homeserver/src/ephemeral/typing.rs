@@ -9,12 +9,10 @@ use std::{
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use tokio::time::Instant;
 
-use super::advance_stream;
 use crate::{
     error::{Error, Result},
     rooms::Rooms,
-    storage::Store,
-    sync::stream::{Notifier, StreamPositions},
+    stream::Stream,
 };
 
 /// Longest a single typing notification may last; clients renew it while
@@ -30,24 +28,15 @@ struct RoomTyping {
 
 #[derive(Clone)]
 pub struct Typing {
-    store: Store,
-    stream: Arc<StreamPositions>,
-    notifier: Arc<Notifier>,
+    stream: Arc<Stream>,
     rooms: Rooms,
     state: Arc<Mutex<HashMap<OwnedRoomId, RoomTyping>>>,
 }
 
 impl Typing {
-    pub fn new(
-        store: Store,
-        stream: Arc<StreamPositions>,
-        notifier: Arc<Notifier>,
-        rooms: Rooms,
-    ) -> Self {
+    pub fn new(stream: Arc<Stream>, rooms: Rooms) -> Self {
         Typing {
-            store,
             stream,
-            notifier,
             rooms,
             state: Default::default(),
         }
@@ -125,16 +114,20 @@ impl Typing {
         Ok(())
     }
 
+    /// Gives the room's typing set a new stream position, so syncs see
+    /// the change; nothing is written to the database for it.
     async fn publish(&self, room: &RoomId) -> Result<()> {
-        let pos = advance_stream(&self.store, &self.stream).await?;
-        {
-            let mut state = self.lock();
-            let entry = state.entry(room.to_owned()).or_default();
-            entry.pos = entry.pos.max(pos);
-        }
         let members = self.rooms.members_with(room, &["join"])?;
-        self.notifier.wake(members.iter().map(|u| u.as_ref()));
-        Ok(())
+        self.stream
+            .write(|w| {
+                let pos = w.next_pos();
+                let mut state = self.lock();
+                let entry = state.entry(room.to_owned()).or_default();
+                entry.pos = entry.pos.max(pos);
+                w.wake(members.iter().map(|u| u.as_ref()));
+                Ok(())
+            })
+            .await
     }
 
     /// The users typing in `room` now, if the set changed in `(since, upto]`

@@ -78,8 +78,7 @@ impl Federation {
                     tracing::info!("auth chain of backfilled {id}: {e}");
                 }
             }
-            let _writer = self.rooms.stream.writer.lock().await;
-            let added = self.rooms.insert_backfilled_locked(room_id, &events)?;
+            let added = self.rooms.insert_backfilled(room_id, &events).await?;
             return Ok(added);
         }
         Ok(0)

@@ -59,9 +59,9 @@ impl FedClient {
         let mut certs = Vec::new();
         for path in trusted {
             let pem = std::fs::read(path)
-                .map_err(|e| Error::Unknown(format!("cannot read CA {}: {e}", path.display())))?;
+                .map_err(|e| Error::Internal(format!("cannot read CA {}: {e}", path.display())))?;
             let list = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                Error::Unknown(format!("bad CA certificate {}: {e}", path.display()))
+                Error::Internal(format!("bad CA certificate {}: {e}", path.display()))
             })?;
             certs.extend(list);
         }
@@ -71,7 +71,7 @@ impl FedClient {
             .timeout(Duration::from_secs(60))
             .redirect(reqwest::redirect::Policy::limited(3))
             .build()
-            .map_err(|e| Error::Unknown(format!("cannot build the federation client: {e}")))?;
+            .map_err(|e| Error::Internal(format!("cannot build the federation client: {e}")))?;
         Ok(FedClient {
             http,
             origin,

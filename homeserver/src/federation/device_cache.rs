@@ -8,7 +8,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::{Federation, e2ee::KeyQueryResult};
-use crate::{error::Result, storage::Table};
+use crate::{
+    error::Result,
+    storage::{Read, Table},
+};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct CachedDevices {

@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 use super::Federation;
 use crate::{
     error::{Error, Result},
-    storage::{Table, keys},
+    storage::{Read, Table, keys},
 };
 
 /// `(origin, txn_id) -> the answer we gave`, so a retried transaction is
@@ -213,9 +213,9 @@ impl Federation {
                 tracing::info!("could not fill the gap before {event_id}: {e}");
             }
         }
-        let _writer = self.rooms.stream.writer.lock().await;
         self.rooms
-            .accept_remote_locked(room_id, &object, event_id, Vec::new())
+            .accept_remote(room_id, &object, event_id, Vec::new())
+            .await
     }
 
     pub(crate) async fn fetch_missing_auth(
@@ -296,10 +296,10 @@ impl Federation {
         events.sort_by_key(|(d, _, _)| *d);
         for (_, id, obj) in events {
             self.fetch_missing_auth(origin, room_id, &obj, &id).await?;
-            let _writer = self.rooms.stream.writer.lock().await;
             if let Err(e) = self
                 .rooms
-                .accept_remote_locked(room_id, &obj, &id, Vec::new())
+                .accept_remote(room_id, &obj, &id, Vec::new())
+                .await
             {
                 tracing::info!("missing event {id} refused: {e}");
             }

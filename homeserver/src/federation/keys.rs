@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::client::{FedClient, RemoteError};
 use crate::{
     accounts::now_ms,
-    storage::{Store, Table},
+    storage::{Read, Store, Table},
 };
 
 /// A server's last verified key document, as it sent it.

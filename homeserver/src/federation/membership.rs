@@ -102,7 +102,7 @@ impl Federation {
             enc(room_id.as_str()),
             enc(event_id.as_str())
         );
-        let body = serde_json::to_value(&object).map_err(|e| Error::Unknown(e.to_string()))?;
+        let body = serde_json::to_value(&object).map_err(|e| Error::internal(e))?;
         let answer = self
             .client
             .json(server, Method::PUT, &uri, Some(&body))
@@ -158,10 +158,9 @@ impl Federation {
             }
             _ => object,
         };
-        let _writer = self.rooms.stream.writer.lock().await;
-        self.rooms.install_state_locked(room_id, &version, &state)?;
         self.rooms
-            .accept_remote_locked(room_id, &joined, &event_id, Vec::new())
+            .join_remote_room(room_id, &version, &state, &joined, &event_id)
+            .await
     }
 
     /// make_join: a join template for a user of the asking server.
@@ -213,9 +212,8 @@ impl Federation {
         // Refuse now rather than after the other server signed it.
         let rules = rules_for(&version).map_err(|_| Error::UnsupportedRoomVersion)?;
         let mut pdu: Pdu =
-            serde_json::from_value(template.clone()).map_err(|e| Error::Unknown(e.to_string()))?;
-        pdu.event_id =
-            OwnedEventId::try_from("$template").map_err(|e| Error::Unknown(e.to_string()))?;
+            serde_json::from_value(template.clone()).map_err(|e| Error::internal(e))?;
+        pdu.event_id = OwnedEventId::try_from("$template").map_err(|e| Error::internal(e))?;
         auth::authorize(&self.rooms, &rules, room_id, &pdu)?;
         Ok(json!({"event": template, "room_version": version}))
     }
@@ -232,7 +230,8 @@ impl Federation {
         let (object, id) = self
             .check_membership_event(origin, room_id, event_id, &body, "join")
             .await?;
-        let _writer = self.rooms.stream.writer.lock().await;
+        // The state handed back is the state before this join.
+        let room_lock = self.rooms.locks.lock(room_id).await;
         let state = self.rooms.current_state(room_id)?;
         let forward = self
             .rooms
@@ -241,8 +240,9 @@ impl Federation {
             .filter(|s| s != origin)
             .collect();
         self.rooms
-            .accept_remote_locked(room_id, &object, &id, forward)?;
-        drop(_writer);
+            .accept_remote_locked(room_id, &object, &id, forward)
+            .await?;
+        drop(room_lock);
         let state_ids: Vec<OwnedEventId> = state.iter().map(|e| e.event_id.clone()).collect();
         let chain = self.rooms.auth_chain(&state_ids)?;
         let mut servers = self.rooms.remote_servers(room_id)?;
@@ -267,7 +267,6 @@ impl Federation {
         let (object, id) = self
             .check_membership_event(origin, room_id, event_id, &body, "leave")
             .await?;
-        let _writer = self.rooms.stream.writer.lock().await;
         let forward = self
             .rooms
             .remote_servers(room_id)?
@@ -275,7 +274,8 @@ impl Federation {
             .filter(|s| s != origin)
             .collect();
         self.rooms
-            .accept_remote_locked(room_id, &object, &id, forward)?;
+            .accept_remote(room_id, &object, &id, forward)
+            .await?;
         Ok(json!({}))
     }
 
@@ -393,12 +393,12 @@ impl Federation {
                 "the invited server returned a different event".into(),
             ));
         }
-        let _writer = self.rooms.stream.writer.lock().await;
         let forward = self
             .rooms
             .remote_servers_for(room_id, &parse_pdu(&signed, &id)?)?;
         self.rooms
-            .accept_remote_locked(room_id, &signed, &id, forward)
+            .accept_remote(room_id, &signed, &id, forward)
+            .await
     }
 
     /// PUT /v2/invite: another server invites one of our users.
@@ -442,7 +442,7 @@ impl Federation {
         }
         let rules = rules_for(&version).map_err(|_| Error::UnsupportedRoomVersion)?;
         countersign_event(&mut object, &self.server_name, &self.key, &rules)
-            .map_err(|e| Error::Unknown(e.to_string()))?;
+            .map_err(|e| Error::internal(e))?;
         if !self.resident(room_id)? || self.rooms.room(room_id)?.is_none() {
             let mut state: Vec<Value> = body["invite_room_state"]
                 .as_array()
@@ -453,10 +453,9 @@ impl Federation {
             self.rooms.store_outlier(room_id, &object, &id)?;
             self.rooms.set_invite_state(&target, room_id, &state)?;
             let is_direct = event["content"]["is_direct"].as_bool().unwrap_or(false);
-            let _writer = self.rooms.stream.writer.lock().await;
-            self.rooms.set_outside_membership_locked(
-                &target, room_id, "invite", &id, &sender, is_direct,
-            )?;
+            self.rooms
+                .set_outside_membership(&target, room_id, "invite", &id, &sender, is_direct)
+                .await?;
         }
         Ok(json!({"event": object}))
     }
@@ -494,15 +493,15 @@ impl Federation {
             enc(room_id.as_str()),
             enc(event_id.as_str())
         );
-        let body = serde_json::to_value(&object).map_err(|e| Error::Unknown(e.to_string()))?;
+        let body = serde_json::to_value(&object).map_err(|e| Error::internal(e))?;
         self.client
             .json(&server, Method::PUT, &uri, Some(&body))
             .await?;
         self.rooms.store_outlier(room_id, &object, &event_id)?;
-        let _writer = self.rooms.stream.writer.lock().await;
         let sender: OwnedUserId = user.to_owned();
         self.rooms
-            .set_outside_membership_locked(user, room_id, "leave", &event_id, &sender, false)
+            .set_outside_membership(user, room_id, "leave", &event_id, &sender, false)
+            .await
     }
 }
 
@@ -515,7 +514,7 @@ fn supported_version(v: &Value) -> Result<RoomVersionId> {
 }
 
 fn parse_pdu(object: &CanonicalJsonObject, id: &OwnedEventId) -> Result<Pdu> {
-    let json = serde_json::to_string(object).map_err(|e| Error::Unknown(e.to_string()))?;
+    let json = serde_json::to_string(object).map_err(|e| Error::internal(e))?;
     let mut pdu: Pdu = serde_json::from_str(&json).map_err(|e| Error::bad_json(e.to_string()))?;
     pdu.event_id = id.clone();
     Ok(pdu)

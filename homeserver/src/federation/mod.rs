@@ -1,4 +1,4 @@
-//! Federation: the server-server API's services (keys, request auth, inbound transactions, membership handshakes, the outbound queue).
+//! Federation: the server-server API's services (keys, request auth, inbound transactions, membership handshakes, the courier of the outbox to other servers).
 
 pub mod backfill;
 pub mod client;
@@ -10,7 +10,6 @@ pub mod keys;
 pub mod media;
 pub mod membership;
 pub mod queries;
-pub mod queue;
 pub mod sender;
 
 use std::{sync::Arc, time::Duration};
@@ -26,13 +25,12 @@ use crate::{
     ephemeral::{presence::Presence, receipts::Receipts, typing::Typing},
     error::{Error, Result},
     media::Media,
+    outbox::{Destination, Outbox},
     rooms::Rooms,
     storage::Store,
 };
 use client::FedClient;
 use keys::KeyRing;
-use queue::OutboundQueue;
-use sender::Backoffs;
 
 #[derive(Clone)]
 pub struct Federation {
@@ -43,8 +41,7 @@ pub struct Federation {
     pub key: Arc<ServerKey>,
     /// Keys retired by rotation, still published.
     pub old_keys: Vec<bellwire_federation::server_keys::OldKey>,
-    pub queue: Arc<OutboundQueue>,
-    pub backoffs: Arc<Backoffs>,
+    pub outbox: Arc<Outbox>,
     pub store: Store,
     pub rooms: Rooms,
     pub typing: Typing,
@@ -64,8 +61,7 @@ pub struct Federation {
 pub struct Parts {
     pub store: Store,
     pub key: Arc<ServerKey>,
-    pub queue: Arc<OutboundQueue>,
-    pub new_destinations: tokio::sync::mpsc::UnboundedReceiver<String>,
+    pub outbox: Arc<Outbox>,
     pub rooms: Rooms,
     pub typing: Typing,
     pub receipts: Receipts,
@@ -75,7 +71,19 @@ pub struct Parts {
 }
 
 impl Federation {
-    /// Builds the service and starts the outbound sender.
+    /// The courier that delivers the outbox to other servers, when
+    /// federation is on.
+    pub fn courier(&self, config: &Config) -> Option<Arc<dyn crate::outbox::Courier>> {
+        let f = config.federation.as_ref()?;
+        Some(Arc::new(sender::ServerCourier {
+            client: self.client.clone(),
+            rooms: self.rooms.clone(),
+            our_name: self.server_name.clone(),
+            max_backoff: Duration::from_secs(f.max_backoff_secs),
+        }))
+    }
+
+    /// Builds the service.
     pub fn start(config: &Config, p: Parts) -> Result<Self> {
         let trusted = config
             .federation
@@ -97,24 +105,9 @@ impl Federation {
             server_name.clone(),
             own_keys,
         );
-        let backoffs = Arc::new(Backoffs::default());
         let enabled = config.federation.is_some();
-        let max_backoff = Duration::from_secs(
-            config
-                .federation
-                .as_ref()
-                .map_or(600, |f| f.max_backoff_secs),
-        );
         if enabled {
             tokio::spawn(inbound::forget_old_transactions(p.store.clone()));
-            tokio::spawn(sender::run(
-                p.new_destinations,
-                p.queue.clone(),
-                client.clone(),
-                p.rooms.clone(),
-                backoffs.clone(),
-                max_backoff,
-            ));
         }
         Ok(Federation {
             enabled,
@@ -123,8 +116,7 @@ impl Federation {
             keys,
             key: p.key,
             old_keys,
-            queue: p.queue,
-            backoffs,
+            outbox: p.outbox,
             store: p.store,
             rooms: p.rooms,
             typing: p.typing,
@@ -194,7 +186,8 @@ impl Federation {
             .map_err(|e| Error::Unauthorized(format!("cannot get the origin's key: {e}")))?;
         request_auth::verify_request(&auth, &public, &self.server_name, method, uri, body)
             .map_err(|e| Error::Unauthorized(e.to_string()))?;
-        self.backoffs.heard_from(&auth.origin);
+        self.outbox
+            .retry_now(&Destination::Server(auth.origin.clone()));
         Ok(auth.origin)
     }
 

@@ -1,103 +1,60 @@
-//! Sends the outbound queue: one worker per destination, batching PDUs and EDUs into transactions, backing off when the server is down.
+//! The courier for other servers: outbox items for a server, batched into federation transactions (50 PDUs, 100 EDUs).
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use tokio::sync::{Notify, mpsc};
 
-use super::{
-    client::FedClient,
-    queue::{OutboundQueue, Outgoing},
+use super::client::FedClient;
+use crate::{
+    accounts::now_ms,
+    outbox::{Courier, Delivery, Destination, Item, worker::DeliveryFuture},
+    rooms::Rooms,
 };
-use crate::{accounts::now_ms, rooms::Rooms};
 
 const MAX_PDUS: usize = 50;
 const MAX_EDUS: usize = 100;
 
-/// Wakes a destination's worker early from its backoff (the server just
-/// talked to us, so it is probably back).
-#[derive(Default)]
-pub struct Backoffs {
-    retry_now: Mutex<HashMap<String, Arc<Notify>>>,
+pub struct ServerCourier {
+    pub client: FedClient,
+    pub rooms: Rooms,
+    pub our_name: String,
+    pub max_backoff: Duration,
 }
 
-impl Backoffs {
-    fn notifier(&self, dest: &str) -> Arc<Notify> {
-        self.retry_now
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(dest.to_owned())
-            .or_default()
-            .clone()
+/// Typing and presence a server missed while unreachable would show a
+/// state long gone when it comes back; PDUs, receipts, to-device messages
+/// and device list updates keep.
+pub fn stale_when_unreachable(item: &Item) -> bool {
+    matches!(item, Item::Edu(e) if matches!(e["edu_type"].as_str(), Some("m.typing" | "m.presence")))
+}
+
+impl Courier for ServerCourier {
+    fn batch_limit(&self) -> usize {
+        MAX_PDUS + MAX_EDUS
     }
-    pub fn heard_from(&self, dest: &str) {
-        if let Some(n) = self
-            .retry_now
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(dest)
-        {
-            n.notify_one();
-        }
+
+    fn max_backoff(&self) -> Duration {
+        self.max_backoff
     }
-}
 
-pub async fn run(
-    mut new_destinations: mpsc::UnboundedReceiver<String>,
-    queue: Arc<OutboundQueue>,
-    client: FedClient,
-    rooms: Rooms,
-    backoffs: Arc<Backoffs>,
-    max_backoff: Duration,
-) {
-    while let Some(dest) = new_destinations.recv().await {
-        let worker = Worker {
-            dest: dest.clone(),
-            queue: queue.clone(),
-            client: client.clone(),
-            rooms: rooms.clone(),
-            retry_now: backoffs.notifier(&dest),
-            max_backoff,
-        };
-        tokio::spawn(worker.run());
+    fn stale_when_unreachable(&self, item: &Item) -> bool {
+        stale_when_unreachable(item)
     }
-}
 
-struct Worker {
-    dest: String,
-    queue: Arc<OutboundQueue>,
-    client: FedClient,
-    rooms: Rooms,
-    retry_now: Arc<Notify>,
-    max_backoff: Duration,
-}
-
-impl Worker {
-    async fn run(self) {
-        let wake = self.queue.waker(&self.dest);
-        let mut backoff = Duration::from_secs(1);
-        loop {
-            let items = match self.queue.peek(&self.dest, MAX_PDUS + MAX_EDUS) {
-                Ok(i) => i,
-                Err(e) => {
-                    tracing::error!("federation queue for {}: {e}", self.dest);
-                    tokio::time::sleep(Duration::from_secs(5)).await;
-                    continue;
-                }
+    fn deliver<'a>(
+        &'a self,
+        dest: &'a Destination,
+        items: &'a [(u64, Item)],
+    ) -> DeliveryFuture<'a> {
+        Box::pin(async move {
+            let Destination::Server(server) = dest else {
+                return Delivery::Done(items.len());
             };
-            if items.is_empty() {
-                wake.notified().await;
-                continue;
-            }
-            let (mut pdus, mut edus, mut sent) = (Vec::new(), Vec::new(), Vec::new());
-            for (key, item) in items {
+            let (mut pdus, mut edus, mut taken) = (Vec::new(), Vec::new(), 0usize);
+            for (_, item) in items {
                 match item {
-                    Outgoing::Pdu(id) if pdus.len() < MAX_PDUS => {
+                    Item::Pdu(id) if pdus.len() < MAX_PDUS => {
                         if let Ok(Some(ev)) = self.rooms.event(id.as_str()) {
                             let mut v = ev.pdu_value();
                             if let Some(o) = v.as_object_mut() {
@@ -105,58 +62,37 @@ impl Worker {
                             }
                             pdus.push(v);
                         }
-                        sent.push(key);
                     }
-                    Outgoing::Edu(e) if edus.len() < MAX_EDUS => {
-                        edus.push(e);
-                        sent.push(key);
-                    }
+                    Item::Edu(e) if edus.len() < MAX_EDUS => edus.push(e.clone()),
+                    // Pushes never go to servers.
+                    Item::Push { .. } => {}
                     _ => break,
                 }
+                taken += 1;
             }
-            // Named by the queue rows it carries: a retry of the same batch
+            // Named by the outbox rows it carries: a retry of the same batch
             // reuses the ID, so the receiver answers it from its record.
-            let seq = |k: Option<&Vec<u8>>| {
-                k.and_then(|k| crate::storage::keys::trailing_u64(k))
-                    .unwrap_or(0)
-            };
-            let txn_id = format!("{}-{}", seq(sent.first()), seq(sent.last()));
+            let first = items.first().map_or(0, |(s, _)| *s);
+            let last = items.get(taken.saturating_sub(1)).map_or(0, |(s, _)| *s);
             let body = json!({
-                "origin": self.queue.our_name,
+                "origin": self.our_name,
                 "origin_server_ts": now_ms(),
                 "pdus": pdus,
                 "edus": edus,
             });
-            let uri = format!("/_matrix/federation/v1/send/{txn_id}");
+            let uri = format!("/_matrix/federation/v1/send/{first}-{last}");
             match self
                 .client
-                .json(&self.dest, Method::PUT, &uri, Some(&body))
+                .json(server, Method::PUT, &uri, Some(&body))
                 .await
             {
                 Ok(answer) => {
-                    log_rejections(&self.dest, &answer);
-                    if let Err(e) = self.queue.remove(&sent) {
-                        tracing::error!("federation queue for {}: {e}", self.dest);
-                    }
-                    backoff = Duration::from_secs(1);
+                    log_rejections(server, &answer);
+                    Delivery::Done(taken)
                 }
-                Err(e) => {
-                    tracing::info!(
-                        "federation to {} failed, retrying in {:?}: {e}",
-                        self.dest,
-                        backoff
-                    );
-                    if let Err(e) = self.queue.drop_stale_ephemeral(&self.dest) {
-                        tracing::error!("federation queue for {}: {e}", self.dest);
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = self.retry_now.notified() => {}
-                    }
-                    backoff = (backoff * 2).min(self.max_backoff);
-                }
+                Err(e) => Delivery::Retry(e.to_string()),
             }
-        }
+        })
     }
 }
 

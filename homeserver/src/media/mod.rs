@@ -18,7 +18,7 @@ use crate::{
     accounts::{now_ms, random_string},
     config::MediaConfig,
     error::{Error, Result},
-    storage::{Store, Table, keys},
+    storage::{Read, Store, Table, keys},
 };
 
 /// How long a created-but-not-uploaded media ID stays reserved.
@@ -96,7 +96,7 @@ pub fn valid_media_id(id: &str) -> bool {
 impl Media {
     pub fn new(store: Store, config: MediaConfig, server_name: OwnedServerName) -> Result<Self> {
         std::fs::create_dir_all(config.path.join("tmp")).map_err(|e| {
-            Error::Unknown(format!("media directory {}: {e}", config.path.display()))
+            Error::Internal(format!("media directory {}: {e}", config.path.display()))
         })?;
         // Uploads interrupted by a crash leave temp files only; never served.
         if let Ok(entries) = std::fs::read_dir(config.path.join("tmp")) {
@@ -253,7 +253,7 @@ impl Media {
         };
         let limit = self.config.max_upload_bytes;
         let tmp = self.config.path.join("tmp").join(random_string(16));
-        let io = |e: std::io::Error| Error::Unknown(format!("media storage: {e}"));
+        let io = |e: std::io::Error| Error::Internal(format!("media storage: {e}"));
         let mut file = tokio::fs::File::create(&tmp).await.map_err(io)?;
         let mut size: u64 = 0;
         let mut hasher = Sha256::new();
@@ -323,7 +323,7 @@ impl Media {
                 limit: self.config.max_upload_bytes as usize,
             });
         }
-        let io = |e: std::io::Error| Error::Unknown(format!("media storage: {e}"));
+        let io = |e: std::io::Error| Error::Internal(format!("media storage: {e}"));
         let tmp = self.config.path.join("tmp").join(random_string(16));
         let mut file = tokio::fs::File::create(&tmp).await.map_err(io)?;
         file.write_all(bytes).await.map_err(io)?;

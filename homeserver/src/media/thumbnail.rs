@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::{Media, MediaRecord};
 use crate::{
     error::{Error, Result},
-    storage::{Table, keys},
+    storage::{Read, Table, keys},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,7 +123,7 @@ fn render(
     };
     let mut buf = Vec::new();
     out.write_to(&mut Cursor::new(&mut buf), fmt)
-        .map_err(|e| Error::Unknown(e.to_string()))?;
+        .map_err(|e| Error::internal(e))?;
     Ok((buf, mime))
 }
 
@@ -154,23 +154,23 @@ impl Media {
         }
         let original = tokio::fs::read(self.file_path(server, id))
             .await
-            .map_err(|e| Error::Unknown(format!("media file: {e}")))?;
+            .map_err(|e| Error::Internal(format!("media file: {e}")))?;
         let max_pixels = self.config.max_image_pixels;
         let _permit = self
             .decoders
             .acquire()
             .await
-            .map_err(|e| Error::Unknown(e.to_string()))?;
+            .map_err(|e| Error::internal(e))?;
         let (bytes, mime) =
             tokio::task::spawn_blocking(move || render(&original, max_pixels, cw, ch, cm))
                 .await
-                .map_err(|e| Error::Unknown(e.to_string()))??;
+                .map_err(|e| Error::internal(e))??;
         let tmp = self
             .config
             .path
             .join("tmp")
             .join(crate::accounts::random_string(16));
-        let io = |e: std::io::Error| Error::Unknown(format!("thumbnail storage: {e}"));
+        let io = |e: std::io::Error| Error::Internal(format!("thumbnail storage: {e}"));
         tokio::fs::write(&tmp, &bytes).await.map_err(io)?;
         tokio::fs::rename(&tmp, &path).await.map_err(io)?;
         self.store.put(

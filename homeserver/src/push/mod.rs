@@ -1,6 +1,7 @@
 //! Push: each user's push rules, their evaluation for every event (notifications and unread counts), and HTTP pushers.
 
 pub mod evaluate;
+pub mod gateway;
 pub mod notifications;
 pub mod pusher;
 pub mod rules;
@@ -10,11 +11,16 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use ruma::{OwnedUserId, UserId, push::Ruleset};
-use tokio::sync::mpsc;
+use ruma::{EventId, OwnedUserId, UserId, push::Ruleset};
 
-use crate::{account_data::AccountData, error::Result, storage::Store};
-use pusher::PushJob;
+use crate::{
+    account_data::AccountData,
+    error::Result,
+    outbox::{Destination, Item, Outbox},
+    storage::Store,
+    stream::Write,
+};
+use evaluate::Decision;
 
 /// Shared by the write path (evaluation) and the API (rule changes).
 pub struct Push {
@@ -23,56 +29,68 @@ pub struct Push {
     /// Parsed rulesets, so evaluating an event for many members does not
     /// re-read and re-parse each member's rules.
     cache: Mutex<HashMap<OwnedUserId, Arc<Ruleset>>>,
-    queue: mpsc::UnboundedSender<PushJob>,
+    outbox: Arc<Outbox>,
 }
 
 impl Push {
-    /// Returns the service and the receiving end of its pusher queue, which
-    /// `pusher::run` drains.
-    pub fn new(
-        store: Store,
-        account_data: AccountData,
-    ) -> (Arc<Self>, mpsc::UnboundedReceiver<PushJob>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (
-            Arc::new(Push {
-                store,
-                account_data,
-                cache: Mutex::new(HashMap::new()),
-                queue: tx,
-            }),
-            rx,
-        )
+    pub fn new(store: Store, account_data: AccountData, outbox: Arc<Outbox>) -> Arc<Self> {
+        Arc::new(Push {
+            store,
+            account_data,
+            cache: Mutex::new(HashMap::new()),
+            outbox,
+        })
     }
 
     pub fn ruleset(&self, user: &UserId) -> Result<Arc<Ruleset>> {
-        if let Some(r) = self
-            .cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(user)
-        {
+        if let Some(r) = self.cache().get(user) {
             return Ok(r.clone());
         }
         let rules = Arc::new(rules::load(&self.account_data, user)?);
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self.cache();
         if cache.len() > 10_000 {
             cache.clear();
         }
-        cache.insert(user.to_owned(), rules.clone());
-        Ok(rules)
+        // An edit that landed while we read wins over what we read.
+        Ok(cache.entry(user.to_owned()).or_insert(rules).clone())
     }
 
-    pub(crate) fn forget_cached(&self, user: &UserId) {
-        self.cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(user);
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<OwnedUserId, Arc<Ruleset>>> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn enqueue(&self, job: PushJob) {
-        // The receiver lives as long as the server; if it is gone we are
-        // shutting down and the push is moot.
-        let _ = self.queue.send(job);
+    /// Records the rules an edit just stored.
+    pub(crate) fn cache_rules(&self, user: &UserId, rules: Ruleset) {
+        self.cache().insert(user.to_owned(), Arc::new(rules));
+    }
+
+    /// Queues a push to every pusher of every notified user, in the
+    /// event's own write: a push is never lost to a crash.
+    pub(crate) fn stage_pushes(
+        &self,
+        w: &mut Write<'_>,
+        decisions: &[Decision],
+        event_id: &EventId,
+    ) -> Result<()> {
+        for d in decisions {
+            let dests: Vec<Destination> = pusher::list(&self.store, &d.user)?
+                .into_iter()
+                .map(|p| Destination::Pusher {
+                    user: d.user.clone(),
+                    app_id: p.app_id,
+                    pushkey: p.pushkey,
+                })
+                .collect();
+            if dests.is_empty() {
+                continue;
+            }
+            let item = Item::Push {
+                room_id: d.room_id.clone(),
+                event_id: event_id.to_owned(),
+                actions: d.actions.clone(),
+            };
+            self.outbox.stage(w, &dests, &item);
+        }
+        Ok(())
     }
 }

@@ -10,7 +10,7 @@ use super::evaluate::Decision;
 use crate::{
     ephemeral::receipts::read_positions,
     error::Result,
-    storage::{Batch, Store, Table, keys},
+    storage::{Batch, Read, Store, Table, keys},
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -177,7 +177,7 @@ mod tests {
     #[tokio::test]
     async fn dm_messages_count_mentions_highlight_and_reading_clears() {
         let w = world();
-        let (alice, bob) = (w.user("alice"), w.user("bob"));
+        let (alice, bob) = (w.user("alice").await, w.user("bob").await);
         let req = CreateRoom {
             preset: Some("trusted_private_chat".into()),
             invite: vec![bob.clone()],
@@ -218,7 +218,7 @@ mod tests {
     #[tokio::test]
     async fn the_master_rule_silences_everything() {
         let w = world();
-        let (alice, bob) = (w.user("alice"), w.user("bob"));
+        let (alice, bob) = (w.user("alice").await, w.user("bob").await);
         let req = CreateRoom {
             preset: Some("trusted_private_chat".into()),
             invite: vec![bob.clone()],
@@ -230,7 +230,7 @@ mod tests {
         w.s.push
             .edit(&bob, |r| {
                 r.set_enabled(ruma::push::RuleKind::Override, ".m.rule.master", true)
-                    .map_err(|e| crate::error::Error::Unknown(e.to_string()))
+                    .map_err(|e| crate::error::Error::internal(e))
             })
             .await
             .unwrap();
@@ -250,7 +250,7 @@ mod tests {
     #[tokio::test]
     async fn thread_replies_count_per_thread_and_thread_receipts_clear_only_their_thread() {
         let w = world();
-        let (alice, bob) = (w.user("alice"), w.user("bob"));
+        let (alice, bob) = (w.user("alice").await, w.user("bob").await);
         let req = CreateRoom {
             preset: Some("trusted_private_chat".into()),
             invite: vec![bob.clone()],

@@ -20,7 +20,11 @@ pub const EVENT_TYPE: &str = "m.push_rules";
 /// The user's rules: what they stored, with any server-default rule this
 /// version knows and the stored copy lacks added back.
 pub fn load(account_data: &AccountData, user: &UserId) -> Result<Ruleset> {
-    let Some(content) = account_data.get(user, None, EVENT_TYPE)? else {
+    from_stored(account_data.get(user, None, EVENT_TYPE)?, user)
+}
+
+fn from_stored(content: Option<Value>, user: &UserId) -> Result<Ruleset> {
+    let Some(content) = content else {
         return Ok(Ruleset::server_default(user));
     };
     match serde_json::from_value::<Ruleset>(content.get("global").cloned().unwrap_or(Value::Null)) {
@@ -37,7 +41,7 @@ pub fn load(account_data: &AccountData, user: &UserId) -> Result<Ruleset> {
 
 /// The ruleset as the spec shows it, with every kind present even when empty.
 pub fn to_json(rules: &Ruleset) -> Result<Value> {
-    let mut v = serde_json::to_value(rules).map_err(|e| Error::Unknown(e.to_string()))?;
+    let mut v = serde_json::to_value(rules).map_err(|e| Error::internal(e))?;
     if let Some(o) = v.as_object_mut() {
         for kind in ["override", "content", "room", "sender", "underride"] {
             o.entry(kind).or_insert_with(|| json!([]));
@@ -126,12 +130,25 @@ impl Push {
         user: &UserId,
         edit: impl FnOnce(&mut Ruleset) -> Result<()>,
     ) -> Result<()> {
-        let mut rules = (*self.ruleset(user)?).clone();
-        edit(&mut rules)?;
-        self.account_data
-            .set(user, None, EVENT_TYPE, json!({"global": to_json(&rules)?}))
+        // Read, edit and store in one write: two edits at once both stay.
+        let written = self
+            .account_data
+            .stream()
+            .write(|w| {
+                let stored = self.account_data.get_in(&**w, user, None, EVENT_TYPE)?;
+                let mut rules = from_stored(stored, user)?;
+                edit(&mut rules)?;
+                crate::account_data::stage(
+                    w,
+                    user,
+                    None,
+                    EVENT_TYPE,
+                    json!({"global": to_json(&rules)?}),
+                );
+                Ok(rules)
+            })
             .await?;
-        self.forget_cached(user);
+        self.cache_rules(user, written);
         Ok(())
     }
 }

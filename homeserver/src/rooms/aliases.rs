@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 use super::Rooms;
 use crate::{
     error::{Error, Result},
-    storage::Table,
+    storage::{Read, Table},
+    stream::Write,
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -31,61 +32,64 @@ impl Rooms {
         room_id: &RoomId,
         creator: &UserId,
     ) -> Result<()> {
-        let _writer = self.stream.writer.lock().await;
-        self.set_alias_unlocked(alias, room_id, creator)
-    }
-
-    pub(crate) fn set_alias_unlocked(
-        &self,
-        alias: &RoomAliasId,
-        room_id: &RoomId,
-        creator: &UserId,
-    ) -> Result<()> {
         if alias.server_name() != self.server_name {
             return Err(Error::invalid_param("alias must be on this server"));
         }
         if self.room(room_id)?.is_none() {
             return Err(Error::not_found("no such room"));
         }
-        if self.store.contains(ALIASES, alias.as_bytes())? {
+        self.stream
+            .write(|w| self.stage_alias(w, alias, room_id, creator))
+            .await
+    }
+
+    /// Claims `alias` for `room_id` in a write, unless it is taken.
+    pub(crate) fn stage_alias(
+        &self,
+        w: &mut Write<'_>,
+        alias: &RoomAliasId,
+        room_id: &RoomId,
+        creator: &UserId,
+    ) -> Result<()> {
+        if w.contains(ALIASES, alias.as_bytes())? {
             return Err(Error::AliasExists);
         }
-        self.store.put(
+        w.put(
             ALIASES,
             alias.as_bytes(),
             &AliasRecord {
                 room_id: room_id.to_owned(),
                 creator: creator.to_owned(),
             },
-        )?;
+        );
         Ok(())
     }
 
     /// Who may delete: the alias's creator or a room member with power to
     /// change the canonical alias.
     pub async fn delete_alias(&self, alias: &RoomAliasId, user: &UserId) -> Result<()> {
-        let _writer = self.stream.writer.lock().await;
-        let record = self
-            .store
-            .get(ALIASES, alias.as_bytes())?
-            .ok_or_else(|| Error::not_found("no such alias"))?;
-        let allowed = record.creator == user || {
-            let version = self.room(&record.room_id)?.map(|r| r.version);
-            match version.and_then(|v| v.rules()) {
-                Some(rules) => {
-                    self.membership_of(&record.room_id, user)?.as_deref() == Some("join")
-                        && self.user_power(&record.room_id, user, &rules)? >= 50
+        self.stream
+            .write(|w| {
+                let record = w
+                    .get(ALIASES, alias.as_bytes())?
+                    .ok_or_else(|| Error::not_found("no such alias"))?;
+                let allowed = record.creator == user || {
+                    let version = self.room(&record.room_id)?.map(|r| r.version);
+                    match version.and_then(|v| v.rules()) {
+                        Some(rules) => {
+                            self.membership_of(&record.room_id, user)?.as_deref() == Some("join")
+                                && self.user_power(&record.room_id, user, &rules)? >= 50
+                        }
+                        None => false,
+                    }
+                };
+                if !allowed {
+                    return Err(Error::forbidden("you may not delete this alias"));
                 }
-                None => false,
-            }
-        };
-        if !allowed {
-            return Err(Error::forbidden("you may not delete this alias"));
-        }
-        let mut b = self.store.batch();
-        b.delete(ALIASES, alias.as_bytes());
-        b.commit()?;
-        Ok(())
+                w.delete(ALIASES, alias.as_bytes());
+                Ok(())
+            })
+            .await
     }
 
     pub fn aliases_of(&self, room_id: &RoomId) -> Result<Vec<String>> {

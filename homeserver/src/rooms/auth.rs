@@ -107,7 +107,7 @@ mod tests {
     async fn outsiders_cannot_send_or_join_invite_only_rooms() {
         for version in ["10", "11", "12"] {
             let w = world();
-            let (alice, eve) = (w.user("alice"), w.user("eve"));
+            let (alice, eve) = (w.user("alice").await, w.user("eve").await);
             let room = w.room(&alice, version, "private_chat").await;
             forbidden(w.s.rooms.send(&eve, &room, text("hi"), None).await);
             forbidden(w.s.rooms.join(&eve, &room).await);
@@ -125,7 +125,7 @@ mod tests {
     #[tokio::test]
     async fn public_rooms_are_joinable_and_bans_stick() {
         let w = world();
-        let (alice, bob) = (w.user("alice"), w.user("bob"));
+        let (alice, bob) = (w.user("alice").await, w.user("bob").await);
         let room = w.room(&alice, "11", "public_chat").await;
         w.s.rooms.join(&bob, &room).await.unwrap();
         w.s.rooms
@@ -144,7 +144,7 @@ mod tests {
     async fn power_levels_gate_state_kicks_and_self_promotion() {
         for version in ["10", "12"] {
             let w = world();
-            let (alice, bob) = (w.user("alice"), w.user("bob"));
+            let (alice, bob) = (w.user("alice").await, w.user("bob").await);
             let room = w.room(&alice, version, "private_chat").await;
             w.s.rooms.invite(&alice, &room, &bob, None).await.unwrap();
             w.s.rooms.join(&bob, &room).await.unwrap();
@@ -194,7 +194,7 @@ mod tests {
     #[tokio::test]
     async fn redactions_need_power_unless_own_event() {
         let w = world();
-        let (alice, bob) = (w.user("alice"), w.user("bob"));
+        let (alice, bob) = (w.user("alice").await, w.user("bob").await);
         let room = w.room(&alice, "11", "public_chat").await;
         w.s.rooms.join(&bob, &room).await.unwrap();
         let alices =
@@ -236,7 +236,7 @@ mod tests {
     #[tokio::test]
     async fn v12_room_ids_derive_from_the_create_event_and_creators_are_unlimited() {
         let w = world();
-        let alice = w.user("alice");
+        let alice = w.user("alice").await;
         let room = w.room(&alice, "12", "private_chat").await;
         let create = w.s.rooms.room_create_event(&room).unwrap();
         assert_eq!(

@@ -183,35 +183,36 @@ impl Rooms {
             events.push(NewEvent::state("m.room.member", invitee.as_str(), content));
         }
 
-        let room_id = {
-            let _writer = self.stream.writer.lock().await;
-            let create_event = NewEvent::state("m.room.create", "", Value::Object(create));
-            let provisional = if v12 { None } else { Some(self.new_room_id()?) };
-            let create_id = self.append_locked(
+        // The alias is claimed in the create event's own write: if someone
+        // took it meanwhile, no room is created.
+        let (room_id, _room) = self
+            .create_first_event(
                 creator,
-                provisional.as_deref(),
-                Some(&version),
-                create_event,
-                None,
-            )?;
-            let room_id = match provisional {
-                Some(r) => r,
-                None => bellwire_federation::room_id_from_create_event(&create_id)
-                    .map_err(|e| Error::Unknown(e.to_string()))?,
-            };
-            for ev in events {
-                self.append_locked(creator, Some(&room_id), None, ev, None)?;
-            }
-            if let Some(a) = &alias {
-                self.set_alias_unlocked(a, &room_id, creator)?;
-            }
-            if req.is_direct {
-                for invitee in &req.invite {
-                    self.add_direct_locked(creator, invitee, &room_id)?;
-                }
-            }
-            room_id
-        };
+                &version,
+                Value::Object(create),
+                |w, room| match &alias {
+                    Some(a) => self.stage_alias(w, a, room, creator).map_err(|e| match e {
+                        Error::AliasExists => Error::RoomInUse("room alias already taken".into()),
+                        other => other,
+                    }),
+                    None => Ok(()),
+                },
+            )
+            .await?;
+        for ev in events {
+            self.send_locked(creator, &room_id, ev, None, |_| Ok(()))
+                .await?;
+        }
+        if req.is_direct && !req.invite.is_empty() {
+            self.stream
+                .write(|w| {
+                    for invitee in &req.invite {
+                        self.stage_direct(w, creator, invitee, &room_id)?;
+                    }
+                    Ok(())
+                })
+                .await?;
+        }
         Ok(room_id)
     }
 }

@@ -3,8 +3,13 @@
 use ruma::{OwnedEventId, OwnedRoomId, RoomId, UserId};
 use serde_json::{Value, json};
 
-use super::{NewEvent, Rooms};
-use crate::error::{Error, Result};
+use super::{NewEvent, Rooms, USER_ROOMS};
+use crate::{
+    account_data,
+    error::{Error, Result},
+    storage::{Read, keys},
+    stream::Write,
+};
 
 impl Rooms {
     /// `(displayname, avatar_url)` of a local user's global profile.
@@ -43,27 +48,23 @@ impl Rooms {
         content
     }
 
-    /// Joins `user` to the room; completing a DM invite records it in `m.direct`.
+    /// Joins `user` to the room; completing a DM invite records it in
+    /// `m.direct`, in the same write as the join.
     pub async fn join(&self, user: &UserId, room_id: &RoomId) -> Result<OwnedEventId> {
         if self.room(room_id)?.is_none() {
             return Err(Error::not_found("no such room on this server"));
         }
-        let _writer = self.stream.writer.lock().await;
+        let _room = self.locks.lock(room_id).await;
         let invite = self
             .user_room(user, room_id)?
-            .filter(|ur| ur.membership == "invite");
+            .filter(|ur| ur.membership == "invite" && ur.is_direct);
         let content = self.member_event(user, "join", None);
-        let id = self.append_locked(
-            user,
-            Some(room_id),
-            None,
-            NewEvent::state("m.room.member", user.as_str(), content),
-            None,
-        )?;
-        if let Some(inv) = invite.filter(|i| i.is_direct) {
-            self.add_direct_locked(user, &inv.sender, room_id)?;
-        }
-        Ok(id)
+        let event = NewEvent::state("m.room.member", user.as_str(), content);
+        self.send_locked(user, room_id, event, None, |w| match &invite {
+            Some(inv) => self.stage_direct(w, user, &inv.sender, room_id),
+            None => Ok(()),
+        })
+        .await
     }
 
     pub async fn invite(
@@ -172,14 +173,19 @@ impl Rooms {
 
     /// Forgets a room the user has left: it disappears from their sync.
     pub async fn forget(&self, user: &UserId, room_id: &RoomId) -> Result<()> {
-        let _writer = self.stream.writer.lock().await;
-        match self.user_room(user, room_id)? {
-            Some(ur) if ur.membership == "join" || ur.membership == "invite" => {
-                Err(Error::forbidden("leave the room before forgetting it"))
-            }
-            Some(_) => self.forget_user_room(user, room_id),
-            None => Err(Error::not_found("you were never in this room")),
-        }
+        let key = keys::strs(&[user.as_str(), room_id.as_str()]);
+        self.stream
+            .write(|w| match w.get(USER_ROOMS, &key)? {
+                Some(ur) if ur.membership == "join" || ur.membership == "invite" => {
+                    Err(Error::forbidden("leave the room before forgetting it"))
+                }
+                Some(_) => {
+                    w.delete(USER_ROOMS, &key);
+                    Ok(())
+                }
+                None => Err(Error::not_found("you were never in this room")),
+            })
+            .await
     }
 
     /// Local users who share a joined room with `user`.
@@ -223,16 +229,18 @@ impl Rooms {
             .contains(crate::accounts::USERS, user.as_bytes())?)
     }
 
-    /// Adds `room_id` under `other` in `user`'s `m.direct`, keeping what is there.
-    pub(crate) fn add_direct_locked(
+    /// Adds `room_id` under `other` in `user`'s `m.direct`, keeping what
+    /// is there, as part of a write.
+    pub(crate) fn stage_direct(
         &self,
+        w: &mut Write<'_>,
         user: &UserId,
         other: &UserId,
         room_id: &RoomId,
     ) -> Result<()> {
         let mut direct = self
             .account_data
-            .get(user, None, "m.direct")?
+            .get_in(&**w, user, None, "m.direct")?
             .unwrap_or_else(|| json!({}));
         let Some(map) = direct.as_object_mut() else {
             return Ok(());
@@ -243,6 +251,7 @@ impl Rooms {
         {
             arr.push(Value::from(room_id.as_str()));
         }
-        self.account_data.set_locked(user, None, "m.direct", direct)
+        account_data::stage(w, user, None, "m.direct", direct);
+        Ok(())
     }
 }

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use super::{Rooms, pdu::StoredEvent};
 use crate::{
     error::{Error, Result},
-    storage::{Batch, Table, keys},
+    storage::{Batch, Read, Table, keys},
 };
 
 /// A child event as the index keeps it.
@@ -327,7 +327,7 @@ mod tests {
     #[tokio::test]
     async fn edits_bundle_only_from_the_original_sender_and_duplicates_are_refused() {
         let w = world();
-        let (alice, bob) = (w.user("alice"), w.user("bob"));
+        let (alice, bob) = (w.user("alice").await, w.user("bob").await);
         let room = w.room(&alice, "12", "public_chat").await;
         w.s.rooms.join(&bob, &room).await.unwrap();
         let msg =
@@ -392,7 +392,7 @@ mod tests {
     #[tokio::test]
     async fn threads_order_by_latest_reply() {
         let w = world();
-        let alice = w.user("alice");
+        let alice = w.user("alice").await;
         let room = w.room(&alice, "12", "private_chat").await;
         let a =
             w.s.rooms

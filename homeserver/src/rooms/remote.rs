@@ -10,13 +10,15 @@ use ruma::{
 use serde_json::{Value, json};
 
 use super::{
-    Commit, EVENTS, NewEvent, ROOM_MEMBERS, ROOM_STATE, ROOMS, RoomRecord, Rooms, auth,
+    EVENTS, NewEvent, ROOM_MEMBERS, ROOM_STATE, ROOMS, RoomRecord, Rooms, auth,
     pdu::{Pdu, StoredEvent},
+    write::Prepared,
 };
 use crate::{
     accounts::now_ms,
     error::{Error, Result},
-    storage::{Table, keys},
+    outbox::Item,
+    storage::{Read, Table, keys},
 };
 
 /// `(user, room) -> stripped state` sent with a remote invite, shown in
@@ -57,8 +59,7 @@ impl Rooms {
         if servers.is_empty() {
             return Ok(());
         }
-        self.outbound
-            .push(&servers, crate::federation::queue::Outgoing::Edu(edu))
+        self.outbox.push_to_servers(&servers, Item::Edu(edu))
     }
 
     pub fn room_version(&self, room_id: &RoomId) -> Result<Option<RoomVersionId>> {
@@ -150,13 +151,12 @@ impl Rooms {
         if self.has_event(event_id.as_str())? {
             return Ok(());
         }
-        let json = serde_json::to_string(object).map_err(|e| Error::Unknown(e.to_string()))?;
+        let json = serde_json::to_string(object).map_err(|e| Error::internal(e))?;
         let stored = StoredEvent {
             event_id: event_id.clone(),
             room_id: room_id.to_owned(),
             pos: 0,
-            pdu: serde_json::value::RawValue::from_string(json)
-                .map_err(|e| Error::Unknown(e.to_string()))?,
+            pdu: serde_json::value::RawValue::from_string(json).map_err(|e| Error::internal(e))?,
             replaces_state: None,
             txn: None,
             rejected: false,
@@ -164,32 +164,21 @@ impl Rooms {
         Ok(self.store.put(EVENTS, event_id.as_bytes(), &stored)?)
     }
 
-    /// Makes `state` (checked events, stored as outliers) the current state
-    /// of a room this server is joining, before the join itself is accepted.
-    pub(crate) fn install_state_locked(
+    /// Joins a room through another server: makes `state` (checked
+    /// events, stored as outliers) the room's current state, then accepts
+    /// the join event on top of it.
+    pub(crate) async fn join_remote_room(
         &self,
         room_id: &RoomId,
         version: &RoomVersionId,
         state: &[(OwnedEventId, CanonicalJsonObject)],
+        join: &CanonicalJsonObject,
+        join_id: &OwnedEventId,
     ) -> Result<()> {
-        let mut batch = self.store.batch();
-        for (id, object) in state {
-            let (Some(CanonicalJsonValue::String(kind)), Some(CanonicalJsonValue::String(key))) =
-                (object.get("type"), object.get("state_key"))
-            else {
-                continue;
-            };
-            batch.put(ROOM_STATE, &keys::strs(&[room_id.as_str(), kind, key]), id);
-            if kind == "m.room.member"
-                && let Some(CanonicalJsonValue::Object(content)) = object.get("content")
-                && let Some(CanonicalJsonValue::String(m)) = content.get("membership")
-            {
-                batch.put(ROOM_MEMBERS, &keys::strs(&[room_id.as_str(), key]), m);
-            }
-        }
-        // The snapshot of the current state is rebuilt from these rows at
-        // the next event.
+        let _room = self.locks.lock(room_id).await;
         let record = match self.room(room_id)? {
+            // The snapshot of the current state is rebuilt from the rows
+            // below at the next event.
             Some(r) => RoomRecord {
                 snapshot: None,
                 ..r
@@ -201,16 +190,50 @@ impl Rooms {
                 snapshot: None,
             },
         };
-        batch.put(ROOMS, room_id.as_bytes(), &record);
-        Ok(batch.commit()?)
+        self.stream
+            .write(|w| {
+                for (id, object) in state {
+                    let (
+                        Some(CanonicalJsonValue::String(kind)),
+                        Some(CanonicalJsonValue::String(key)),
+                    ) = (object.get("type"), object.get("state_key"))
+                    else {
+                        continue;
+                    };
+                    w.put(ROOM_STATE, &keys::strs(&[room_id.as_str(), kind, key]), id);
+                    if kind == "m.room.member"
+                        && let Some(CanonicalJsonValue::Object(content)) = object.get("content")
+                        && let Some(CanonicalJsonValue::String(m)) = content.get("membership")
+                    {
+                        w.put(ROOM_MEMBERS, &keys::strs(&[room_id.as_str(), key]), m);
+                    }
+                }
+                w.put(ROOMS, room_id.as_bytes(), &record);
+                Ok(())
+            })
+            .await?;
+        self.accept_remote_locked(room_id, join, join_id, Vec::new())
+            .await
     }
 
     /// Accepts a checked (hashes, signatures) event from another server into
     /// the timeline, after the auth rules against its auth events and the
     /// current state. `forward`: servers this server must pass it on to
     /// (only when it is the resident server of a send_join).
-    /// Caller holds the stream writer lock.
-    pub(crate) fn accept_remote_locked(
+    pub(crate) async fn accept_remote(
+        &self,
+        room_id: &RoomId,
+        object: &CanonicalJsonObject,
+        event_id: &OwnedEventId,
+        forward: Vec<String>,
+    ) -> Result<()> {
+        let _room = self.locks.lock(room_id).await;
+        self.accept_remote_locked(room_id, object, event_id, forward)
+            .await
+    }
+
+    /// [`Rooms::accept_remote`] for a caller that holds the room lock.
+    pub(crate) async fn accept_remote_locked(
         &self,
         room_id: &RoomId,
         object: &CanonicalJsonObject,
@@ -222,11 +245,28 @@ impl Rooms {
         {
             return Ok(());
         }
+        let Some(prepared) = self.prepare_remote(room_id, object, event_id, forward)? else {
+            return Ok(());
+        };
+        self.write_event::<()>(prepared, |_| Ok(None)).await?;
+        Ok(())
+    }
+
+    /// Checks a remote event against the auth rules where it sits and
+    /// against the current state, resolving state where branches meet.
+    /// `None`: soft-failed (kept as an outlier, never shown).
+    fn prepare_remote(
+        &self,
+        room_id: &RoomId,
+        object: &CanonicalJsonObject,
+        event_id: &OwnedEventId,
+        forward: Vec<String>,
+    ) -> Result<Option<Prepared>> {
         let record = self
             .room(room_id)?
             .ok_or_else(|| Error::not_found("this server is not in the room"))?;
         let rules = rules_for(&record.version).map_err(|_| Error::UnsupportedRoomVersion)?;
-        let pdu_json = serde_json::to_string(object).map_err(|e| Error::Unknown(e.to_string()))?;
+        let pdu_json = serde_json::to_string(object).map_err(Error::internal)?;
         let mut parsed: Pdu =
             serde_json::from_str(&pdu_json).map_err(|e| Error::bad_json(e.to_string()))?;
         parsed.event_id = event_id.clone();
@@ -250,7 +290,8 @@ impl Rooms {
                     // soft failure: kept, but never shown or built upon.
                     if let Err(e) = auth::authorize(self, &rules, room_id, &parsed) {
                         tracing::info!("soft-failed {event_id}: {e}");
-                        return self.store_outlier(room_id, object, event_id);
+                        self.store_outlier(room_id, object, event_id)?;
+                        return Ok(None);
                     }
                     let mut after = before.clone();
                     if let Some(k) = &parsed.state_key {
@@ -274,28 +315,23 @@ impl Rooms {
                     (Some(before), Some(resolved))
                 }
             };
-        let redaction_target = self
-            .redaction_target(&rules, room_id, &parsed)
-            .ok()
-            .flatten();
-        let depth = parsed.depth;
-        self.commit_locked(Commit {
+        let redacted = self.redaction_of(&rules, room_id, &parsed, object, false)?;
+        let decisions = self.push_decisions(room_id, &parsed, &pdu_json, &rules)?;
+        Ok(Some(Prepared {
             room_id: room_id.to_owned(),
             version: record.version.clone(),
-            rules: &rules,
+            depth: parsed.depth,
             event_id: event_id.clone(),
-            object,
             pdu_json,
             parsed,
             txn: None,
-            depth,
-            prev_events: &prev_events,
-            redaction_target,
+            prev_events,
+            redacted,
             forward,
-            in_timeline: true,
             state_before,
             new_state,
-        })
+            decisions,
+        }))
     }
 
     /// The first event of the room's timeline.
@@ -313,12 +349,12 @@ impl Rooms {
     /// Puts events fetched by backfill (newest first) below the room's
     /// earliest timeline event, each at the next lower position. Events
     /// that fail the auth rules against their auth events are skipped.
-    /// Caller holds the stream writer lock.
-    pub(crate) fn insert_backfilled_locked(
+    pub(crate) async fn insert_backfilled(
         &self,
         room_id: &RoomId,
         events: &[(i64, OwnedEventId, CanonicalJsonObject)],
     ) -> Result<usize> {
+        let _room = self.locks.lock(room_id).await;
         let Some(earliest) = self.earliest_timeline_event(room_id)? else {
             return Ok(0);
         };
@@ -327,13 +363,12 @@ impl Rooms {
             .ok_or_else(|| Error::not_found("unknown room"))?;
         let rules = rules_for(&version).map_err(|_| Error::UnsupportedRoomVersion)?;
         let mut pos = earliest.pos;
-        let mut batch = self.store.batch();
-        let mut added = 0;
+        let mut rows = Vec::new();
         for (_, id, object) in events {
             if pos <= 1 {
                 break;
             }
-            let json = serde_json::to_string(object).map_err(|e| Error::Unknown(e.to_string()))?;
+            let json = serde_json::to_string(object).map_err(Error::internal)?;
             let Ok(mut parsed) = serde_json::from_str::<Pdu>(&json) else {
                 continue;
             };
@@ -343,22 +378,28 @@ impl Rooms {
                 continue;
             }
             pos -= 1;
-            let stored = StoredEvent {
+            rows.push(StoredEvent {
                 event_id: id.clone(),
                 room_id: room_id.to_owned(),
                 pos,
-                pdu: serde_json::value::RawValue::from_string(json)
-                    .map_err(|e| Error::Unknown(e.to_string()))?,
+                pdu: serde_json::value::RawValue::from_string(json).map_err(Error::internal)?,
                 replaces_state: None,
                 txn: None,
                 rejected: false,
-            };
-            batch.put(EVENTS, id.as_bytes(), &stored);
-            batch.put(super::TIMELINE, &super::timeline_key(room_id, pos), id);
-            added += 1;
+            });
         }
-        batch.commit()?;
-        Ok(added)
+        // Below every position handed out: nothing to allocate or publish.
+        let mut txn = self.store.transaction();
+        for stored in &rows {
+            txn.put(EVENTS, stored.event_id.as_bytes(), stored);
+            txn.put(
+                super::TIMELINE,
+                &super::timeline_key(room_id, stored.pos),
+                &stored.event_id,
+            );
+        }
+        txn.commit()?;
+        Ok(rows.len())
     }
 
     pub(crate) fn set_invite_state(
@@ -387,7 +428,7 @@ impl Rooms {
 
     /// Records a local user's membership in a room this server is not in
     /// (a remote invite, or its rejection), for /sync.
-    pub(crate) fn set_outside_membership_locked(
+    pub(crate) async fn set_outside_membership(
         &self,
         user: &UserId,
         room_id: &RoomId,
@@ -396,24 +437,24 @@ impl Rooms {
         sender: &UserId,
         is_direct: bool,
     ) -> Result<()> {
-        let pos = self.stream.next();
-        let mut batch = self.store.batch();
-        batch.put(
-            super::USER_ROOMS,
-            &keys::strs(&[user.as_str(), room_id.as_str()]),
-            &super::UserRoom {
-                membership: membership.into(),
-                pos,
-                event_id: event_id.clone(),
-                is_direct,
-                sender: sender.to_owned(),
-            },
-        );
-        self.stream.record(&mut batch, pos);
-        batch.commit()?;
-        self.stream.publish(pos);
-        self.notifier.wake(std::iter::once(user));
-        Ok(())
+        self.stream
+            .write(|w| {
+                let pos = w.next_pos();
+                w.put(
+                    super::USER_ROOMS,
+                    &keys::strs(&[user.as_str(), room_id.as_str()]),
+                    &super::UserRoom {
+                        membership: membership.into(),
+                        pos,
+                        event_id: event_id.clone(),
+                        is_direct,
+                        sender: sender.to_owned(),
+                    },
+                );
+                w.wake([user]);
+                Ok(())
+            })
+            .await
     }
 
     /// The auth chain of `ids`: every event reachable through auth_events.
@@ -499,8 +540,8 @@ impl Rooms {
             .ok_or_else(|| Error::not_found("unknown room"))?;
         let rules = rules_for(&version).map_err(|_| Error::UnsupportedRoomVersion)?;
         let redacted = ruma::canonical_json::redact(to_object(v)?, &rules.redaction, None)
-            .map_err(|e| Error::Unknown(e.to_string()))?;
-        serde_json::to_value(redacted).map_err(|e| Error::Unknown(e.to_string()))
+            .map_err(|e| Error::internal(e))?;
+        serde_json::to_value(redacted).map_err(|e| Error::internal(e))
     }
 
     pub fn room_of_event(&self, event_id: &str) -> Result<Option<OwnedRoomId>> {

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::{Rooms, pdu::Pdu};
 use crate::{
     error::{Error, Result},
-    storage::{Batch, Table, keys},
+    storage::{Batch, Read, Table, keys},
 };
 
 /// `(type, state_key) -> event ID`.
@@ -53,11 +53,11 @@ impl Rooms {
             let snap = self
                 .store
                 .get(STATE_SNAPSHOTS, &keys::KeyBuf::new().u64(i).into_vec())?
-                .ok_or_else(|| Error::Unknown(format!("state snapshot {i} is missing")))?;
+                .ok_or_else(|| Error::Internal(format!("state snapshot {i} is missing")))?;
             cur = snap.parent;
             chain.push(snap);
             if chain.len() > FULL_EVERY as usize + 1 {
-                return Err(Error::Unknown("state snapshot chain too long".into()));
+                return Err(Error::Internal("state snapshot chain too long".into()));
             }
         }
         let mut state = StateIds::new();
@@ -282,7 +282,7 @@ impl Rooms {
             fetch,
             subgraph,
         )
-        .map_err(|e| Error::Unknown(format!("state resolution failed: {e}")))?;
+        .map_err(|e| Error::Internal(format!("state resolution failed: {e}")))?;
         Ok(resolved
             .into_iter()
             .map(|((t, k), id)| ((t.to_string(), k), id))
@@ -414,7 +414,7 @@ mod tests {
     async fn a_concurrent_demotion_undoes_the_demoted_users_change() {
         for version in ["11", "12"] {
             let w = world();
-            let (alice, bob) = (w.user("alice"), w.user("bob"));
+            let (alice, bob) = (w.user("alice").await, w.user("bob").await);
             let room = w.room(&alice, version, "public_chat").await;
             w.s.rooms.join(&bob, &room).await.unwrap();
             let mut pl =
@@ -460,12 +460,10 @@ mod tests {
             );
 
             let (object, id) = w.s.rooms.sign_template(demotion, &v).unwrap();
-            {
-                let _writer = w.s.rooms.stream.writer.lock().await;
-                w.s.rooms
-                    .accept_remote_locked(&room, &object, &id, Vec::new())
-                    .unwrap();
-            }
+            w.s.rooms
+                .accept_remote(&room, &object, &id, Vec::new())
+                .await
+                .unwrap();
             let rules = ruma::RoomVersionId::try_from(version)
                 .unwrap()
                 .rules()
@@ -504,7 +502,7 @@ mod tests {
     #[tokio::test]
     async fn snapshots_record_the_state_before_each_event() {
         let w = world();
-        let alice = w.user("alice");
+        let alice = w.user("alice").await;
         let room = w.room(&alice, "12", "private_chat").await;
         let before_rename =
             w.s.rooms

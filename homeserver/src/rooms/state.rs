@@ -8,7 +8,7 @@ use serde_json::Value;
 use super::{ROOM_STATE, Rooms, pdu::StoredEvent};
 use crate::{
     error::{Error, Result},
-    storage::keys,
+    storage::{Read, keys},
 };
 
 /// `(type, state_key)` of a state entry.

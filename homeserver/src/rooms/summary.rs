@@ -5,6 +5,7 @@ use serde_json::{Value, json};
 
 use super::Rooms;
 use crate::error::{Error, Result};
+use crate::storage::Read;
 
 impl Rooms {
     fn state_str(&self, room: &RoomId, kind: &str, field: &str) -> Result<Option<String>> {

@@ -5,7 +5,7 @@ use ruma::{RoomId, UserId};
 use super::{Rooms, TIMELINE, pdu::StoredEvent, timeline_key};
 use crate::{
     error::{Error, Result},
-    storage::keys,
+    storage::{Read, keys},
 };
 
 impl Rooms {
@@ -180,7 +180,7 @@ mod tests {
             ("world_readable", true),
         ] {
             let w = world();
-            let (alice, carol) = (w.user("alice"), w.user("carol"));
+            let (alice, carol) = (w.user("alice").await, w.user("carol").await);
             let room = w.room(&alice, "12", "public_chat").await;
             let hv = NewEvent::state(
                 "m.room.history_visibility",

@@ -1,6 +1,6 @@
 //! Schema versioning: records the layout version in `meta` and upgrades older databases step by step.
 
-use super::{StorageError, Store, Table};
+use super::{Read, StorageError, Store, Table};
 
 /// The layout this binary writes. Bump it together with a new step in `run`.
 pub const SCHEMA_VERSION: u32 = 1;

@@ -1,16 +1,16 @@
-//! The only code that touches RocksDB: typed tables over column families, atomic batches, schema migrations.
+//! The only code that touches RocksDB: typed tables over column families, transactions, schema migrations.
 
 pub mod keys;
 mod migrations;
+mod txn;
 
 use std::{marker::PhantomData, path::Path, sync::Arc};
 
-use rocksdb::{
-    ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
-};
+use rocksdb::{ColumnFamilyDescriptor, DB, Options};
 use serde::{Serialize, de::DeserializeOwned};
 
 pub use migrations::SCHEMA_VERSION;
+pub use txn::{Batch, Read, Txn};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -27,7 +27,7 @@ pub enum StorageError {
     TooNew { found: u32, supported: u32 },
 }
 
-type Result<T> = std::result::Result<T, StorageError>;
+pub type Result<T> = std::result::Result<T, StorageError>;
 
 /// Every column family; each domain module owns the tables it declares.
 pub const COLUMN_FAMILIES: &[&str] = &[
@@ -81,6 +81,9 @@ pub const COLUMN_FAMILIES: &[&str] = &[
     "event_state",
     "openid_tokens",
     "remote_devices",
+    "event_log",
+    "room_activity",
+    "outbox",
 ];
 
 /// A typed table: a column family whose values are JSON-encoded `V`.
@@ -102,6 +105,10 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
             cf,
             _v: PhantomData,
         }
+    }
+
+    pub(crate) fn name(&self) -> &'static str {
+        self.cf
     }
 
     fn decode(&self, bytes: &[u8]) -> Result<V> {
@@ -155,82 +162,19 @@ impl Store {
             .ok_or(StorageError::MissingTable(name))
     }
 
-    pub fn get<V: Serialize + DeserializeOwned>(
-        &self,
-        t: Table<V>,
-        key: &[u8],
-    ) -> Result<Option<V>> {
-        match self.db.get_pinned_cf(self.cf(t.cf)?, key)? {
-            Some(bytes) => Ok(Some(t.decode(&bytes)?)),
-            None => Ok(None),
-        }
+    /// An atomic set of writes whose reads see its own pending changes.
+    pub fn transaction(&self) -> Txn<'_> {
+        Txn::new(self)
     }
 
-    pub fn contains<V: Serialize + DeserializeOwned>(
-        &self,
-        t: Table<V>,
-        key: &[u8],
-    ) -> Result<bool> {
-        Ok(self.db.get_pinned_cf(self.cf(t.cf)?, key)?.is_some())
-    }
-
-    /// All entries whose key starts with `prefix`, in key order.
-    pub fn scan_prefix<V: Serialize + DeserializeOwned>(
-        &self,
-        t: Table<V>,
-        prefix: &[u8],
-    ) -> Result<Vec<(Vec<u8>, V)>> {
-        self.scan(t, prefix, prefix, None, false, usize::MAX)
-    }
-
-    /// Entries under `prefix` starting at `from` (inclusive), forwards or
-    /// backwards, at most `limit`, stopping at `until` (exclusive) if given.
-    pub fn scan<V: Serialize + DeserializeOwned>(
-        &self,
-        t: Table<V>,
-        prefix: &[u8],
-        from: &[u8],
-        until: Option<&[u8]>,
-        backwards: bool,
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, V)>> {
-        let cf = self.cf(t.cf)?;
-        let dir = if backwards {
-            Direction::Reverse
-        } else {
-            Direction::Forward
-        };
-        let mut out = Vec::new();
-        for item in self.db.iterator_cf(cf, IteratorMode::From(from, dir)) {
-            if out.len() >= limit {
-                break;
-            }
-            let (k, v) = item?;
-            if !k.starts_with(prefix) {
-                break;
-            }
-            if let Some(u) = until {
-                let past = if backwards { &*k <= u } else { &*k >= u };
-                if past {
-                    break;
-                }
-            }
-            out.push((k.to_vec(), t.decode(&v)?));
-        }
-        Ok(out)
-    }
-
-    pub fn batch(&self) -> Batch<'_> {
-        Batch {
-            store: self,
-            inner: WriteBatch::default(),
-            error: None,
-        }
+    /// The old name of [`Store::transaction`].
+    pub fn batch(&self) -> Txn<'_> {
+        self.transaction()
     }
 
     /// Convenience for a single delete.
     pub fn delete<V: Serialize + DeserializeOwned>(&self, t: Table<V>, key: &[u8]) -> Result<()> {
-        let mut b = self.batch();
+        let mut b = self.transaction();
         b.delete(t, key);
         b.commit()
     }
@@ -242,55 +186,16 @@ impl Store {
         key: &[u8],
         value: &V,
     ) -> Result<()> {
-        let mut b = self.batch();
+        let mut b = self.transaction();
         b.put(t, key, value);
         b.commit()
-    }
-}
-
-/// A set of writes applied atomically: all of it survives a crash, or none.
-pub struct Batch<'a> {
-    store: &'a Store,
-    inner: WriteBatch,
-    error: Option<StorageError>,
-}
-
-impl Batch<'_> {
-    pub fn put<V: Serialize + DeserializeOwned>(&mut self, t: Table<V>, key: &[u8], value: &V) {
-        match (self.store.cf(t.cf), serde_json::to_vec(value)) {
-            (Ok(cf), Ok(bytes)) => self.inner.put_cf(cf, key, bytes),
-            (Err(e), _) => self.error = Some(e),
-            (_, Err(e)) => {
-                self.error = Some(StorageError::Corrupt {
-                    table: t.cf,
-                    message: e.to_string(),
-                })
-            }
-        }
-    }
-
-    pub fn delete<V: Serialize + DeserializeOwned>(&mut self, t: Table<V>, key: &[u8]) {
-        match self.store.cf(t.cf) {
-            Ok(cf) => self.inner.delete_cf(cf, key),
-            Err(e) => self.error = Some(e),
-        }
-    }
-
-    /// Writes everything through the WAL; returns only once RocksDB has it.
-    pub fn commit(self) -> Result<()> {
-        if let Some(e) = self.error {
-            return Err(e);
-        }
-        let mut opts = WriteOptions::default();
-        opts.set_sync(self.store.sync_writes);
-        self.store.db.write_opt(self.inner, &opts)?;
-        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::Read;
 
     const T: Table<String> = Table::new("meta");
 

@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use crate::{
     error::{Error, Result},
-    storage::{Store, Table, keys},
+    storage::{Read, Store, Table, keys},
 };
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

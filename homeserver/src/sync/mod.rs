@@ -1,7 +1,6 @@
 //! /sync assembly: what changed for a user between two stream positions, and the long-poll that waits for it.
 
 pub mod filter;
-pub mod stream;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -24,9 +23,9 @@ use crate::{
         pdu::{client_event, stripped_state},
     },
     storage::Store,
+    stream::Stream,
 };
 use filter::Filter;
-use stream::{Notifier, StreamPositions};
 
 pub struct SyncRequest {
     pub since: Option<String>,
@@ -74,8 +73,7 @@ pub struct SyncService {
     pub(crate) push: Arc<Push>,
     pub(crate) e2ee: E2ee,
     pub(crate) store: Store,
-    pub(crate) stream: Arc<StreamPositions>,
-    pub(crate) notifier: Arc<Notifier>,
+    pub(crate) stream: Arc<Stream>,
     pub(crate) default_limit: usize,
     pub(crate) max_timeout_ms: u64,
 }
@@ -112,7 +110,7 @@ impl SyncService {
     ) -> Result<Value> {
         let deadline = tokio::time::Instant::now()
             + Duration::from_millis(req.timeout_ms.min(self.max_timeout_ms));
-        let notify = self.notifier.handle(&session.user_id);
+        let notify = self.stream.notifier().handle(&session.user_id);
         loop {
             // Register interest before looking, so a write between the look
             // and the wait still wakes us.

@@ -81,19 +81,18 @@ pub async fn register(
             .challenge(stage, Some("authentication stage not completed")));
     }
     s.uia.finish(auth.session.as_deref());
-    let accounts = s.accounts.clone();
-    let uid = user_id.clone();
-    let password = body.password.clone();
-    crate::accounts::with_password_hasher(move || accounts.create(&uid, password.as_deref()))
-        .await?;
+    s.accounts.create(&user_id, body.password.clone()).await?;
     if body.inhibit_login {
         return Ok(Json(json!({"user_id": user_id})));
     }
-    let session = s.accounts.open_session(
-        &user_id,
-        body.device_id.as_deref(),
-        body.initial_device_display_name,
-    )?;
+    let session = s
+        .accounts
+        .open_session(
+            &user_id,
+            body.device_id.as_deref(),
+            body.initial_device_display_name,
+        )
+        .await?;
     Ok(Json(json!({
         "user_id": user_id,
         "access_token": session.access_token,
@@ -180,11 +179,14 @@ pub async fn login(
     // Per account too, so guessing one password from many addresses is slow.
     s.rate_limiter.check(Action::Login, user_id.as_str())?;
     check_password(&s, &user_id, password).await?;
-    let session = s.accounts.open_session(
-        &user_id,
-        body.device_id.as_deref(),
-        body.initial_device_display_name,
-    )?;
+    let session = s
+        .accounts
+        .open_session(
+            &user_id,
+            body.device_id.as_deref(),
+            body.initial_device_display_name,
+        )
+        .await?;
     Ok(Json(json!({
         "user_id": user_id,
         "access_token": session.access_token,
@@ -267,9 +269,8 @@ pub async fn change_password(
     Body(body): Body<PasswordBody>,
 ) -> Result<Json<Value>> {
     require_password_uia(&s, &session, body.auth.as_ref()).await?;
-    let accounts = s.accounts.clone();
-    let uid = session.user_id.clone();
-    crate::accounts::with_password_hasher(move || accounts.set_password(&uid, &body.new_password))
+    s.accounts
+        .set_password(&session.user_id, body.new_password)
         .await?;
     if body.logout_devices.unwrap_or(true) {
         let devices = s.accounts.devices(&session.user_id)?;

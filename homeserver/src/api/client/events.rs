@@ -15,7 +15,7 @@ use crate::{
     error::{Error, Result},
     ratelimit::Action,
     rooms::{
-        NewEvent, Txn,
+        DeviceTxn, NewEvent,
         pdu::{StoredEvent, client_event, parse_event_id},
     },
     sync::parse_token,
@@ -33,7 +33,7 @@ pub async fn send(
     }
     s.rate_limiter
         .check(Action::Message, session.user_id.as_str())?;
-    let txn = Txn {
+    let txn = DeviceTxn {
         device_id: session.device_id.as_str(),
         txn_id: &txn_id,
     };
@@ -210,7 +210,7 @@ pub async fn redact(
         state_key: None,
         redacts: Some(target),
     };
-    let txn = Txn {
+    let txn = DeviceTxn {
         device_id: session.device_id.as_str(),
         txn_id: &txn_id,
     };
@@ -330,7 +330,7 @@ pub async fn messages(
                 evs = s.rooms.timeline_range(&room, lo, hi, true, limit)?;
             }
             let end = (evs.len() == limit)
-                .then(|| evs.last().map(|e| format!("t{}", e.pos - 1)))
+                .then(|| evs.last().map(|e| format!("t{}", e.pos.saturating_sub(1))))
                 .flatten();
             (evs, format!("t{hi}"), end)
         }
@@ -408,7 +408,9 @@ pub async fn context(
     let ev = s
         .rooms
         .event(&event_id)?
-        .filter(|e| e.room_id == room && e.pos <= visible && e.pos >= earliest)
+        // Outliers (position 0: auth chain and state fetched with a remote
+        // join) are not part of the timeline a member reads.
+        .filter(|e| e.room_id == room && e.pos != 0 && e.pos <= visible && e.pos >= earliest)
         .ok_or_else(|| Error::not_found("event not found"))?;
     let filter = s
         .filters
@@ -419,7 +421,7 @@ pub async fn context(
     let before = s.rooms.timeline_range(
         &room,
         earliest.saturating_sub(1),
-        ev.pos - 1,
+        ev.pos.saturating_sub(1),
         true,
         limit / 2,
     )?;
@@ -442,7 +444,11 @@ pub async fn context(
             })
             .collect()
     };
-    let start = before.last().map(|e| e.pos).unwrap_or(ev.pos) - 1;
+    let start = before
+        .last()
+        .map(|e| e.pos)
+        .unwrap_or(ev.pos)
+        .saturating_sub(1);
     let end = after.last().map(|e| e.pos).unwrap_or(ev.pos);
     let mut state = Vec::new();
     for id in s.rooms.state_before(&room, end + 1)?.values() {

@@ -77,7 +77,7 @@ pub async fn get_filter(
         .get(&session.user_id, &id)?
         .ok_or_else(|| Error::not_found("unknown filter"))?;
     Ok(Json(
-        serde_json::to_value(f).map_err(|e| Error::Unknown(e.to_string()))?,
+        serde_json::to_value(f).map_err(|e| Error::internal(e))?,
     ))
 }
 

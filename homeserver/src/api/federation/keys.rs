@@ -20,7 +20,7 @@ fn own_document(s: &AppState) -> Result<Value> {
         &s.federation.old_keys,
         now_ms() + VALIDITY_MS,
     )
-    .map_err(|e| Error::Unknown(e.to_string()))
+    .map_err(|e| Error::internal(e))
 }
 
 pub async fn server_keys(State(s): State<AppState>) -> Result<Json<Value>> {

@@ -1,0 +1,530 @@
+//! The event write path: one room at a time, an event is prepared (built or checked, authorized, push rules run), then written in one atomic write with everything it implies.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::{Arc, Mutex, Weak},
+};
+
+use bellwire_federation::{hash_sign_and_id, room_id_from_create_event, rules_for};
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId,
+    RoomVersionId, UserId, canonical_json::to_canonical_value, events::TimelineEventType,
+    room_version_rules::RoomVersionRules,
+};
+use serde_json::{Value, json};
+
+use super::{
+    DeviceTxn, EVENTS, MEMBERSHIP_LOG, NewEvent, ROOM_MEMBERS, ROOM_STATE, ROOMS, RoomRecord,
+    Rooms, TIMELINE, TXNS, USER_ROOMS, UserRoom, auth, event_log,
+    pdu::{Pdu, StoredEvent},
+    snapshots::StateIds,
+    timeline_key, txn_key,
+};
+use crate::{
+    accounts::now_ms,
+    ephemeral::receipts,
+    error::{Error, Result},
+    outbox::Item,
+    push::{evaluate, evaluate::Decision, notifications},
+    storage::{Read, keys},
+    stream::Write,
+};
+
+/// One async lock per room: events of a room are prepared and written one
+/// at a time (their prev events, auth events and state depend on the one
+/// before), while different rooms never wait on each other.
+#[derive(Default)]
+pub(crate) struct RoomLocks {
+    locks: Mutex<HashMap<OwnedRoomId, Weak<tokio::sync::Mutex<()>>>>,
+}
+
+pub(crate) type RoomGuard = tokio::sync::OwnedMutexGuard<()>;
+
+impl RoomLocks {
+    pub(crate) async fn lock(&self, room: &RoomId) -> RoomGuard {
+        let lock = {
+            let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            if map.len() > 4096 {
+                map.retain(|_, l| l.strong_count() > 0);
+            }
+            match map.get(room).and_then(Weak::upgrade) {
+                Some(l) => l,
+                None => {
+                    let l = Arc::new(tokio::sync::Mutex::new(()));
+                    map.insert(room.to_owned(), Arc::downgrade(&l));
+                    l
+                }
+            }
+        };
+        lock.lock_owned().await
+    }
+}
+
+/// An event ready to be written: everything its write needs, computed
+/// beforehand so the write itself only stages rows.
+pub(crate) struct Prepared {
+    pub room_id: OwnedRoomId,
+    pub version: RoomVersionId,
+    pub event_id: OwnedEventId,
+    pub pdu_json: String,
+    pub parsed: Pdu,
+    pub txn: Option<(String, String)>,
+    pub depth: u64,
+    pub prev_events: Vec<OwnedEventId>,
+    /// The event a redaction removes, already redacted.
+    pub redacted: Option<(StoredEvent, StoredEvent)>,
+    /// Servers the event goes to (none for events that came from elsewhere).
+    pub forward: Vec<String>,
+    /// The state before the event when it is not the room's current state
+    /// (an event on another branch); `None`: the current state.
+    pub state_before: Option<StateIds>,
+    /// The room's state after the event when branches were resolved;
+    /// `None`: the current state plus the event.
+    pub new_state: Option<StateIds>,
+    /// Whose push rules want to hear of it.
+    pub decisions: Vec<Decision>,
+}
+
+/// Strictly increasing timestamps for create events: two rooms created by
+/// one user in the same millisecond with the same content would otherwise
+/// have the same create event, hence (room v12) the same room ID.
+static LAST_CREATE_TS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn create_event_ts() -> u64 {
+    use std::sync::atomic::Ordering;
+    let now = now_ms();
+    let mut last = LAST_CREATE_TS.load(Ordering::Relaxed);
+    loop {
+        let ts = now.max(last + 1);
+        match LAST_CREATE_TS.compare_exchange_weak(last, ts, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return ts,
+            Err(seen) => last = seen,
+        }
+    }
+}
+
+impl Rooms {
+    /// Sends an event into a room, idempotently per device transaction.
+    pub async fn send(
+        &self,
+        sender: &UserId,
+        room_id: &RoomId,
+        event: NewEvent,
+        txn: Option<DeviceTxn<'_>>,
+    ) -> Result<OwnedEventId> {
+        let _room = self.locks.lock(room_id).await;
+        self.send_locked(sender, room_id, event, txn, |_| Ok(()))
+            .await
+    }
+
+    /// Sends with the room lock held; `also` stages more in the same write
+    /// (a join's `m.direct` update, say).
+    pub(crate) async fn send_locked(
+        &self,
+        sender: &UserId,
+        room_id: &RoomId,
+        event: NewEvent,
+        txn: Option<DeviceTxn<'_>>,
+        also: impl FnOnce(&mut Write<'_>) -> Result<()>,
+    ) -> Result<OwnedEventId> {
+        if let Some(t) = txn
+            && let Some(id) = self.store.get(TXNS, &txn_key(sender, t))?
+        {
+            return Ok(id);
+        }
+        let prepared = self.prepare_local(sender, Some(room_id), None, event, txn)?;
+        let event_id = prepared.event_id.clone();
+        let txn_row = txn.map(|t| txn_key(sender, t));
+        let earlier = self
+            .write_event(prepared, |w| {
+                // The same transaction may have landed in another room meanwhile.
+                if let Some(k) = &txn_row
+                    && let Some(id) = w.get(TXNS, k)?
+                {
+                    return Ok(Some(id));
+                }
+                also(w)?;
+                Ok(None)
+            })
+            .await?;
+        Ok(earlier.unwrap_or(event_id))
+    }
+
+    /// Creates a room's first event (its create event) and whatever `also`
+    /// stages with it. A room that already exists is never returned.
+    pub(crate) async fn create_first_event(
+        &self,
+        creator: &UserId,
+        version: &RoomVersionId,
+        content: Value,
+        also: impl FnOnce(&mut Write<'_>, &RoomId) -> Result<()>,
+    ) -> Result<(OwnedRoomId, RoomGuard)> {
+        let v12 = version
+            .rules()
+            .is_some_and(|r| r.authorization.room_create_event_id_as_room_id);
+        let provisional = if v12 { None } else { Some(self.new_room_id()?) };
+        let create = NewEvent::state("m.room.create", "", content);
+        let prepared =
+            self.prepare_local(creator, provisional.as_deref(), Some(version), create, None)?;
+        let room_id = prepared.room_id.clone();
+        let guard = self.locks.lock(&room_id).await;
+        let room = room_id.clone();
+        self.write_event::<()>(prepared, |w| {
+            if w.contains(ROOMS, room.as_bytes())? {
+                return Err(Error::Internal(format!(
+                    "room {room} already exists; refusing to create it again"
+                )));
+            }
+            also(w, &room)?;
+            Ok(None)
+        })
+        .await?;
+        Ok((room_id, guard))
+    }
+
+    /// Builds, signs and authorizes a local event against the room's
+    /// current state. `room_id` is `None` only for the create event of a
+    /// v12 room, whose ID derives from the event. Caller holds the room lock.
+    pub(crate) fn prepare_local(
+        &self,
+        sender: &UserId,
+        room_id: Option<&RoomId>,
+        new_room_version: Option<&RoomVersionId>,
+        event: NewEvent,
+        txn: Option<DeviceTxn<'_>>,
+    ) -> Result<Prepared> {
+        let (record, room_id) = match (room_id, new_room_version) {
+            (Some(r), None) => {
+                let rec = self
+                    .room(r)?
+                    .ok_or_else(|| Error::forbidden("you are not in this room"))?;
+                (Some(rec), Some(r.to_owned()))
+            }
+            (r, Some(_)) => (None, r.map(ToOwned::to_owned)),
+            (None, None) => return Err(Error::Internal("event without room".into())),
+        };
+        let version = record
+            .as_ref()
+            .map(|r| r.version.clone())
+            .or(new_room_version.cloned())
+            .ok_or(Error::UnsupportedRoomVersion)?;
+        let rules = rules_for(&version).map_err(|_| Error::UnsupportedRoomVersion)?;
+        let kind = TimelineEventType::from(event.kind.as_str());
+
+        let mut content = event.content;
+        if let Some(r) = &room_id
+            && event.state_key.is_none()
+        {
+            self.check_annotation(r, sender, &event.kind, &content)?;
+        }
+        if kind == TimelineEventType::RoomRedaction
+            && rules.redaction.content_field_redacts
+            && let (Some(target), Some(obj)) = (&event.redacts, content.as_object_mut())
+        {
+            obj.insert("redacts".into(), Value::from(target.as_str()));
+        }
+        let content_raw = serde_json::value::to_raw_value(&content)
+            .map_err(|e| Error::bad_json(e.to_string()))?;
+
+        // Auth events: the current state entries the auth rules name.
+        let auth_types = ruma::state_res::auth_types_for_event(
+            &kind,
+            sender,
+            event.state_key.as_deref(),
+            &content_raw,
+            &rules.authorization,
+        )
+        .map_err(Error::BadJson)?;
+        let mut auth_events = Vec::new();
+        if let Some(room_id) = &room_id {
+            for (t, k) in &auth_types {
+                if let Some(id) = self.state_event_id(room_id, &t.to_string(), k)? {
+                    auth_events.push(id);
+                }
+            }
+        }
+        let (prev_events, depth) = match &record {
+            Some(r) => (r.extremities.clone(), r.depth + 1),
+            None => (Vec::new(), 1),
+        };
+
+        let ts = if kind == TimelineEventType::RoomCreate {
+            create_event_ts()
+        } else {
+            now_ms()
+        };
+        let mut pdu = json!({
+            "type": kind.to_string(),
+            "content": content,
+            "sender": sender.as_str(),
+            "origin_server_ts": ts,
+            "depth": depth,
+            "prev_events": prev_events,
+            "auth_events": auth_events,
+        });
+        if let Some(obj) = pdu.as_object_mut() {
+            if let Some(r) = &room_id {
+                obj.insert("room_id".into(), Value::from(r.as_str()));
+            }
+            if let Some(k) = &event.state_key {
+                obj.insert("state_key".into(), Value::from(k.as_str()));
+            }
+            if let (Some(target), false) = (&event.redacts, rules.redaction.content_field_redacts) {
+                obj.insert("redacts".into(), Value::from(target.as_str()));
+            }
+        }
+        let mut object = match to_canonical_value(pdu) {
+            Ok(CanonicalJsonValue::Object(o)) => o,
+            Ok(_) => return Err(Error::bad_json("event is not an object")),
+            Err(e) => {
+                return Err(Error::bad_json(format!(
+                    "content is not canonical JSON: {e}"
+                )));
+            }
+        };
+        let event_id = hash_sign_and_id(&mut object, self.server_name.as_str(), &self.key, &rules)
+            .map_err(|e| Error::bad_json(e.to_string()))?;
+        let room_id = match room_id {
+            Some(r) => r,
+            None => room_id_from_create_event(&event_id).map_err(Error::internal)?,
+        };
+        let pdu_json = serde_json::to_string(&object).map_err(Error::internal)?;
+        if pdu_json.len() > 65_536 {
+            return Err(Error::TooLarge { limit: 65_536 });
+        }
+        let mut parsed: Pdu =
+            serde_json::from_str(&pdu_json).map_err(|e| Error::bad_json(e.to_string()))?;
+        parsed.event_id = event_id.clone();
+
+        auth::authorize(self, &rules, &room_id, &parsed)?;
+        let redacted = self.redaction_of(&rules, &room_id, &parsed, &object, true)?;
+        let forward = self.remote_servers_for(&room_id, &parsed)?;
+        let decisions = self.push_decisions(&room_id, &parsed, &pdu_json, &rules)?;
+        Ok(Prepared {
+            room_id,
+            version,
+            event_id,
+            pdu_json,
+            parsed,
+            txn: txn.map(|t| (t.device_id.to_owned(), t.txn_id.to_owned())),
+            depth,
+            prev_events,
+            redacted,
+            forward,
+            state_before: None,
+            new_state: None,
+            decisions,
+        })
+    }
+
+    /// Who is notified of an event, by each local member's push rules.
+    pub(crate) fn push_decisions(
+        &self,
+        room_id: &RoomId,
+        parsed: &Pdu,
+        pdu_json: &str,
+        rules: &RoomVersionRules,
+    ) -> Result<Vec<Decision>> {
+        let raw = serde_json::value::RawValue::from_string(pdu_json.to_owned())
+            .map_err(Error::internal)?;
+        evaluate::decide(&self.push, self, room_id, parsed, &raw, rules)
+    }
+
+    /// The target of a redaction and its redacted form, if the redaction
+    /// applies to it now. `local`: refuse (rather than ignore) a
+    /// redaction the sender has no power for.
+    pub(crate) fn redaction_of(
+        &self,
+        rules: &RoomVersionRules,
+        room_id: &RoomId,
+        pdu: &Pdu,
+        object: &CanonicalJsonObject,
+        local: bool,
+    ) -> Result<Option<(StoredEvent, StoredEvent)>> {
+        let target = match self.redaction_target(rules, room_id, pdu) {
+            Ok(t) => t,
+            Err(e) if local => return Err(e),
+            Err(_) => None,
+        };
+        let Some(target) = target else {
+            return Ok(None);
+        };
+        let redacted = self.redacted_copy(rules, &target, object, &pdu.event_id, room_id)?;
+        Ok(Some((target, redacted)))
+    }
+
+    /// Writes a prepared event in one atomic write: the event, its timeline
+    /// slot and event-log entry, state, membership bookkeeping, relations,
+    /// notifications, extremities, the room's activity and the outbox;
+    /// then wakes whoever waits. `also` stages more in the same write and
+    /// may return a value that cancels the event (nothing of it is
+    /// written). Caller holds the room lock.
+    pub(crate) async fn write_event<T>(
+        &self,
+        p: Prepared,
+        also: impl FnOnce(&mut Write<'_>) -> Result<Option<T>>,
+    ) -> Result<Option<T>> {
+        let room_id = p.room_id.clone();
+        let record = self.room(&room_id)?;
+        let kind = p.parsed.kind.to_string();
+        let replaces_state = match &p.parsed.state_key {
+            Some(k) => self.state_event_id(&room_id, &kind, k)?,
+            None => None,
+        };
+        let mut wake: BTreeSet<OwnedUserId> = self
+            .members_with(&room_id, &["join", "invite"])?
+            .into_iter()
+            .collect();
+        // Membership rows that change: the event itself, or every member
+        // whose state resolution picked another event.
+        let mut memberships: Vec<(OwnedUserId, OwnedEventId, Pdu)> = Vec::new();
+        let mut state_rows: Vec<((String, String), Option<OwnedEventId>)> = Vec::new();
+        match &p.new_state {
+            Some(resolved) => {
+                for ((t, k), winner) in self.state_diff(&room_id, resolved)? {
+                    if t == "m.room.member"
+                        && let (Ok(target), Some(id)) = (UserId::parse(k.as_str()), &winner)
+                    {
+                        let ev = if *id == p.event_id {
+                            Some(p.parsed.clone())
+                        } else {
+                            self.event(id.as_str())?.and_then(|e| e.parse().ok())
+                        };
+                        if let Some(ev) = ev {
+                            memberships.push((target, id.clone(), ev));
+                        }
+                    }
+                    state_rows.push(((t, k), winner));
+                }
+            }
+            None => {
+                if let Some(k) = &p.parsed.state_key {
+                    state_rows.push(((kind.clone(), k.clone()), Some(p.event_id.clone())));
+                    if p.parsed.kind == TimelineEventType::RoomMember
+                        && let Ok(target) = UserId::parse(k.as_str())
+                    {
+                        memberships.push((target, p.event_id.clone(), p.parsed.clone()));
+                    }
+                }
+            }
+        }
+        wake.extend(memberships.iter().map(|(u, _, _)| u.clone()));
+        let content = p.parsed.content_value();
+        let pdu = serde_json::value::RawValue::from_string(p.pdu_json.clone())
+            .map_err(Error::internal)?;
+        let local_sender = p.parsed.sender.server_name() == self.server_name;
+        let ts = u64::from(p.parsed.origin_server_ts.get());
+
+        self.stream
+            .write(|w| {
+                let extra = also(w)?;
+                if extra.is_some() {
+                    return Ok(extra);
+                }
+                let pos = w.next_pos();
+                let stored = StoredEvent {
+                    event_id: p.event_id.clone(),
+                    room_id: room_id.clone(),
+                    pos,
+                    pdu,
+                    replaces_state,
+                    txn: p.txn.clone(),
+                    rejected: false,
+                };
+                w.put(EVENTS, p.event_id.as_bytes(), &stored);
+                w.put(TIMELINE, &timeline_key(&room_id, pos), &p.event_id);
+                event_log::stage(w, pos, &room_id, &p.event_id, &kind);
+                if p.parsed.state_key.is_none() {
+                    self.stage_relation(w, &room_id, &stored, &p.parsed.sender, &kind, &content)?;
+                }
+                notifications::stage(w, &p.decisions, pos, ts);
+                // Sending in a room means having read it.
+                if local_sender {
+                    receipts::mark_read(w, &p.parsed.sender, &room_id, "", pos)?;
+                }
+                let snapshot = self.stage_state_snapshots(
+                    w,
+                    &room_id,
+                    record.as_ref(),
+                    &p.event_id,
+                    &p.parsed,
+                    p.state_before.as_ref(),
+                    p.new_state.as_ref(),
+                )?;
+                for ((t, k), winner) in &state_rows {
+                    let key = keys::strs(&[room_id.as_str(), t, k]);
+                    match winner {
+                        Some(id) => w.put(ROOM_STATE, &key, id),
+                        None => w.delete(ROOM_STATE, &key),
+                    }
+                }
+                for (target, id, ev) in &memberships {
+                    let membership = ev.membership().unwrap_or_default();
+                    let is_direct = ev
+                        .content_value()
+                        .get("is_direct")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false);
+                    w.put(
+                        USER_ROOMS,
+                        &keys::strs(&[target.as_str(), room_id.as_str()]),
+                        &UserRoom {
+                            membership: membership.clone(),
+                            pos,
+                            event_id: id.clone(),
+                            is_direct,
+                            sender: ev.sender.clone(),
+                        },
+                    );
+                    w.put(
+                        ROOM_MEMBERS,
+                        &keys::strs(&[room_id.as_str(), target.as_str()]),
+                        &membership,
+                    );
+                    w.put(
+                        MEMBERSHIP_LOG,
+                        &timeline_key(&room_id, pos),
+                        &(target.clone(), membership),
+                    );
+                }
+                // Forward extremities: the new event replaces those it points
+                // at; other branches (a remote event built on an older one) stay.
+                let mut extremities: Vec<OwnedEventId> = record
+                    .as_ref()
+                    .map(|r| r.extremities.clone())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|e| !p.prev_events.contains(e) && *e != p.event_id)
+                    .collect();
+                extremities.push(p.event_id.clone());
+                let old_depth = record.as_ref().map_or(0, |r| r.depth);
+                w.put(
+                    ROOMS,
+                    room_id.as_bytes(),
+                    &RoomRecord {
+                        version: p.version.clone(),
+                        extremities,
+                        depth: p.depth.max(old_depth),
+                        snapshot: Some(snapshot),
+                    },
+                );
+                if let Some((device, txn)) = &p.txn {
+                    w.put(
+                        TXNS,
+                        &keys::strs(&[p.parsed.sender.as_str(), device, txn]),
+                        &p.event_id,
+                    );
+                }
+                if let Some((target, redacted)) = &p.redacted {
+                    self.unstage_relation(w, target);
+                    w.put(EVENTS, target.event_id.as_bytes(), redacted);
+                }
+                self.outbox
+                    .stage_for_servers(w, &p.forward, &Item::Pdu(p.event_id.clone()));
+                self.push.stage_pushes(w, &p.decisions, &p.event_id)?;
+                w.wake(wake.iter().map(|u| u.as_ref()));
+                Ok(None)
+            })
+            .await
+    }
+}
