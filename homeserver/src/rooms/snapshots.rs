@@ -8,7 +8,10 @@ use ruma::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{Rooms, pdu::Pdu};
+use super::{
+    Rooms,
+    pdu::{Pdu, StoredEvent},
+};
 use crate::{
     error::{Error, Result},
     storage::{Batch, Read, Table, keys},
@@ -111,6 +114,39 @@ impl Rooms {
             &snap,
         );
         Ok(id)
+    }
+
+    /// The state just before `event_id`, when this server recorded it.
+    pub fn state_before_event(&self, event_id: &EventId) -> Result<Option<StateIds>> {
+        match self.store.get(EVENT_STATE, event_id.as_bytes())? {
+            Some(snap) => Ok(Some(self.load_snapshot(snap)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The state just before `ev` (as [`Rooms::state_before_event`]); for
+    /// events from before snapshots existed, or backfilled ones, the
+    /// current state rolled back along the timeline.
+    pub fn state_before_stored(&self, ev: &StoredEvent) -> Result<StateIds> {
+        match self.state_before_event(&ev.event_id)? {
+            Some(s) => Ok(s),
+            None if ev.pos == 0 => self.current_state_ids(&ev.room_id),
+            None => self.state_before(&ev.room_id, ev.pos),
+        }
+    }
+
+    /// The room state once the timeline reached `pos`: the state after the
+    /// last event at or before it.
+    pub fn state_at_pos(&self, room_id: &RoomId, pos: u64) -> Result<StateIds> {
+        let last = self.timeline_range(room_id, 0, pos, true, 1)?;
+        let snapshot = match last.first() {
+            Some(ev) => self.state_after(&ev.event_id)?,
+            None => None,
+        };
+        match snapshot {
+            Some(s) => Ok(s),
+            None => self.state_before(room_id, pos.saturating_add(1)),
+        }
     }
 
     /// The state after `event_id` (its state before, plus itself if it is

@@ -64,9 +64,10 @@ impl Rooms {
     }
 
     /// State as it was just before the event at `pos`: the current state
-    /// with every later state change rolled back to what it replaced. The
-    /// local timeline is linear, so each change names its predecessor.
-    pub fn state_before(
+    /// with every later state change rolled back to what it replaced. Only
+    /// for events without a state snapshot (from before snapshots existed,
+    /// or backfilled): it is approximate where branches merged.
+    pub(crate) fn state_before(
         &self,
         room_id: &RoomId,
         pos: u64,

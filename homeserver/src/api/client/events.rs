@@ -99,7 +99,7 @@ fn state_for(s: &AppState, session: &Session, room: &ruma::RoomId) -> Result<Vec
     if until == u64::MAX {
         return s.rooms.current_state(room);
     }
-    let ids = s.rooms.state_before(room, until.saturating_add(1))?;
+    let ids = s.rooms.state_at_pos(room, until)?;
     let mut out = Vec::new();
     for id in ids.values() {
         if let Some(e) = s.rooms.event(id.as_str())? {
@@ -451,7 +451,8 @@ pub async fn context(
         .saturating_sub(1);
     let end = after.last().map(|e| e.pos).unwrap_or(ev.pos);
     let mut state = Vec::new();
-    for id in s.rooms.state_before(&room, end + 1)?.values() {
+    // The state at the last event returned.
+    for id in s.rooms.state_at_pos(&room, end)?.values() {
         if let Some(e) = s.rooms.event(id.as_str())? {
             state.push(client_event(&e, device, None, now));
         }

@@ -143,19 +143,14 @@ pub struct AtEvent {
     event_id: String,
 }
 
-/// The room state before `event_id` (the linear local timeline rolled back).
+/// The room state before `event_id`, as recorded for it.
 fn state_at(s: &AppState, room: &RoomId, event_id: &str) -> Result<Vec<OwnedEventId>> {
     let ev = s
         .rooms
         .event(event_id)?
         .filter(|e| e.room_id == room)
         .ok_or_else(|| Error::not_found("unknown event"))?;
-    let state = if ev.pos == 0 {
-        s.rooms.current_state_ids(room)?
-    } else {
-        s.rooms.state_before(room, ev.pos)?
-    };
-    Ok(state.into_values().collect())
+    Ok(s.rooms.state_before_stored(&ev)?.into_values().collect())
 }
 
 pub async fn state_ids(
