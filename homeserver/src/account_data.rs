@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::{
     error::Result,
-    storage::{Read, Store, Table, keys},
+    storage::{Store, UserDataRead, UserDataWrite},
     stream::{Stream, Write},
 };
 
@@ -17,8 +17,6 @@ pub struct Entry {
     pub pos: u64,
     pub content: Value,
 }
-
-const ACCOUNT_DATA: Table<Entry> = Table::new("account_data");
 
 /// Account data changed after a stream position, split as /sync shows it.
 #[derive(Debug, Default)]
@@ -33,10 +31,6 @@ pub struct AccountData {
     stream: Arc<Stream>,
 }
 
-fn key(user: &UserId, room: Option<&RoomId>, kind: &str) -> Vec<u8> {
-    keys::strs(&[user.as_str(), room.map(|r| r.as_str()).unwrap_or(""), kind])
-}
-
 impl AccountData {
     pub fn new(store: Store, stream: Arc<Stream>) -> Self {
         AccountData { store, stream }
@@ -47,10 +41,7 @@ impl AccountData {
     }
 
     pub fn get(&self, user: &UserId, room: Option<&RoomId>, kind: &str) -> Result<Option<Value>> {
-        Ok(self
-            .store
-            .get(ACCOUNT_DATA, &key(user, room, kind))?
-            .map(|e| e.content))
+        self.get_in(&self.store, user, room, kind)
     }
 
     pub async fn set(
@@ -71,13 +62,12 @@ impl AccountData {
     /// Reads `kind` as a write in progress sees it.
     pub fn get_in(
         &self,
-        r: &impl Read,
+        r: &impl UserDataRead,
         user: &UserId,
         room: Option<&RoomId>,
         kind: &str,
     ) -> Result<Option<Value>> {
-        Ok(r.get(ACCOUNT_DATA, &key(user, room, kind))?
-            .map(|e| e.content))
+        Ok(r.account_data(user, room, kind)?.map(|e| e.content))
     }
 
     /// Senders on the user's ignore list (`m.ignored_user_list`).
@@ -95,26 +85,17 @@ impl AccountData {
     /// Everything of `user`'s that changed in `(since, upto]` (all of it for 0).
     pub fn changed_since(&self, user: &UserId, since: u64, upto: u64) -> Result<Changes> {
         let mut out = Changes::default();
-        for (k, entry) in self
-            .store
-            .scan_prefix(ACCOUNT_DATA, &keys::strs(&[user.as_str()]))?
-        {
+        for ((room, kind), entry) in self.store.all_account_data(user)? {
             if entry.pos <= since || entry.pos > upto {
                 continue;
             }
-            let Some(parts) = keys::split_strs(&k) else {
-                continue;
-            };
-            let (Some(room), Some(kind)) = (parts.get(1), parts.get(2)) else {
-                continue;
-            };
-            if room.is_empty() {
-                out.global.push((kind.to_string(), entry.content));
-            } else if let Ok(room) = OwnedRoomId::try_from(*room) {
-                out.rooms
+            match room {
+                None => out.global.push((kind, entry.content)),
+                Some(room) => out
+                    .rooms
                     .entry(room)
                     .or_default()
-                    .push((kind.to_string(), entry.content));
+                    .push((kind, entry.content)),
             }
         }
         Ok(out)
@@ -124,10 +105,6 @@ impl AccountData {
 /// Sets account data as part of a larger write (a join's `m.direct`).
 pub fn stage(w: &mut Write<'_>, user: &UserId, room: Option<&RoomId>, kind: &str, content: Value) {
     let pos = w.next_pos();
-    w.put(
-        ACCOUNT_DATA,
-        &key(user, room, kind),
-        &Entry { pos, content },
-    );
+    w.put_account_data(user, room, kind, &Entry { pos, content });
     w.wake([user]);
 }

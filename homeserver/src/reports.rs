@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     accounts::{now_ms, random_string},
     error::Result,
-    storage::{Store, Table, keys},
+    storage::{DirectoryWrite, Store},
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -19,15 +19,8 @@ pub struct Report {
     pub ts: u64,
 }
 
-/// `(ts, random) -> report`, oldest first.
-const REPORTS: Table<Report> = Table::new("reports");
-
 pub fn file(store: &Store, mut report: Report) -> Result<()> {
     report.ts = now_ms();
-    let key = keys::KeyBuf::new()
-        .u64(report.ts)
-        .str(&random_string(8))
-        .into_vec();
     tracing::info!(
         "report from {} (room {:?}, event {:?}, user {:?}): {:?}",
         report.reporter,
@@ -36,5 +29,7 @@ pub fn file(store: &Store, mut report: Report) -> Result<()> {
         report.user_id,
         report.reason
     );
-    Ok(store.put(REPORTS, &key, &report)?)
+    let mut txn = store.transaction();
+    txn.put_report(&random_string(8), &report);
+    Ok(txn.commit()?)
 }

@@ -16,7 +16,7 @@ use crate::{
     push::{Push, gateway::PushCourier},
     ratelimit::RateLimiter,
     rooms::Rooms,
-    storage::{Read, Store, Table},
+    storage::{MetaRead, MetaWrite, Store},
     stream::{Notifier, Stream},
     sync::{SyncService, filter::Filters},
 };
@@ -44,8 +44,6 @@ pub struct Services {
     /// The token `m.login.registration_token` accepts in `token` mode.
     pub registration_token: Option<String>,
 }
-
-const META_BYTES: Table<String> = Table::new("meta");
 
 impl Services {
     pub fn build(config: Config, store: Store) -> Result<Self> {
@@ -89,7 +87,7 @@ impl Services {
             push: push.clone(),
             e2ee: e2ee.clone(),
             store: store.clone(),
-            stream,
+            stream: stream.clone(),
             default_limit: config.sync_default_timeline_limit,
             max_timeout_ms: config.sync_max_timeout_ms,
         };
@@ -99,11 +97,13 @@ impl Services {
             // No token configured: make one, keep it across restarts, and
             // tell the operator, so the first account can be created safely.
             (RegistrationMode::Token, None) => {
-                let t = match store.get(META_BYTES, b"registration_token")? {
+                let t = match store.registration_token()? {
                     Some(t) => t,
                     None => {
                         let t = random_string(24);
-                        store.put(META_BYTES, b"registration_token", &t)?;
+                        let mut txn = store.transaction();
+                        txn.put_registration_token(&t);
+                        txn.commit()?;
                         t
                     }
                 };
@@ -116,6 +116,7 @@ impl Services {
         };
         let media = Media::new(
             store.clone(),
+            stream.clone(),
             config.media.clone(),
             config.server_name.clone(),
         )?;

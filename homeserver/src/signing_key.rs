@@ -6,19 +6,15 @@ use serde::{Deserialize, Serialize};
 use crate::{
     accounts::{now_ms, random_string},
     error::{Error, Result},
-    storage::{Read, Store, Table},
+    storage::{MetaRead, MetaWrite, Store},
 };
 
-/// `"signing_key" -> "<version>:<base64 PKCS#8>"`.
-const META_BYTES: Table<String> = Table::new("meta");
-/// `"old_signing_keys" -> keys retired by rotation`.
-const OLD_KEYS: Table<Vec<StoredOldKey>> = Table::new("meta");
-
+/// A key retired by rotation, as kept.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct StoredOldKey {
-    key_id: String,
-    public_key: String,
-    expired_ts: u64,
+pub struct StoredOldKey {
+    pub key_id: String,
+    pub public_key: String,
+    pub expired_ts: u64,
 }
 
 fn bad(e: impl std::fmt::Display) -> Error {
@@ -37,7 +33,7 @@ fn encode(key: &ServerKey, version: &str) -> String {
 /// signatures stay valid across restarts.
 pub fn load_or_create(store: &Store) -> Result<ServerKey> {
     use base64::Engine;
-    match store.get(META_BYTES, b"signing_key")? {
+    match store.signing_key()? {
         Some(s) => {
             let (version, der) = s.split_once(':').ok_or_else(|| bad("malformed"))?;
             let der = base64::engine::general_purpose::STANDARD
@@ -48,7 +44,9 @@ pub fn load_or_create(store: &Store) -> Result<ServerKey> {
         None => {
             let version = random_string(6);
             let key = ServerKey::generate(&version).map_err(bad)?;
-            store.put(META_BYTES, b"signing_key", &encode(&key, &version))?;
+            let mut txn = store.transaction();
+            txn.put_signing_key(&encode(&key, &version));
+            txn.commit()?;
             Ok(key)
         }
     }
@@ -57,8 +55,7 @@ pub fn load_or_create(store: &Store) -> Result<ServerKey> {
 /// Keys retired by rotation: other servers still verify old events with them.
 pub fn old_keys(store: &Store) -> Result<Vec<OldKey>> {
     Ok(store
-        .get(OLD_KEYS, b"old_signing_keys")?
-        .unwrap_or_default()
+        .old_signing_keys()?
         .into_iter()
         .map(|k| OldKey {
             key_id: k.key_id,
@@ -72,9 +69,7 @@ pub fn old_keys(store: &Store) -> Result<Vec<OldKey>> {
 /// old verify key from now on. Returns the new key ID.
 pub fn rotate(store: &Store) -> Result<String> {
     let current = load_or_create(store)?;
-    let mut old: Vec<StoredOldKey> = store
-        .get(OLD_KEYS, b"old_signing_keys")?
-        .unwrap_or_default();
+    let mut old = store.old_signing_keys()?;
     old.push(StoredOldKey {
         key_id: current.key_id(),
         public_key: current.public_key_base64(),
@@ -82,10 +77,10 @@ pub fn rotate(store: &Store) -> Result<String> {
     });
     let version = random_string(6);
     let key = ServerKey::generate(&version).map_err(bad)?;
-    let mut batch = store.batch();
-    batch.put(OLD_KEYS, b"old_signing_keys", &old);
-    batch.put(META_BYTES, b"signing_key", &encode(&key, &version));
-    batch.commit()?;
+    let mut txn = store.transaction();
+    txn.put_old_signing_keys(&old);
+    txn.put_signing_key(&encode(&key, &version));
+    txn.commit()?;
     Ok(key.key_id())
 }
 

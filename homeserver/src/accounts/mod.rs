@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     error::{Error, Result},
-    storage::{Read, Store, Table, keys},
+    storage::{AccountRead, AccountWrite, Store},
     stream::Stream,
 };
 
@@ -50,10 +50,6 @@ pub struct TokenRecord {
     pub user_id: OwnedUserId,
     pub device_id: OwnedDeviceId,
 }
-
-pub(crate) const USERS: Table<UserRecord> = Table::new("users");
-const DEVICES: Table<DeviceRecord> = Table::new("devices");
-const TOKENS: Table<TokenRecord> = Table::new("tokens");
 
 /// Who made a request: the owner of a valid access token.
 #[derive(Debug, Clone)]
@@ -131,11 +127,11 @@ impl Accounts {
     }
 
     pub fn exists(&self, user_id: &UserId) -> Result<bool> {
-        Ok(self.store.contains(USERS, user_id.as_bytes())?)
+        Ok(self.store.user(user_id)?.is_some())
     }
 
     pub fn get(&self, user_id: &UserId) -> Result<Option<UserRecord>> {
-        Ok(self.store.get(USERS, user_id.as_bytes())?)
+        Ok(self.store.user(user_id)?)
     }
 
     /// Creates an account. The password is hashed first (slow, off the
@@ -156,10 +152,10 @@ impl Accounts {
         };
         self.stream
             .write(|w| {
-                if w.contains(USERS, user_id.as_bytes())? {
+                if w.user(user_id)?.is_some() {
                     return Err(Error::UserInUse);
                 }
-                w.put(USERS, user_id.as_bytes(), &record);
+                w.put_user(user_id, &record);
                 Ok(())
             })
             .await
@@ -175,10 +171,10 @@ impl Accounts {
         self.stream
             .write(|w| {
                 let mut user = w
-                    .get(USERS, user_id.as_bytes())?
+                    .user(user_id)?
                     .ok_or_else(|| Error::not_found("no such user"))?;
                 let out = change(&mut user)?;
-                w.put(USERS, user_id.as_bytes(), &user);
+                w.put_user(user_id, &user);
                 Ok(out)
             })
             .await
@@ -227,13 +223,12 @@ impl Accounts {
             Some(_) => return Err(Error::invalid_param("device_id must be 1-255 bytes")),
             None => random_string(10).to_uppercase().into(),
         };
-        let dkey = keys::strs(&[user_id.as_str(), device_id.as_str()]);
         let token = format!("bw_{}", random_string(40));
         self.stream
             .write(|w| {
-                let record = match w.get(DEVICES, &dkey)? {
+                let record = match w.device(user_id, device_id.as_str())? {
                     Some(mut old) => {
-                        w.delete(TOKENS, old.access_token.as_bytes());
+                        w.delete_token(&old.access_token);
                         old.access_token = token.clone();
                         if display_name.is_some() {
                             old.display_name = display_name;
@@ -247,10 +242,9 @@ impl Accounts {
                         last_seen_ip: None,
                     },
                 };
-                w.put(DEVICES, &dkey, &record);
-                w.put(
-                    TOKENS,
-                    token.as_bytes(),
+                w.put_device(user_id, device_id.as_str(), &record);
+                w.put_token(
+                    &token,
                     &TokenRecord {
                         user_id: user_id.to_owned(),
                         device_id: device_id.clone(),
@@ -269,7 +263,7 @@ impl Accounts {
     pub fn authenticate(&self, token: &str) -> Result<Session> {
         let record = self
             .store
-            .get(TOKENS, token.as_bytes())?
+            .token(token)?
             .ok_or(Error::UnknownToken { soft_logout: false })?;
         Ok(Session {
             user_id: record.user_id,
@@ -279,51 +273,41 @@ impl Accounts {
     }
 
     pub fn devices(&self, user_id: &UserId) -> Result<Vec<(OwnedDeviceId, DeviceRecord)>> {
-        let prefix = keys::strs(&[user_id.as_str()]);
-        let rows = self.store.scan_prefix(DEVICES, &prefix)?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(k, v)| {
-                let parts = keys::split_strs(&k)?;
-                Some((OwnedDeviceId::from(*parts.get(1)?), v))
-            })
-            .collect())
+        Ok(self.store.devices(user_id)?)
     }
 
     pub fn device(&self, user_id: &UserId, device_id: &str) -> Result<Option<DeviceRecord>> {
-        Ok(self
-            .store
-            .get(DEVICES, &keys::strs(&[user_id.as_str(), device_id]))?)
+        Ok(self.store.device(user_id, device_id)?)
     }
 
-    pub fn rename_device(
+    pub async fn rename_device(
         &self,
         user_id: &UserId,
         device_id: &str,
         name: Option<String>,
     ) -> Result<()> {
-        let key = keys::strs(&[user_id.as_str(), device_id]);
-        let mut dev = self
-            .store
-            .get(DEVICES, &key)?
-            .ok_or_else(|| Error::not_found("unknown device"))?;
-        dev.display_name = name;
-        self.store.put(DEVICES, &key, &dev)?;
-        Ok(())
+        self.stream
+            .write(|w| {
+                let mut dev = w
+                    .device(user_id, device_id)?
+                    .ok_or_else(|| Error::not_found("unknown device"))?;
+                dev.display_name = name;
+                w.put_device(user_id, device_id, &dev);
+                Ok(())
+            })
+            .await
     }
 
-    /// Removes devices and their tokens in one batch.
+    /// Removes devices and their tokens in one transaction.
     pub fn delete_devices(&self, user_id: &UserId, device_ids: &[&str]) -> Result<()> {
-        let mut batch = self.store.batch();
+        let mut txn = self.store.transaction();
         for d in device_ids {
-            let key = keys::strs(&[user_id.as_str(), d]);
-            if let Some(dev) = self.store.get(DEVICES, &key)? {
-                batch.delete(TOKENS, dev.access_token.as_bytes());
-                batch.delete(DEVICES, &key);
+            if let Some(dev) = txn.device(user_id, d)? {
+                txn.delete_token(&dev.access_token);
+                txn.delete_device(user_id, d);
             }
         }
-        batch.commit()?;
-        Ok(())
+        Ok(txn.commit()?)
     }
 }
 

@@ -6,20 +6,17 @@ use serde::{Deserialize, Serialize};
 use super::{Accounts, now_ms, random_string};
 use crate::{
     error::{Error, Result},
-    storage::{Read, Table},
+    storage::{AccountRead, AccountWrite},
 };
 
 /// An hour, as Synapse and the spec's examples use.
 pub const LIFETIME_MS: u64 = 3600 * 1000;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct OpenIdToken {
-    user_id: OwnedUserId,
-    expires_ts: u64,
+pub struct OpenIdToken {
+    pub user_id: OwnedUserId,
+    pub expires_ts: u64,
 }
-
-/// `token -> owner and expiry`.
-const OPENID_TOKENS: Table<OpenIdToken> = Table::new("openid_tokens");
 
 impl Accounts {
     pub fn issue_openid_token(&self, user: &UserId) -> Result<(String, u64)> {
@@ -28,13 +25,15 @@ impl Accounts {
             user_id: user.to_owned(),
             expires_ts: now_ms() + LIFETIME_MS,
         };
-        self.store.put(OPENID_TOKENS, token.as_bytes(), &record)?;
+        let mut txn = self.store.transaction();
+        txn.put_openid_token(&token, &record);
+        txn.commit()?;
         Ok((token, LIFETIME_MS / 1000))
     }
 
     /// The user a valid, unexpired token belongs to.
     pub fn openid_user(&self, token: &str) -> Result<OwnedUserId> {
-        match self.store.get(OPENID_TOKENS, token.as_bytes())? {
+        match self.store.openid_token(token)? {
             Some(t) if t.expires_ts > now_ms() => Ok(t.user_id),
             _ => Err(Error::UnknownToken { soft_logout: false }),
         }

@@ -169,7 +169,7 @@ pub async fn upload(
 }
 
 pub async fn create(State(s): State<AppState>, Auth(session): Auth) -> Result<Json<Value>> {
-    let (id, expires) = s.media.create(&session.user_id)?;
+    let (id, expires) = s.media.create(&session.user_id).await?;
     Ok(Json(
         json!({"content_uri": format!("mxc://{}/{id}", s.media.server_name()), "unused_expires_at": expires}),
     ))

@@ -7,11 +7,10 @@ use crate::{
     config::PublishPolicy,
     error::{Error, Result},
     rooms::{Rooms, state::has_power_for},
-    storage::{Read, Store, Table},
+    storage::{DirectoryRead, DirectoryWrite, Store},
 };
 
 /// `room -> ()` for every listed room.
-const PUBLIC_ROOMS: Table<bool> = Table::new("public_rooms");
 
 #[derive(Clone)]
 pub struct PublicRooms {
@@ -39,7 +38,7 @@ impl PublicRooms {
     }
 
     pub fn is_listed(&self, room: &RoomId) -> Result<bool> {
-        Ok(self.store.contains(PUBLIC_ROOMS, room.as_bytes())?)
+        Ok(self.store.is_public(room)?)
     }
 
     /// Lists or unlists a room, if `user` may.
@@ -62,13 +61,9 @@ impl PublicRooms {
                 ));
             }
         }
-        let mut b = self.store.batch();
-        if public {
-            b.put(PUBLIC_ROOMS, room.as_bytes(), &true);
-        } else {
-            b.delete(PUBLIC_ROOMS, room.as_bytes());
-        }
-        Ok(b.commit()?)
+        let mut txn = self.store.transaction();
+        txn.set_public(room, public);
+        Ok(txn.commit()?)
     }
 
     /// One page of listed rooms, biggest first. Tokens are offsets into
@@ -81,13 +76,7 @@ impl PublicRooms {
             .map(str::to_lowercase)
             .filter(|s| !s.is_empty());
         let mut chunks = Vec::new();
-        for (k, _) in self.store.scan_prefix(PUBLIC_ROOMS, &[])? {
-            let Ok(room) = std::str::from_utf8(&k)
-                .map_err(|_| ())
-                .and_then(|s| RoomId::parse(s).map_err(|_| ()))
-            else {
-                continue;
-            };
+        for room in self.store.public_rooms()? {
             if self.rooms.room(&room)?.is_none() {
                 continue;
             }

@@ -6,10 +6,9 @@ use ruma::{OwnedUserId, UserId};
 use serde_json::{Value, json};
 
 use crate::{
-    accounts::USERS,
     error::Result,
     rooms::Rooms,
-    storage::{Read, Store},
+    storage::{AccountRead, Store},
 };
 
 #[derive(Clone)]
@@ -33,14 +32,10 @@ impl UserDirectory {
         if self.search_all {
             return Ok(self
                 .store
-                .scan_prefix(USERS, &[])?
+                .users()?
                 .into_iter()
                 .filter(|(_, u)| !u.deactivated)
-                .filter_map(|(k, _)| {
-                    std::str::from_utf8(&k)
-                        .ok()
-                        .and_then(|s| OwnedUserId::try_from(s).ok())
-                })
+                .map(|(id, _)| id)
                 .collect());
         }
         let mut out = BTreeSet::new();

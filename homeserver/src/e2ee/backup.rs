@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 use super::E2ee;
 use crate::{
     error::{Error, Result},
-    storage::{Read, Table, keys},
+    storage::{E2eeRead, E2eeWrite},
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -19,22 +19,6 @@ pub struct BackupVersion {
     /// Deleted versions stay as tombstones so their numbers are never reused.
     #[serde(default)]
     pub deleted: bool,
-}
-
-/// `(user, version) -> version`.
-const BACKUP_VERSIONS: Table<BackupVersion> = Table::new("backup_versions");
-/// `(user, version, room, session) -> KeyBackupData`.
-const BACKUP_KEYS: Table<Value> = Table::new("backup_keys");
-
-fn vkey(user: &UserId, version: u64) -> Vec<u8> {
-    keys::KeyBuf::new()
-        .str(user.as_str())
-        .u64(version)
-        .into_vec()
-}
-
-fn keys_prefix(user: &UserId, version: u64) -> keys::KeyBuf {
-    keys::KeyBuf::new().str(user.as_str()).u64(version)
 }
 
 pub fn parse_version(v: &str) -> Result<u64> {
@@ -74,46 +58,13 @@ fn check_key_data(v: &Value) -> Result<()> {
 
 impl E2ee {
     /// The newest version, deleted or not.
-    fn newest_version(&self, user: &UserId) -> Result<Option<(u64, BackupVersion)>> {
-        let prefix = keys::strs(&[user.as_str()]);
-        let end = vkey(user, u64::MAX);
-        Ok(self
-            .store
-            .scan(BACKUP_VERSIONS, &prefix, &end, None, true, 1)?
-            .pop()
-            .and_then(|(k, v)| keys::trailing_u64(&k).map(|n| (n, v))))
-    }
-
-    /// The current backup: the newest version, unless it was deleted.
-    fn latest_version(&self, user: &UserId) -> Result<Option<(u64, BackupVersion)>> {
-        Ok(self.newest_version(user)?.filter(|(_, v)| !v.deleted))
-    }
-
-    fn version(&self, user: &UserId, version: Option<&str>) -> Result<(u64, BackupVersion)> {
-        match version {
-            None => self
-                .latest_version(user)?
-                .ok_or_else(|| Error::not_found("no backup")),
-            Some(v) => {
-                let n = parse_version(v)?;
-                let b = self
-                    .store
-                    .get(BACKUP_VERSIONS, &vkey(user, n))?
-                    .filter(|b| !b.deleted)
-                    .ok_or_else(|| Error::not_found("unknown backup version"))?;
-                Ok((n, b))
-            }
-        }
-    }
-
     fn key_count(&self, user: &UserId, version: u64) -> Result<usize> {
-        Ok(self
-            .store
-            .scan_prefix(BACKUP_KEYS, &keys_prefix(user, version).into_vec())?
-            .len())
+        Ok(self.store.backup_sessions(user, version, None)?.len())
     }
 
-    pub fn create_backup(
+    /// A new backup version, numbered after the newest (in one write, so
+    /// two created at once get different numbers).
+    pub async fn create_backup(
         &self,
         user: &UserId,
         algorithm: String,
@@ -122,22 +73,23 @@ impl E2ee {
         if !auth_data.is_object() {
             return Err(Error::bad_json("auth_data must be an object"));
         }
-        let next = self.newest_version(user)?.map_or(1, |(n, _)| n + 1);
-        self.store.put(
-            BACKUP_VERSIONS,
-            &vkey(user, next),
-            &BackupVersion {
-                algorithm,
-                auth_data,
-                etag: 0,
-                deleted: false,
-            },
-        )?;
-        Ok(next.to_string())
+        let backup = BackupVersion {
+            algorithm,
+            auth_data,
+            etag: 0,
+            deleted: false,
+        };
+        self.stream
+            .write(|w| {
+                let next = w.newest_backup(user)?.map_or(1, |(n, _)| n + 1);
+                w.put_backup(user, next, &backup);
+                Ok(next.to_string())
+            })
+            .await
     }
 
     pub fn backup_info(&self, user: &UserId, version: Option<&str>) -> Result<Value> {
-        let (n, b) = self.version(user, version)?;
+        let (n, b) = version_in(&self.store, user, version)?;
         Ok(json!({
             "algorithm": b.algorithm,
             "auth_data": b.auth_data,
@@ -147,7 +99,7 @@ impl E2ee {
         }))
     }
 
-    pub fn update_backup(
+    pub async fn update_backup(
         &self,
         user: &UserId,
         version: &str,
@@ -155,78 +107,84 @@ impl E2ee {
         auth_data: Value,
         body_version: Option<String>,
     ) -> Result<()> {
-        let (n, mut b) = self.version(user, Some(version))?;
         if body_version.is_some_and(|v| v != version) {
             return Err(Error::invalid_param(
                 "version in the body does not match the path",
             ));
         }
-        if algorithm != b.algorithm {
-            return Err(Error::invalid_param(
-                "the algorithm of a backup cannot change",
-            ));
-        }
         if !auth_data.is_object() {
             return Err(Error::bad_json("auth_data must be an object"));
         }
-        b.auth_data = auth_data;
-        Ok(self.store.put(BACKUP_VERSIONS, &vkey(user, n), &b)?)
+        self.stream
+            .write(|w| {
+                let (n, mut b) = version_in(&**w, user, Some(version))?;
+                if algorithm != b.algorithm {
+                    return Err(Error::invalid_param(
+                        "the algorithm of a backup cannot change",
+                    ));
+                }
+                b.auth_data = auth_data;
+                w.put_backup(user, n, &b);
+                Ok(())
+            })
+            .await
     }
 
-    pub fn delete_backup(&self, user: &UserId, version: &str) -> Result<()> {
-        let (n, mut b) = self.version(user, Some(version))?;
-        let mut batch = self.store.batch();
-        b.deleted = true;
-        batch.put(BACKUP_VERSIONS, &vkey(user, n), &b);
-        for (k, _) in self
-            .store
-            .scan_prefix(BACKUP_KEYS, &keys_prefix(user, n).into_vec())?
-        {
-            batch.delete(BACKUP_KEYS, &k);
-        }
-        Ok(batch.commit()?)
+    pub async fn delete_backup(&self, user: &UserId, version: &str) -> Result<()> {
+        self.stream
+            .write(|w| {
+                let (n, mut b) = version_in(&**w, user, Some(version))?;
+                b.deleted = true;
+                w.put_backup(user, n, &b);
+                w.delete_backup_sessions(user, n, None, None)?;
+                Ok(())
+            })
+            .await
     }
 
     /// Stores keys (`room -> session -> data`) into the current version only.
-    pub fn put_backup_keys(
+    pub async fn put_backup_keys(
         &self,
         user: &UserId,
         version: &str,
         rooms: &Map<String, Value>,
     ) -> Result<Value> {
-        let current = self.latest_version(user)?;
         let requested = parse_version(version).ok();
-        let Some((n, mut b)) = current.filter(|(n, _)| Some(*n) == requested) else {
-            return Err(Error::WrongRoomKeysVersion {
-                current_version: self.latest_version(user)?.map(|(n, _)| n.to_string()),
-            });
-        };
-        let mut batch = self.store.batch();
-        let mut changed = false;
-        for (room, sessions) in rooms {
-            let sessions = sessions
-                .get("sessions")
-                .and_then(Value::as_object)
-                .ok_or_else(|| Error::bad_json("each room needs a sessions object"))?;
-            for (session, data) in sessions {
-                check_key_data(data)?;
-                let k = keys_prefix(user, n).str(room).str(session).into_vec();
-                let keep_old = self
-                    .store
-                    .get(BACKUP_KEYS, &k)?
-                    .is_some_and(|old| !better(data, &old));
-                if !keep_old {
-                    batch.put(BACKUP_KEYS, &k, data);
-                    changed = true;
+        let (n, etag) = self
+            .stream
+            .write(|w| {
+                let current = latest_in(&**w, user)?;
+                let Some((n, mut b)) = current.clone().filter(|(n, _)| Some(*n) == requested)
+                else {
+                    return Err(Error::WrongRoomKeysVersion {
+                        current_version: current.map(|(n, _)| n.to_string()),
+                    });
+                };
+                let mut changed = false;
+                for (room, sessions) in rooms {
+                    let sessions = sessions
+                        .get("sessions")
+                        .and_then(Value::as_object)
+                        .ok_or_else(|| Error::bad_json("each room needs a sessions object"))?;
+                    for (session, data) in sessions {
+                        check_key_data(data)?;
+                        let keep_old = w
+                            .backup_session(user, n, room, session)?
+                            .is_some_and(|old| !better(data, &old));
+                        if !keep_old {
+                            w.put_backup_session(user, n, room, session, data);
+                            changed = true;
+                        }
+                    }
                 }
-            }
-        }
-        if changed {
-            b.etag += 1;
-            batch.put(BACKUP_VERSIONS, &vkey(user, n), &b);
-        }
-        batch.commit()?;
-        Ok(json!({"etag": b.etag.to_string(), "count": self.key_count(user, n)?}))
+                if changed {
+                    b.etag += 1;
+                    w.put_backup(user, n, &b);
+                }
+                Ok((n, b.etag))
+            })
+            .await?;
+        Ok(json!({"etag": etag.to_string(), "count": self.key_count(user, n)?}))
     }
 
     /// Keys of a version: all (`room == None`), one room's, or one session.
@@ -237,31 +195,17 @@ impl E2ee {
         room: Option<&str>,
         session: Option<&str>,
     ) -> Result<Value> {
-        let (n, _) = self.version(user, Some(version))?;
-        let mut prefix = keys_prefix(user, n);
-        if let Some(r) = room {
-            prefix = prefix.str(r);
-        }
-        if let (Some(_), Some(s)) = (room, session) {
-            let k = prefix.str(s).into_vec();
+        let (n, _) = version_in(&self.store, user, Some(version))?;
+        if let (Some(r), Some(s)) = (room, session) {
             return self
                 .store
-                .get(BACKUP_KEYS, &k)?
+                .backup_session(user, n, r, s)?
                 .ok_or_else(|| Error::not_found("no such session in the backup"));
         }
-        let base_len = keys_prefix(user, n).into_vec().len();
         let mut rooms: Map<String, Value> = Map::new();
-        for (k, data) in self.store.scan_prefix(BACKUP_KEYS, &prefix.into_vec())? {
-            let Some(parts) = k.get(base_len..).and_then(keys::split_strs) else {
-                continue;
-            };
-            let (Some(r), Some(s)) = (parts.first(), parts.get(1)) else {
-                continue;
-            };
-            let entry = rooms
-                .entry(r.to_string())
-                .or_insert_with(|| json!({"sessions": {}}));
-            entry["sessions"][*s] = data;
+        for (r, s, data) in self.store.backup_sessions(user, n, room)? {
+            let entry = rooms.entry(r).or_insert_with(|| json!({"sessions": {}}));
+            entry["sessions"][s.as_str()] = data;
         }
         Ok(match room {
             Some(r) => rooms.remove(r).unwrap_or_else(|| json!({"sessions": {}})),
@@ -269,29 +213,53 @@ impl E2ee {
         })
     }
 
-    pub fn delete_backup_keys(
+    pub async fn delete_backup_keys(
         &self,
         user: &UserId,
         version: &str,
         room: Option<&str>,
         session: Option<&str>,
     ) -> Result<Value> {
-        let (n, mut b) = self.version(user, Some(version))?;
-        let mut prefix = keys_prefix(user, n);
-        if let Some(r) = room {
-            prefix = prefix.str(r);
-            if let Some(s) = session {
-                prefix = prefix.str(s);
-            }
+        let (n, etag) = self
+            .stream
+            .write(|w| {
+                let (n, mut b) = version_in(&**w, user, Some(version))?;
+                w.delete_backup_sessions(user, n, room, session)?;
+                b.etag += 1;
+                w.put_backup(user, n, &b);
+                Ok((n, b.etag))
+            })
+            .await?;
+        Ok(json!({"etag": etag.to_string(), "count": self.key_count(user, n)?}))
+    }
+
+    /// The current backup version, if any.
+    pub fn latest_backup(&self, user: &UserId) -> Result<Option<(u64, BackupVersion)>> {
+        latest_in(&self.store, user)
+    }
+}
+
+/// The current backup: the newest version, unless it was deleted.
+fn latest_in(r: &impl E2eeRead, user: &UserId) -> Result<Option<(u64, BackupVersion)>> {
+    Ok(r.newest_backup(user)?.filter(|(_, v)| !v.deleted))
+}
+
+/// A version by number, or the current one.
+fn version_in(
+    r: &impl E2eeRead,
+    user: &UserId,
+    version: Option<&str>,
+) -> Result<(u64, BackupVersion)> {
+    match version {
+        None => latest_in(r, user)?.ok_or_else(|| Error::not_found("no backup")),
+        Some(v) => {
+            let n = parse_version(v)?;
+            let b = r
+                .backup(user, n)?
+                .filter(|b| !b.deleted)
+                .ok_or_else(|| Error::not_found("unknown backup version"))?;
+            Ok((n, b))
         }
-        let mut batch = self.store.batch();
-        for (k, _) in self.store.scan_prefix(BACKUP_KEYS, &prefix.into_vec())? {
-            batch.delete(BACKUP_KEYS, &k);
-        }
-        b.etag += 1;
-        batch.put(BACKUP_VERSIONS, &vkey(user, n), &b);
-        batch.commit()?;
-        Ok(json!({"etag": b.etag.to_string(), "count": self.key_count(user, n)?}))
     }
 }
 

@@ -6,16 +6,11 @@ use ruma::UserId;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{E2ee, keys::DEVICE_KEYS, signatures};
+use super::{E2ee, signatures};
 use crate::{
     error::{Error, Result},
-    storage::{Read, Table, keys},
+    storage::{E2eeRead, E2eeWrite},
 };
-
-/// `(user, "master" | "self_signing" | "user_signing") -> key object`.
-const CROSS_SIGNING_KEYS: Table<Value> = Table::new("cross_signing_keys");
-/// `(target user, target key: device ID or public key, signer, signer key ID) -> signature`.
-const KEY_SIGNATURES: Table<String> = Table::new("key_signatures");
 
 pub const KINDS: [&str; 3] = ["master", "self_signing", "user_signing"];
 
@@ -60,9 +55,7 @@ fn check_shape(user: &UserId, kind: &str, key: &Value) -> Result<(String, String
 
 impl E2ee {
     pub fn cross_signing_key(&self, user: &UserId, kind: &str) -> Result<Option<Value>> {
-        Ok(self
-            .store
-            .get(CROSS_SIGNING_KEYS, &keys::strs(&[user.as_str(), kind]))?)
+        Ok(self.store.cross_signing_key(user, kind)?)
     }
 
     /// Whether storing `up` would replace keys the user already has, which
@@ -85,7 +78,7 @@ impl E2ee {
             Some(m) => Some(m.clone()),
             None => self.cross_signing_key(user, "master")?,
         };
-        let mut batch = self.store.batch();
+        let mut txn = self.store.transaction();
         let mut any = false;
         for (kind, key) in up.by_kind() {
             let Some(key) = key else { continue };
@@ -104,7 +97,7 @@ impl E2ee {
                     )));
                 }
             }
-            batch.put(CROSS_SIGNING_KEYS, &keys::strs(&[user.as_str(), kind]), key);
+            txn.put_cross_signing_key(user, kind, key);
             any = true;
         }
         if !any {
@@ -112,7 +105,7 @@ impl E2ee {
                 "no cross-signing keys in the request".into(),
             ));
         }
-        batch.commit()?;
+        txn.commit()?;
         self.announce_signing_keys(user)?;
         self.device_list_changed(user).await
     }
@@ -126,23 +119,14 @@ impl E2ee {
         target_key: &str,
         object: &mut Value,
     ) -> Result<()> {
-        for (k, sig) in self
-            .store
-            .scan_prefix(KEY_SIGNATURES, &keys::strs(&[user.as_str(), target_key]))?
-        {
-            let Some(parts) = keys::split_strs(&k) else {
-                continue;
-            };
-            let (Some(signer), Some(key_id)) = (parts.get(2), parts.get(3)) else {
-                continue;
-            };
-            if *signer != user.as_str() && *signer != viewer.as_str() {
+        for (signer, key_id, sig) in self.store.key_signatures(user, target_key)? {
+            if signer != user.as_str() && signer != viewer.as_str() {
                 continue;
             }
             if !object.get("signatures").is_some_and(Value::is_object) {
                 object["signatures"] = json!({});
             }
-            object["signatures"][*signer][*key_id] = Value::from(sig);
+            object["signatures"][signer.as_str()][key_id.as_str()] = Value::from(sig);
         }
         Ok(())
     }
@@ -183,20 +167,11 @@ impl E2ee {
             for (key_id, object) in objects {
                 match self.check_signature_upload(signer, &target, &key_id, &object) {
                     Ok(sigs) => {
-                        let mut batch = self.store.batch();
+                        let mut txn = self.store.transaction();
                         for (signer_key, sig) in sigs {
-                            batch.put(
-                                KEY_SIGNATURES,
-                                &keys::strs(&[
-                                    target.as_str(),
-                                    &key_id,
-                                    signer.as_str(),
-                                    &signer_key,
-                                ]),
-                                &sig,
-                            );
+                            txn.put_key_signature(&target, &key_id, signer, &signer_key, &sig);
                         }
-                        batch.commit()?;
+                        txn.commit()?;
                         changed_users.push(target.clone());
                     }
                     Err(e) => {
@@ -227,10 +202,7 @@ impl E2ee {
     ) -> Result<Vec<(String, String)>> {
         // What the object must be, and which of the signer's keys may sign it.
         let (stored, signing_key): (Value, Option<(String, String)>) = if target == signer {
-            if let Some(dk) = self
-                .store
-                .get(DEVICE_KEYS, &keys::strs(&[target.as_str(), key_id]))?
-            {
+            if let Some(dk) = self.store.device_keys(target, key_id)? {
                 let ssk = self
                     .cross_signing_key(signer, "self_signing")?
                     .ok_or_else(|| Error::invalid_param("no self-signing key"))?;
@@ -287,15 +259,12 @@ impl E2ee {
                 Some((n, p)) if n == name => Some(p.clone()),
                 Some(_) => None,
                 // Signing one's own master key with a device key.
-                None => self
-                    .store
-                    .get(DEVICE_KEYS, &keys::strs(&[signer.as_str(), name]))?
-                    .and_then(|dk| {
-                        dk.get("keys")
-                            .and_then(|k| k.get(sig_key_id))
-                            .and_then(Value::as_str)
-                            .map(str::to_owned)
-                    }),
+                None => self.store.device_keys(signer, name)?.and_then(|dk| {
+                    dk.get("keys")
+                        .and_then(|k| k.get(sig_key_id))
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                }),
             };
             if let Some(public) = public
                 && signatures::verify(object, signer.as_str(), name, &public)

@@ -7,11 +7,8 @@ use ruma::{OwnedUserId, UserId};
 use super::E2ee;
 use crate::{
     error::Result,
-    storage::{Read, Table, keys},
+    storage::{E2eeRead, E2eeWrite},
 };
-
-/// `pos -> user`.
-const DEVICE_LIST_LOG: Table<OwnedUserId> = Table::new("device_list_log");
 
 /// What /sync's `device_lists` (and /keys/changes) report.
 #[derive(Debug, Default)]
@@ -29,11 +26,7 @@ impl E2ee {
         self.stream
             .write(|w| {
                 let pos = w.next_pos();
-                w.put(
-                    DEVICE_LIST_LOG,
-                    &keys::KeyBuf::new().u64(pos).into_vec(),
-                    &user.to_owned(),
-                );
+                w.log_device_list_change(pos, user);
                 w.wake(wake.iter().map(|u| u.as_ref()));
                 Ok(())
             })
@@ -119,13 +112,8 @@ impl E2ee {
         upto: u64,
     ) -> Result<DeviceListChanges> {
         let mut out = DeviceListChanges::default();
-        let from = keys::KeyBuf::new().u64(since.saturating_add(1)).into_vec();
-        let until = keys::KeyBuf::new().u64(upto.saturating_add(1)).into_vec();
         let mut own_changed = false;
-        for (_, user) in
-            self.store
-                .scan(DEVICE_LIST_LOG, &[], &from, Some(&until), false, usize::MAX)?
-        {
+        for user in self.store.device_list_log(since, upto)? {
             if user == viewer {
                 own_changed = true;
             } else if !out.changed.contains(&user) && self.rooms.shares_room(viewer, &user)? {

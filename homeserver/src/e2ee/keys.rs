@@ -9,22 +9,15 @@ use serde_json::{Map, Value, json};
 use super::{E2ee, signatures};
 use crate::{
     error::{Error, Result},
-    storage::{Batch, Read, Table, keys},
+    storage::{E2eeRead, E2eeWrite, Txn},
 };
 
-/// `(user, device) -> signed device keys`, as uploaded. Users of any server
-/// share this layout, so remote device lists (federation) cache here too.
-pub(crate) const DEVICE_KEYS: Table<Value> = Table::new("device_keys");
-/// `(user, device, algorithm, key id) -> key`.
-const ONE_TIME_KEYS: Table<Value> = Table::new("one_time_keys");
-/// `(user, device, algorithm) -> fallback key`.
-const FALLBACK_KEYS: Table<FallbackKey> = Table::new("fallback_keys");
-
+/// A device's fallback key and whether it was handed out.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct FallbackKey {
-    key_id: String,
-    key: Value,
-    used: bool,
+pub struct FallbackKey {
+    pub key_id: String,
+    pub key: Value,
+    pub used: bool,
 }
 
 /// The parts of POST /keys/upload.
@@ -107,10 +100,6 @@ fn validate_device_keys(user: &UserId, device: &str, dk: &Value) -> Result<()> {
     Ok(())
 }
 
-fn dkey(user: &UserId, device: &str) -> Vec<u8> {
-    keys::strs(&[user.as_str(), device])
-}
-
 impl E2ee {
     /// Stores what a device uploads and returns its one-time key counts.
     pub async fn upload(
@@ -122,56 +111,51 @@ impl E2ee {
         if let Some(dk) = &up.device_keys {
             validate_device_keys(user, device, dk)?;
         }
-        let mut batch = self.store.batch();
-        if let Some(otks) = &up.one_time_keys {
-            if otks.len() > 1000 {
-                return Err(Error::invalid_param(
-                    "at most 1000 one-time keys per upload",
-                ));
-            }
-            for (id, v) in otks {
-                let (alg, key_id) = split_key_id(id)?;
-                check_key_value(id, v)?;
-                let k = keys::strs(&[user.as_str(), device, alg, key_id]);
-                match self.store.get(ONE_TIME_KEYS, &k)? {
-                    Some(old) if &old != v => {
-                        return Err(Error::invalid_param(format!(
-                            "one-time key {id} already exists with another value"
-                        )));
+        if up.one_time_keys.as_ref().is_some_and(|o| o.len() > 1000) {
+            return Err(Error::invalid_param(
+                "at most 1000 one-time keys per upload",
+            ));
+        }
+        // Checked and stored in one write, so two uploads at once cannot
+        // both claim a key ID with different values.
+        let changed = self
+            .stream
+            .write(|w| {
+                for (id, v) in up.one_time_keys.iter().flatten() {
+                    let (alg, key_id) = split_key_id(id)?;
+                    check_key_value(id, v)?;
+                    match w.one_time_key(user, device, alg, key_id)? {
+                        Some(old) if &old != v => {
+                            return Err(Error::invalid_param(format!(
+                                "one-time key {id} already exists with another value"
+                            )));
+                        }
+                        _ => w.put_one_time_key(user, device, alg, key_id, v),
                     }
-                    _ => batch.put(ONE_TIME_KEYS, &k, v),
                 }
-            }
-        }
-        if let Some(fbs) = &up.fallback_keys {
-            for (id, v) in fbs {
-                let (alg, key_id) = split_key_id(id)?;
-                check_key_value(id, v)?;
-                let fb = FallbackKey {
-                    key_id: key_id.to_owned(),
-                    key: v.clone(),
-                    used: false,
+                for (id, v) in up.fallback_keys.iter().flatten() {
+                    let (alg, key_id) = split_key_id(id)?;
+                    check_key_value(id, v)?;
+                    let fb = FallbackKey {
+                        key_id: key_id.to_owned(),
+                        key: v.clone(),
+                        used: false,
+                    };
+                    w.put_fallback_key(user, device, alg, &fb);
+                }
+                let Some(dk) = &up.device_keys else {
+                    return Ok(false);
                 };
-                batch.put(
-                    FALLBACK_KEYS,
-                    &keys::strs(&[user.as_str(), device, alg]),
-                    &fb,
-                );
-            }
-        }
-        let mut changed = false;
-        if let Some(dk) = &up.device_keys {
-            let old = self.store.get(DEVICE_KEYS, &dkey(user, device))?;
-            // Keep signatures others (cross-signing) added to the same keys.
-            let same_keys = old
-                .as_ref()
-                .is_some_and(|o| o.get("keys") == dk.get("keys"));
-            if !same_keys {
-                batch.put(DEVICE_KEYS, &dkey(user, device), dk);
-                changed = true;
-            }
-        }
-        batch.commit()?;
+                // Keep signatures others (cross-signing) added to the same keys.
+                let same_keys = w
+                    .device_keys(user, device)?
+                    .is_some_and(|o| o.get("keys") == dk.get("keys"));
+                if !same_keys {
+                    w.put_device_keys(user, device, dk);
+                }
+                Ok(!same_keys)
+            })
+            .await?;
         if changed {
             self.device_list_changed(user).await?;
         }
@@ -184,10 +168,8 @@ impl E2ee {
         device: &str,
     ) -> Result<BTreeMap<String, u64>> {
         let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-        for (k, _) in self.store.scan_prefix(ONE_TIME_KEYS, &dkey(user, device))? {
-            if let Some(alg) = keys::split_strs(&k).and_then(|p| p.get(2).map(|s| s.to_string())) {
-                *counts.entry(alg).or_default() += 1;
-            }
+        for alg in self.store.one_time_key_algorithms(user, device)? {
+            *counts.entry(alg).or_default() += 1;
         }
         // Clients read a missing signed_curve25519 as "unknown"; say 0.
         counts.entry("signed_curve25519".into()).or_default();
@@ -197,10 +179,10 @@ impl E2ee {
     pub fn unused_fallback_key_types(&self, user: &UserId, device: &str) -> Result<Vec<String>> {
         Ok(self
             .store
-            .scan_prefix(FALLBACK_KEYS, &dkey(user, device))?
+            .fallback_keys(user, device)?
             .into_iter()
             .filter(|(_, fb)| !fb.used)
-            .filter_map(|(k, _)| keys::split_strs(&k).and_then(|p| p.get(2).map(|s| s.to_string())))
+            .map(|(alg, _)| alg)
             .collect())
     }
 
@@ -213,14 +195,7 @@ impl E2ee {
         only: &[String],
     ) -> Result<Map<String, Value>> {
         let mut out = Map::new();
-        for (k, mut dk) in self
-            .store
-            .scan_prefix(DEVICE_KEYS, &keys::strs(&[user.as_str()]))?
-        {
-            let Some(device) = keys::split_strs(&k).and_then(|p| p.get(1).map(|s| s.to_string()))
-            else {
-                continue;
-            };
+        for (device, mut dk) in self.store.all_device_keys(user)? {
             if !only.is_empty() && !only.contains(&device) {
                 continue;
             }
@@ -241,83 +216,67 @@ impl E2ee {
     }
 
     /// Hands out one key per requested device: a one-time key (each exactly
-    /// once), or the fallback key when none are left.
+    /// once: the claim is one write), or the fallback key when none are left.
     pub async fn claim(
         &self,
         wanted: &BTreeMap<OwnedUserId, BTreeMap<String, String>>,
     ) -> Result<Map<String, Value>> {
-        let _claims = self.claim_lock.lock().await;
-        let mut out = Map::new();
-        let mut batch = self.store.batch();
-        for (user, devices) in wanted {
-            let mut per_user = Map::new();
-            for (device, alg) in devices {
-                if let Some((id, key)) = self.claim_one(&mut batch, user, device, alg)? {
-                    per_user.insert(device.clone(), json!({ id: key }));
+        self.stream
+            .write(|w| {
+                let mut out = Map::new();
+                for (user, devices) in wanted {
+                    let mut per_user = Map::new();
+                    for (device, alg) in devices {
+                        if let Some((id, key)) = claim_one(w, user, device, alg)? {
+                            per_user.insert(device.clone(), json!({ id: key }));
+                        }
+                    }
+                    if !per_user.is_empty() {
+                        out.insert(user.to_string(), Value::Object(per_user));
+                    }
                 }
-            }
-            if !per_user.is_empty() {
-                out.insert(user.to_string(), Value::Object(per_user));
-            }
-        }
-        batch.commit()?;
-        Ok(out)
-    }
-
-    fn claim_one(
-        &self,
-        batch: &mut Batch<'_>,
-        user: &UserId,
-        device: &str,
-        alg: &str,
-    ) -> Result<Option<(String, Value)>> {
-        let prefix = keys::strs(&[user.as_str(), device, alg]);
-        if let Some((k, key)) = self
-            .store
-            .scan(ONE_TIME_KEYS, &prefix, &prefix, None, false, 1)?
-            .pop()
-        {
-            batch.delete(ONE_TIME_KEYS, &k);
-            let key_id = keys::split_strs(&k)
-                .and_then(|p| p.get(3).map(|s| s.to_string()))
-                .unwrap_or_default();
-            return Ok(Some((format!("{alg}:{key_id}"), key)));
-        }
-        let fk = keys::strs(&[user.as_str(), device, alg]);
-        if let Some(mut fb) = self.store.get(FALLBACK_KEYS, &fk)? {
-            let id = format!("{alg}:{}", fb.key_id);
-            let key = fb.key.clone();
-            if !fb.used {
-                fb.used = true;
-                batch.put(FALLBACK_KEYS, &fk, &fb);
-            }
-            return Ok(Some((id, key)));
-        }
-        Ok(None)
+                Ok(out)
+            })
+            .await
     }
 
     /// Forgets everything E2EE about devices that are being deleted.
     pub async fn remove_devices(&self, user: &UserId, devices: &[&str]) -> Result<()> {
-        let mut batch = self.store.batch();
+        let mut txn = self.store.transaction();
         let mut had_keys = false;
         for d in devices {
-            let k = dkey(user, d);
-            had_keys |= self.store.contains(DEVICE_KEYS, &k)?;
-            batch.delete(DEVICE_KEYS, &k);
-            for (key, _) in self.store.scan_prefix(ONE_TIME_KEYS, &k)? {
-                batch.delete(ONE_TIME_KEYS, &key);
-            }
-            for (key, _) in self.store.scan_prefix(FALLBACK_KEYS, &k)? {
-                batch.delete(FALLBACK_KEYS, &key);
-            }
-            self.stage_to_device_removal(&mut batch, user, d)?;
+            had_keys |= txn.device_keys(user, d)?.is_some();
+            txn.delete_device_e2ee(user, d)?;
         }
-        batch.commit()?;
+        txn.commit()?;
         if had_keys {
             self.device_list_changed(user).await?;
         }
         Ok(())
     }
+}
+
+/// One device's key for a claim, taken out of `txn`.
+fn claim_one(
+    txn: &mut Txn<'_>,
+    user: &UserId,
+    device: &str,
+    alg: &str,
+) -> Result<Option<(String, Value)>> {
+    if let Some((key_id, key)) = txn.first_one_time_key(user, device, alg)? {
+        txn.delete_one_time_key(user, device, alg, &key_id);
+        return Ok(Some((format!("{alg}:{key_id}"), key)));
+    }
+    if let Some(mut fb) = txn.fallback_key(user, device, alg)? {
+        let id = format!("{alg}:{}", fb.key_id);
+        let key = fb.key.clone();
+        if !fb.used {
+            fb.used = true;
+            txn.put_fallback_key(user, device, alg, &fb);
+        }
+        return Ok(Some((id, key)));
+    }
+    Ok(None)
 }
 
 #[cfg(test)]

@@ -18,8 +18,6 @@ pub struct E2ee {
     pub(crate) stream: Arc<Stream>,
     pub(crate) rooms: Rooms,
     pub(crate) accounts: Accounts,
-    /// Serialises one-time key claims so no key is ever handed out twice.
-    pub(crate) claim_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl E2ee {
@@ -29,7 +27,6 @@ impl E2ee {
             stream,
             rooms,
             accounts,
-            claim_lock: Default::default(),
         }
     }
 }

@@ -8,7 +8,7 @@ use super::E2ee;
 use crate::{
     error::{Error, Result},
     outbox::Item,
-    storage::{Batch, Read, Table, keys},
+    storage::{E2eeRead, E2eeWrite},
 };
 
 /// Largest content of one to-device message: an Olm-encrypted room key is
@@ -23,19 +23,6 @@ pub struct ToDevice {
     pub kind: String,
     pub sender: String,
     pub content: Value,
-}
-
-/// `(user, device, pos) -> message`.
-const TO_DEVICE: Table<ToDevice> = Table::new("to_device");
-/// `(sender, sender device, txn ID) -> true`.
-const TO_DEVICE_TXNS: Table<bool> = Table::new("to_device_txns");
-
-fn inbox_key(user: &UserId, device: &str, pos: u64) -> Vec<u8> {
-    keys::KeyBuf::new()
-        .str(user.as_str())
-        .str(device)
-        .u64(pos)
-        .into_vec()
 }
 
 impl E2ee {
@@ -71,8 +58,7 @@ impl E2ee {
                 }
             }
         }
-        let txn_key = keys::strs(&[sender.as_str(), sender_device, txn]);
-        if self.store.contains(TO_DEVICE_TXNS, &txn_key)? {
+        if self.store.to_device_txn_seen(sender, sender_device, txn)? {
             return Ok(());
         }
         // Who gets what: local devices now, other servers' users through
@@ -131,14 +117,14 @@ impl E2ee {
         self.stream
             .write(|w| {
                 // A retry that raced the first attempt delivers nothing twice.
-                if w.contains(TO_DEVICE_TXNS, &txn_key)? {
+                if w.to_device_txn_seen(sender, sender_device, txn)? {
                     return Ok(());
                 }
                 let pos = w.next_pos();
                 for (user, device, message) in &deliveries {
-                    w.put(TO_DEVICE, &inbox_key(user, device, pos), message);
+                    w.put_to_device(user, device, pos, message);
                 }
-                w.put(TO_DEVICE_TXNS, &txn_key, &true);
+                w.mark_to_device_txn(sender, sender_device, txn);
                 for (server, edu) in &edus {
                     self.rooms.outbox.stage_for_servers(
                         w,
@@ -154,19 +140,9 @@ impl E2ee {
 
     /// Drops what the device has acknowledged (everything up to `acked`).
     pub fn ack_to_device(&self, user: &UserId, device: &str, acked: u64) -> Result<()> {
-        let prefix = keys::strs(&[user.as_str(), device]);
-        let until = inbox_key(user, device, acked.saturating_add(1));
-        let done = self
-            .store
-            .scan(TO_DEVICE, &prefix, &prefix, Some(&until), false, usize::MAX)?;
-        if done.is_empty() {
-            return Ok(());
-        }
-        let mut batch = self.store.batch();
-        for (k, _) in done {
-            batch.delete(TO_DEVICE, &k);
-        }
-        Ok(batch.commit()?)
+        let mut txn = self.store.transaction();
+        txn.ack_to_device(user, device, acked)?;
+        Ok(txn.commit()?)
     }
 
     /// Messages after `acked` up to `upto`, at most a page, and the
@@ -178,35 +154,17 @@ impl E2ee {
         acked: u64,
         upto: u64,
     ) -> Result<(Vec<Value>, u64)> {
-        let prefix = keys::strs(&[user.as_str(), device]);
-        let from = inbox_key(user, device, acked.saturating_add(1));
-        let until = inbox_key(user, device, upto.saturating_add(1));
         let rows = self
             .store
-            .scan(TO_DEVICE, &prefix, &from, Some(&until), false, PER_SYNC + 1)?;
+            .to_device(user, device, acked, upto, PER_SYNC + 1)?;
         let truncated = rows.len() > PER_SYNC;
         let mut last = acked;
         let mut events = Vec::new();
-        for (k, m) in rows.into_iter().take(PER_SYNC) {
-            last = keys::trailing_u64(&k).unwrap_or(last);
+        for (pos, m) in rows.into_iter().take(PER_SYNC) {
+            last = pos;
             events.push(json!({"type": m.kind, "sender": m.sender, "content": m.content}));
         }
         // Everything up to `upto` was handed out unless the page was full.
         Ok((events, if truncated { last } else { upto }))
-    }
-
-    pub(crate) fn stage_to_device_removal(
-        &self,
-        batch: &mut Batch<'_>,
-        user: &UserId,
-        device: &str,
-    ) -> Result<()> {
-        for (k, _) in self
-            .store
-            .scan_prefix(TO_DEVICE, &keys::strs(&[user.as_str(), device]))?
-        {
-            batch.delete(TO_DEVICE, &k);
-        }
-        Ok(())
     }
 }

@@ -15,7 +15,7 @@ use crate::{
     accounts::now_ms,
     error::{Error, Result},
     rooms::Rooms,
-    storage::{Read, Store, Table, keys},
+    storage::{Store, UserDataRead, UserDataWrite},
     stream::Stream,
 };
 
@@ -36,10 +36,6 @@ pub struct PresenceRecord {
     pub last_active_ts: u64,
     pub pos: u64,
 }
-
-const PRESENCE: Table<PresenceRecord> = Table::new("presence");
-/// `pos -> user`: one entry per user, at their latest change.
-const PRESENCE_LOG: Table<OwnedUserId> = Table::new("presence_log");
 
 #[derive(Default)]
 struct Liveness {
@@ -90,7 +86,7 @@ impl Presence {
     }
 
     pub fn record(&self, user: &UserId) -> Result<Option<PresenceRecord>> {
-        Ok(self.store.get(PRESENCE, user.as_bytes())?)
+        Ok(self.store.presence(user)?)
     }
 
     /// Sets presence and, if what others see changed, publishes it.
@@ -111,7 +107,7 @@ impl Presence {
         let written = self
             .stream
             .write(|w| {
-                let old = w.get(PRESENCE, user.as_bytes())?;
+                let old = w.presence(user)?;
                 let status = match status_msg {
                     Some(s) => s,
                     None => old.as_ref().and_then(|o| o.status_msg.clone()),
@@ -130,24 +126,13 @@ impl Presence {
                     return Ok(None);
                 }
                 let pos = w.next_pos();
-                if let Some(o) = &old {
-                    w.delete(PRESENCE_LOG, &keys::KeyBuf::new().u64(o.pos).into_vec());
-                }
-                w.put(
-                    PRESENCE,
-                    user.as_bytes(),
-                    &PresenceRecord {
-                        presence: presence.to_owned(),
-                        status_msg: status.clone(),
-                        last_active_ts,
-                        pos,
-                    },
-                );
-                w.put(
-                    PRESENCE_LOG,
-                    &keys::KeyBuf::new().u64(pos).into_vec(),
-                    &user.to_owned(),
-                );
+                let record = PresenceRecord {
+                    presence: presence.to_owned(),
+                    status_msg: status.clone(),
+                    last_active_ts,
+                    pos,
+                };
+                w.put_presence(user, old.as_ref(), &record);
                 w.wake(wake.iter().map(|u| u.as_ref()));
                 Ok(Some((status, last_active_ts)))
             })
@@ -239,13 +224,8 @@ impl Presence {
                     .collect()
             }
             Some(s) => {
-                let from = keys::KeyBuf::new().u64(s.saturating_add(1)).into_vec();
-                let until = keys::KeyBuf::new().u64(upto.saturating_add(1)).into_vec();
-                let changed =
-                    self.store
-                        .scan(PRESENCE_LOG, &[], &from, Some(&until), false, usize::MAX)?;
                 let mut out = Vec::new();
-                for (_, u) in changed {
+                for u in self.store.presence_log(s, upto)? {
                     if self.rooms.shares_room(viewer, &u)? {
                         out.push(u);
                     }

@@ -11,7 +11,7 @@ use crate::{
     error::{Error, Result},
     outbox::Item,
     rooms::Rooms,
-    storage::{Read, Store, Table, Txn, keys},
+    storage::{Store, Txn, UserDataRead, UserDataWrite},
     stream::Stream,
 };
 
@@ -32,13 +32,6 @@ pub struct Receipt {
     pub pos: u64,
 }
 
-/// `(room, type, user, thread) -> latest receipt`.
-const RECEIPTS: Table<Receipt> = Table::new("receipts");
-/// `(room, pos) -> receipt`: what changed when, for incremental syncs.
-const RECEIPT_LOG: Table<Receipt> = Table::new("receipt_log");
-/// `(user, room, thread) -> stream position read up to`; "" is unthreaded.
-pub(crate) const READ_UPTO: Table<u64> = Table::new("read_upto");
-
 #[derive(Clone)]
 pub struct Receipts {
     store: Store,
@@ -54,9 +47,8 @@ pub(crate) fn mark_read(
     thread: &str,
     pos: u64,
 ) -> Result<()> {
-    let key = keys::strs(&[user.as_str(), room.as_str(), thread]);
-    if txn.get(READ_UPTO, &key)?.unwrap_or(0) < pos {
-        txn.put(READ_UPTO, &key, &pos);
+    if txn.read_upto(user, room, thread)?.unwrap_or(0) < pos {
+        txn.put_read_upto(user, room, thread, pos);
     }
     Ok(())
 }
@@ -69,16 +61,11 @@ pub fn read_positions(
 ) -> Result<(u64, BTreeMap<String, u64>)> {
     let mut unthreaded = 0;
     let mut threads = BTreeMap::new();
-    for (k, pos) in store.scan_prefix(READ_UPTO, &keys::strs(&[user.as_str(), room.as_str()]))? {
-        let Some(parts) = keys::split_strs(&k) else {
-            continue;
-        };
-        match parts.get(2) {
-            Some(&"") => unthreaded = pos,
-            Some(t) => {
-                threads.insert((*t).to_owned(), pos);
-            }
-            None => {}
+    for (thread, pos) in store.read_positions(user, room)? {
+        if thread.is_empty() {
+            unthreaded = pos;
+        } else {
+            threads.insert(thread, pos);
         }
     }
     Ok((unthreaded, threads))
@@ -127,7 +114,6 @@ impl Receipts {
             .event(event_id)?
             .filter(|e| e.room_id == room)
             .ok_or_else(|| Error::not_found("no such event in this room"))?;
-        let key = keys::strs(&[room.as_str(), receipt_type, user.as_str(), thread]);
         // Other servers hear of our users' public receipts, in the same write.
         let servers = if receipt_type == PUBLIC && user.server_name() == self.rooms.server_name {
             self.rooms.remote_servers(room)?
@@ -141,7 +127,7 @@ impl Receipts {
         };
         self.stream
             .write(|w| {
-                if w.get(RECEIPTS, &key)?
+                if w.receipt(room, receipt_type, user, thread)?
                     .is_some_and(|old| old.event_pos >= event.pos)
                 {
                     return Ok(());
@@ -156,12 +142,7 @@ impl Receipts {
                     ts: now_ms(),
                     pos,
                 };
-                w.put(RECEIPTS, &key, &receipt);
-                w.put(
-                    RECEIPT_LOG,
-                    &keys::KeyBuf::new().str(room.as_str()).u64(pos).into_vec(),
-                    &receipt,
-                );
+                w.put_receipt(room, &receipt);
                 mark_read(w, user, room, thread, event.pos)?;
                 if !servers.is_empty() {
                     let mut data = serde_json::json!({"ts": receipt.ts});
@@ -188,21 +169,7 @@ impl Receipts {
     }
 
     fn log(&self, room: &RoomId, since: u64, upto: u64) -> Result<Vec<Receipt>> {
-        let prefix = keys::strs(&[room.as_str()]);
-        let from = keys::KeyBuf::new()
-            .str(room.as_str())
-            .u64(since.saturating_add(1))
-            .into_vec();
-        let until = keys::KeyBuf::new()
-            .str(room.as_str())
-            .u64(upto.saturating_add(1))
-            .into_vec();
-        Ok(self
-            .store
-            .scan(RECEIPT_LOG, &prefix, &from, Some(&until), false, usize::MAX)?
-            .into_iter()
-            .map(|(_, r)| r)
-            .collect())
+        Ok(self.store.receipt_log(room, since, upto)?)
     }
 
     /// The `m.receipt` event for /sync: every receipt for an initial sync,
@@ -219,9 +186,8 @@ impl Receipts {
             Some(s) => self.log(room, s, upto)?,
             None => self
                 .store
-                .scan_prefix(RECEIPTS, &keys::strs(&[room.as_str()]))?
+                .receipts(room)?
                 .into_iter()
-                .map(|(_, r)| r)
                 .filter(|r| r.pos <= upto)
                 .collect(),
         };

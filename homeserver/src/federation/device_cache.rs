@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 use super::{Federation, e2ee::KeyQueryResult};
 use crate::{
     error::Result,
-    storage::{Read, Table},
+    storage::{FederationRead, FederationWrite},
 };
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -23,10 +23,13 @@ pub struct CachedDevices {
     pub self_signing_key: Option<Value>,
 }
 
-/// `user -> cached device list`.
-const REMOTE_DEVICES: Table<CachedDevices> = Table::new("remote_devices");
-
 impl Federation {
+    fn cache_devices(&self, user: &UserId, devices: Option<&CachedDevices>) -> Result<()> {
+        let mut txn = self.store.transaction();
+        txn.set_remote_devices(user, devices);
+        Ok(txn.commit()?)
+    }
+
     /// Updates reach us only while we share a room with the user; outside
     /// that a cached list could silently go stale.
     fn may_cache(&self, user: &UserId) -> bool {
@@ -37,10 +40,7 @@ impl Federation {
         if !self.may_cache(user) {
             return None;
         }
-        self.store
-            .get(REMOTE_DEVICES, user.as_bytes())
-            .ok()
-            .flatten()
+        self.store.remote_devices(user).ok().flatten()
     }
 
     /// Client /keys/query for other servers' users: from the cache where it
@@ -130,7 +130,11 @@ impl Federation {
                     self_signing_key: v["self_signing_keys"].get(&user).cloned(),
                 };
                 if self.may_cache(&uid) {
-                    let _ = self.store.put(REMOTE_DEVICES, uid.as_bytes(), &entry);
+                    let mut txn = self.store.transaction();
+                    txn.set_remote_devices(&uid, Some(&entry));
+                    if let Err(e) = txn.commit() {
+                        tracing::warn!("caching the devices of {uid}: {e}");
+                    }
                 }
                 let only: Vec<&str> = devices
                     .as_array()
@@ -158,7 +162,7 @@ impl Federation {
     /// Applies an m.device_list_update to the cache when it follows on from
     /// what we have; otherwise drops the entry, so the next query refetches.
     pub(crate) fn apply_device_list_update(&self, user: &UserId, content: &Value) -> Result<()> {
-        let Some(mut cached) = self.store.get(REMOTE_DEVICES, user.as_bytes())? else {
+        let Some(mut cached) = self.store.remote_devices(user)? else {
             return Ok(());
         };
         let prev: Vec<u64> = content["prev_id"]
@@ -173,7 +177,7 @@ impl Federation {
         };
         let device = content["device_id"].as_str().unwrap_or_default();
         if !follows || device.is_empty() {
-            return Ok(self.store.delete(REMOTE_DEVICES, user.as_bytes())?);
+            return self.cache_devices(user, None);
         }
         if content["deleted"].as_bool() == Some(true) {
             cached.devices.remove(device);
@@ -181,14 +185,14 @@ impl Federation {
             cached.devices.insert(device.to_owned(), keys.clone());
         } else {
             // A change without the keys: we cannot know the new state.
-            return Ok(self.store.delete(REMOTE_DEVICES, user.as_bytes())?);
+            return self.cache_devices(user, None);
         }
         cached.stream_id = content["stream_id"].as_u64();
-        Ok(self.store.put(REMOTE_DEVICES, user.as_bytes(), &cached)?)
+        self.cache_devices(user, Some(&cached))
     }
 
     pub(crate) fn apply_signing_key_update(&self, user: &UserId, content: &Value) -> Result<()> {
-        let Some(mut cached) = self.store.get(REMOTE_DEVICES, user.as_bytes())? else {
+        let Some(mut cached) = self.store.remote_devices(user)? else {
             return Ok(());
         };
         if let Some(k) = content.get("master_key").filter(|k| k.is_object()) {
@@ -197,6 +201,6 @@ impl Federation {
         if let Some(k) = content.get("self_signing_key").filter(|k| k.is_object()) {
             cached.self_signing_key = Some(k.clone());
         }
-        Ok(self.store.put(REMOTE_DEVICES, user.as_bytes(), &cached)?)
+        self.cache_devices(user, Some(&cached))
     }
 }

@@ -7,19 +7,18 @@ use serde_json::{Map, Value, json};
 use super::Federation;
 use crate::{
     error::{Error, Result},
-    storage::{Read, Table, keys},
+    storage::{FederationRead, FederationWrite},
 };
 
 /// `(origin, txn_id) -> the answer we gave`, so a retried transaction is
 /// answered the same and changes nothing. Kept a day: senders retry for
 /// minutes, not days.
-const FED_TXNS: Table<TxnRecord> = Table::new("federation_txns");
 const TXN_MEMORY_MS: u64 = 24 * 3600 * 1000;
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-struct TxnRecord {
-    answer: Value,
-    ts: u64,
+pub struct TxnRecord {
+    pub answer: Value,
+    pub ts: u64,
 }
 
 const MAX_PDUS: usize = 50;
@@ -34,8 +33,7 @@ impl Federation {
         txn_id: &str,
         body: Value,
     ) -> Result<Value> {
-        let key = keys::strs(&[origin, txn_id]);
-        if let Some(record) = self.store.get(FED_TXNS, &key)? {
+        if let Some(record) = self.store.inbound_txn(origin, txn_id)? {
             return Ok(record.answer);
         }
         if !body.is_object() {
@@ -76,14 +74,13 @@ impl Federation {
             results.insert(id, entry);
         }
         let answer = json!({"pdus": results});
-        self.store.put(
-            FED_TXNS,
-            &key,
-            &TxnRecord {
-                answer: answer.clone(),
-                ts: crate::accounts::now_ms(),
-            },
-        )?;
+        let mut txn = self.store.transaction();
+        let record = TxnRecord {
+            answer: answer.clone(),
+            ts: crate::accounts::now_ms(),
+        };
+        txn.put_inbound_txn(origin, txn_id, &record);
+        txn.commit()?;
         Ok(answer)
     }
 }
@@ -93,22 +90,18 @@ pub async fn forget_old_transactions(store: crate::storage::Store) {
     loop {
         tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
         let cutoff = crate::accounts::now_ms().saturating_sub(TXN_MEMORY_MS);
-        let old: Vec<Vec<u8>> = match store.scan_prefix(FED_TXNS, b"") {
-            Ok(rows) => rows
-                .into_iter()
-                .filter(|(_, r)| r.ts < cutoff)
-                .map(|(k, _)| k)
-                .collect(),
+        let old = match store.inbound_txns_before(cutoff) {
+            Ok(rows) => rows,
             Err(e) => {
                 tracing::warn!("cannot read federation transactions: {e}");
                 continue;
             }
         };
-        let mut batch = store.batch();
-        for k in &old {
-            batch.delete(FED_TXNS, k);
+        let mut txn = store.transaction();
+        for (origin, id) in &old {
+            txn.delete_inbound_txn(origin, id);
         }
-        if let Err(e) = batch.commit() {
+        if let Err(e) = txn.commit() {
             tracing::warn!("cannot forget old federation transactions: {e}");
         }
     }

@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::client::{FedClient, RemoteError};
 use crate::{
     accounts::now_ms,
-    storage::{Read, Store, Table},
+    storage::{FederationRead, FederationWrite, Store},
 };
 
 /// A server's last verified key document, as it sent it.
@@ -19,8 +19,6 @@ pub struct CachedKeys {
     pub document: Value,
     pub fetched_ts: u64,
 }
-
-pub(crate) const SERVER_KEYS: Table<CachedKeys> = Table::new("server_keys");
 
 #[derive(Clone)]
 pub struct KeyRing {
@@ -47,16 +45,13 @@ impl KeyRing {
     }
 
     fn cached(&self, server: &str) -> Option<ServerKeys> {
-        let c = self.store.get(SERVER_KEYS, server.as_bytes()).ok()??;
+        let c = self.store.server_keys(server).ok()??;
         server_keys::verify_key_document(server, &c.document).ok()
     }
 
     /// The cached document for a server, for the notary endpoint.
     pub fn cached_document(&self, server: &str) -> Option<Value> {
-        self.store
-            .get(SERVER_KEYS, server.as_bytes())
-            .ok()?
-            .map(|c| c.document)
+        self.store.server_keys(server).ok()?.map(|c| c.document)
     }
 
     /// Fetches and caches `server`'s key document from the server itself.
@@ -67,14 +62,17 @@ impl KeyRing {
             .await?;
         let keys = server_keys::verify_key_document(server, &doc)
             .map_err(|e| RemoteError::Invalid(e.to_string()))?;
-        let _ = self.store.put(
-            SERVER_KEYS,
-            server.as_bytes(),
+        let mut txn = self.store.transaction();
+        txn.put_server_keys(
+            server,
             &CachedKeys {
                 document: doc,
                 fetched_ts: now_ms(),
             },
         );
+        if let Err(e) = txn.commit() {
+            tracing::warn!("caching the keys of {server}: {e}");
+        }
         Ok(keys)
     }
 

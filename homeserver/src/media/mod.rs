@@ -18,7 +18,8 @@ use crate::{
     accounts::{now_ms, random_string},
     config::MediaConfig,
     error::{Error, Result},
-    storage::{Read, Store, Table, keys},
+    storage::{MediaRead, MediaWrite, Store},
+    stream::Stream,
 };
 
 /// How long a created-but-not-uploaded media ID stays reserved.
@@ -45,17 +46,10 @@ pub struct MediaRecord {
     pub legacy_ok: bool,
 }
 
-/// `(server, media ID) -> record`.
-const MEDIA: Table<MediaRecord> = Table::new("media");
-/// `user -> bytes uploaded`.
-const MEDIA_USAGE: Table<u64> = Table::new("media_usage");
-/// `(user, media ID) -> expiry`: the user's open reservations, so counting
-/// them never scans all media.
-const MEDIA_PENDING: Table<u64> = Table::new("media_pending");
-
 #[derive(Clone)]
 pub struct Media {
     pub(crate) store: Store,
+    stream: Arc<Stream>,
     pub(crate) config: Arc<MediaConfig>,
     server_name: OwnedServerName,
     /// Bounds concurrent image decodes (each may need tens of MiB).
@@ -79,10 +73,6 @@ impl Drop for UploadClaim {
     }
 }
 
-fn media_key(server: &str, id: &str) -> Vec<u8> {
-    keys::strs(&[server, id])
-}
-
 /// Media IDs we hand out are `[A-Za-z0-9]`; anything else is not ours and
 /// could be a path trick, so it never reaches the file system.
 pub fn valid_media_id(id: &str) -> bool {
@@ -94,7 +84,12 @@ pub fn valid_media_id(id: &str) -> bool {
 }
 
 impl Media {
-    pub fn new(store: Store, config: MediaConfig, server_name: OwnedServerName) -> Result<Self> {
+    pub fn new(
+        store: Store,
+        stream: Arc<Stream>,
+        config: MediaConfig,
+        server_name: OwnedServerName,
+    ) -> Result<Self> {
         std::fs::create_dir_all(config.path.join("tmp")).map_err(|e| {
             Error::Internal(format!("media directory {}: {e}", config.path.display()))
         })?;
@@ -106,6 +101,7 @@ impl Media {
         }
         Ok(Media {
             store,
+            stream,
             config: Arc::new(config),
             server_name,
             decoders: Arc::new(tokio::sync::Semaphore::new(2)),
@@ -132,13 +128,13 @@ impl Media {
         if !valid_media_id(id) {
             return Ok(None);
         }
-        let rec = self.store.get(MEDIA, &media_key(server, id))?;
+        let rec = self.store.media(server, id)?;
         // Expired reservations are as good as gone.
         Ok(rec.filter(|r| !(r.pending && r.expires_ts.is_some_and(|t| t < now_ms()))))
     }
 
     fn usage(&self, user: &UserId) -> Result<u64> {
-        Ok(self.store.get(MEDIA_USAGE, user.as_bytes())?.unwrap_or(0))
+        Ok(self.store.media_usage(user)?)
     }
 
     fn check_quota(&self, user: &UserId, adding: u64) -> Result<()> {
@@ -163,27 +159,10 @@ impl Media {
         Ok(())
     }
 
-    /// Reserves a media ID to upload into later (`/create`).
-    pub fn create(&self, user: &UserId) -> Result<(String, u64)> {
+    /// Reserves a media ID to upload into later (`/create`); the count of
+    /// open reservations is checked inside the write.
+    pub async fn create(&self, user: &UserId) -> Result<(String, u64)> {
         let now = now_ms();
-        let mut batch = self.store.batch();
-        let mut open = 0;
-        for (k, expires) in self
-            .store
-            .scan_prefix(MEDIA_PENDING, &keys::strs(&[user.as_str()]))?
-        {
-            if expires < now {
-                batch.delete(MEDIA_PENDING, &k);
-            } else {
-                open += 1;
-            }
-        }
-        if open >= MAX_PENDING_PER_USER {
-            batch.commit()?;
-            return Err(Error::LimitExceeded {
-                retry_after_ms: 60_000,
-            });
-        }
         let id = random_string(24);
         let expires = now + UNUSED_EXPIRY_MS;
         let rec = MediaRecord {
@@ -192,14 +171,37 @@ impl Media {
             filename: None,
             size: 0,
             sha256: String::new(),
-            created_ts: now_ms(),
+            created_ts: now,
             pending: true,
             expires_ts: Some(expires),
             legacy_ok: self.config.legacy_unauthenticated_downloads,
         };
-        batch.put(MEDIA, &media_key(self.server_name.as_str(), &id), &rec);
-        batch.put(MEDIA_PENDING, &keys::strs(&[user.as_str(), &id]), &expires);
-        batch.commit()?;
+        let server = self.server_name.as_str();
+        let opened = self
+            .stream
+            .write(|w| {
+                let mut open = 0;
+                for (old, until) in w.reservations(user)? {
+                    if until < now {
+                        w.delete_reservation(user, &old);
+                    } else {
+                        open += 1;
+                    }
+                }
+                if open >= MAX_PENDING_PER_USER {
+                    // The expired ones above are still cleared.
+                    return Ok(false);
+                }
+                w.put_media(server, &id, &rec);
+                w.put_reservation(user, &id, expires);
+                Ok(true)
+            })
+            .await?;
+        if !opened {
+            return Err(Error::LimitExceeded {
+                retry_after_ms: 60_000,
+            });
+        }
         Ok((id, expires))
     }
 
@@ -294,15 +296,16 @@ impl Media {
             expires_ts: None,
             legacy_ok: self.config.legacy_unauthenticated_downloads,
         };
-        let mut batch = self.store.batch();
-        batch.put(MEDIA, &media_key(self.server_name.as_str(), &id), &rec);
-        batch.put(
-            MEDIA_USAGE,
-            user.as_bytes(),
-            &self.usage(user)?.saturating_add(size),
-        );
-        batch.delete(MEDIA_PENDING, &keys::strs(&[user.as_str(), &id]));
-        batch.commit()?;
+        let server = self.server_name.as_str();
+        self.stream
+            .write(|w| {
+                w.put_media(server, &id, &rec);
+                let used = w.media_usage(user)?;
+                w.set_media_usage(user, used.saturating_add(size));
+                w.delete_reservation(user, &id);
+                Ok(())
+            })
+            .await?;
         Ok(id)
     }
 
@@ -348,7 +351,9 @@ impl Media {
             expires_ts: None,
             legacy_ok: self.config.legacy_unauthenticated_downloads,
         };
-        Ok(self.store.put(MEDIA, &media_key(server, id), &rec)?)
+        let mut txn = self.store.transaction();
+        txn.put_media(server, id, &rec);
+        Ok(txn.commit()?)
     }
 
     /// Waits (up to `timeout`) for a reserved ID to be uploaded.

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::{Media, MediaRecord};
 use crate::{
     error::{Error, Result},
-    storage::{Read, Table, keys},
+    storage::{MediaRead, MediaWrite},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,13 +59,6 @@ pub fn size_class(w: u32, h: u32, method: Method) -> (u32, u32, Method) {
 pub struct ThumbnailRecord {
     pub content_type: String,
     pub size: u64,
-}
-
-/// `(server, media ID, width, height, method) -> thumbnail`.
-const THUMBNAILS: Table<ThumbnailRecord> = Table::new("media_thumbnails");
-
-fn thumb_key(server: &str, id: &str, w: u32, h: u32, m: Method) -> Vec<u8> {
-    keys::strs(&[server, id, &w.to_string(), &h.to_string(), m.name()])
 }
 
 const THUMBNAILABLE: [&str; 4] = ["image/png", "image/jpeg", "image/gif", "image/webp"];
@@ -143,11 +136,10 @@ impl Media {
             return Err(Error::Unknown(format!("cannot thumbnail {ct}")));
         }
         let (cw, ch, cm) = size_class(w, h, method);
-        let key = thumb_key(server, id, cw, ch, cm);
         let path = self
             .file_path(server, id)
             .with_extension(format!("{cw}x{ch}-{}", cm.name()));
-        if let Some(t) = self.store.get(THUMBNAILS, &key)?
+        if let Some(t) = self.store.thumbnail(server, id, cw, ch, cm.name())?
             && let Ok(bytes) = tokio::fs::read(&path).await
         {
             return Ok((bytes, t.content_type));
@@ -173,14 +165,13 @@ impl Media {
         let io = |e: std::io::Error| Error::Internal(format!("thumbnail storage: {e}"));
         tokio::fs::write(&tmp, &bytes).await.map_err(io)?;
         tokio::fs::rename(&tmp, &path).await.map_err(io)?;
-        self.store.put(
-            THUMBNAILS,
-            &key,
-            &ThumbnailRecord {
-                content_type: mime.to_owned(),
-                size: bytes.len() as u64,
-            },
-        )?;
+        let mut txn = self.store.transaction();
+        let record = ThumbnailRecord {
+            content_type: mime.to_owned(),
+            size: bytes.len() as u64,
+        };
+        txn.put_thumbnail(server, id, cw, ch, cm.name(), &record);
+        txn.commit()?;
         Ok((bytes, mime.to_owned()))
     }
 }

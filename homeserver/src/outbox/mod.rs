@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 
 use crate::{
     error::Result,
-    storage::{Read, Store, Table, Txn, keys},
+    storage::{OutboxRead, OutboxWrite, Store, Txn},
     stream::Write,
 };
 pub use worker::{Courier, Couriers, Delivery};
@@ -35,34 +35,6 @@ pub enum Destination {
     },
     /// An application service, by registration ID.
     AppService(String),
-}
-
-impl Destination {
-    fn prefix(&self) -> Vec<u8> {
-        match self {
-            Destination::Server(s) => keys::strs(&["s", s]),
-            Destination::Pusher {
-                user,
-                app_id,
-                pushkey,
-            } => keys::strs(&["p", user.as_str(), app_id, pushkey]),
-            Destination::AppService(id) => keys::strs(&["a", id]),
-        }
-    }
-
-    fn from_key(key: &[u8]) -> Option<Self> {
-        let parts = keys::split_strs(key.get(..key.len().checked_sub(8)?)?)?;
-        match parts.as_slice() {
-            ["s", s] => Some(Destination::Server((*s).to_owned())),
-            ["p", user, app_id, pushkey] => Some(Destination::Pusher {
-                user: OwnedUserId::try_from(*user).ok()?,
-                app_id: (*app_id).to_owned(),
-                pushkey: (*pushkey).to_owned(),
-            }),
-            ["a", id] => Some(Destination::AppService((*id).to_owned())),
-            _ => None,
-        }
-    }
 }
 
 impl std::fmt::Display for Destination {
@@ -92,9 +64,6 @@ pub enum Item {
     },
 }
 
-/// `(destination, seq) -> item`; deleted once the destination took it.
-const OUTBOX: Table<Item> = Table::new("outbox");
-
 pub struct Outbox {
     store: Store,
     seq: AtomicU64,
@@ -108,10 +77,7 @@ pub struct Outbox {
 
 impl Outbox {
     pub fn new(store: Store, our_name: String) -> Result<Arc<Self>> {
-        let mut max = 0;
-        for (k, _) in store.scan_prefix(OUTBOX, b"")? {
-            max = max.max(keys::trailing_u64(&k).unwrap_or(0));
-        }
+        let max = store.outbox_last_seq()?;
         // Sequence numbers name federation transactions, so they must never
         // repeat, also after a restart with an empty outbox: start above the clock.
         let start = (max + 1).max(crate::accounts::now_ms().saturating_mul(1000));
@@ -133,15 +99,7 @@ impl Outbox {
             return Ok(());
         }
         tokio::spawn(worker::dispatch(rx, self.clone(), Arc::new(couriers)));
-        let mut pending = Vec::new();
-        for (k, _) in self.store.scan_prefix(OUTBOX, b"")? {
-            if let Some(d) = Destination::from_key(&k)
-                && !pending.contains(&d)
-            {
-                pending.push(d);
-            }
-        }
-        for d in pending {
+        for d in self.store.outbox_destinations()? {
             self.waker(&d).notify_one();
         }
         Ok(())
@@ -155,9 +113,7 @@ impl Outbox {
     pub fn stage_txn(&self, txn: &mut Txn<'_>, dests: &[Destination], item: &Item) {
         for dest in dests.iter().filter(|d| !self.for_us(d)) {
             let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-            let mut key = dest.prefix();
-            key.extend_from_slice(&seq.to_be_bytes());
-            txn.put(OUTBOX, &key, item);
+            txn.put_outbox_item(dest, seq, item);
         }
     }
 
@@ -243,10 +199,10 @@ impl Outbox {
         n
     }
 
-    /// Up to `limit` queued items for `dest`, oldest first, with their keys.
-    pub(crate) fn peek(&self, dest: &Destination, limit: usize) -> Result<Vec<(Vec<u8>, Item)>> {
-        let p = dest.prefix();
-        Ok(self.store.scan(OUTBOX, &p, &p, None, false, limit)?)
+    /// Up to `limit` queued items for `dest`, oldest first, with their
+    /// sequence numbers.
+    pub(crate) fn peek(&self, dest: &Destination, limit: usize) -> Result<Vec<(u64, Item)>> {
+        Ok(self.store.outbox_items(dest, limit)?)
     }
 
     /// Drops the queued items `stale` picks for `dest`.
@@ -255,30 +211,25 @@ impl Outbox {
         dest: &Destination,
         stale: impl Fn(&Item) -> bool,
     ) -> Result<usize> {
-        let keys: Vec<Vec<u8>> = self
+        let seqs: Vec<u64> = self
             .peek(dest, 100_000)?
             .into_iter()
             .filter(|(_, item)| stale(item))
-            .map(|(k, _)| k)
+            .map(|(seq, _)| seq)
             .collect();
-        if !keys.is_empty() {
-            self.remove(&keys)?;
+        if !seqs.is_empty() {
+            self.remove(dest, &seqs)?;
         }
-        Ok(keys.len())
+        Ok(seqs.len())
     }
 
-    pub(crate) fn remove(&self, keys: &[Vec<u8>]) -> Result<()> {
+    pub(crate) fn remove(&self, dest: &Destination, seqs: &[u64]) -> Result<()> {
         let mut txn = self.store.transaction();
-        for k in keys {
-            txn.delete(OUTBOX, k);
+        for seq in seqs {
+            txn.delete_outbox_item(dest, *seq);
         }
         Ok(txn.commit()?)
     }
-}
-
-/// The sequence number of an outbox row (the end of its key).
-pub fn seq_of(key: &[u8]) -> u64 {
-    keys::trailing_u64(key).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -293,7 +244,7 @@ mod tests {
         o.peek(dest, 100)
             .unwrap()
             .iter()
-            .map(|(k, _)| seq_of(k))
+            .map(|(seq, _)| *seq)
             .collect()
     }
 
@@ -315,13 +266,7 @@ mod tests {
             let s = seqs(&o, &them());
             assert_eq!(s.len(), 1, "queued for the other server only");
             assert!(seqs(&o, &Destination::Server("us.example".into())).is_empty());
-            let keys: Vec<Vec<u8>> = o
-                .peek(&them(), 100)
-                .unwrap()
-                .into_iter()
-                .map(|(k, _)| k)
-                .collect();
-            o.remove(&keys).unwrap();
+            o.remove(&them(), &s).unwrap();
             s[0]
         };
         let store = Store::open(dir.path(), false).unwrap();
@@ -350,10 +295,10 @@ mod tests {
         }
         let store = Store::open(dir.path(), false).unwrap();
         let o = Outbox::new(store.clone(), "us.example".into()).unwrap();
+        let found = store.outbox_destinations().unwrap();
         for d in [them(), pusher, service] {
-            let rows = o.peek(&d, 10).unwrap();
-            assert_eq!(rows.len(), 1, "{d}");
-            assert_eq!(Destination::from_key(&rows[0].0), Some(d));
+            assert_eq!(o.peek(&d, 10).unwrap().len(), 1, "{d}");
+            assert!(found.contains(&d), "{d} in {found:?}");
         }
     }
 

@@ -71,7 +71,7 @@ async fn run(dest: Destination, outbox: Arc<Outbox>, courier: Arc<dyn Courier>) 
     let retry_now = outbox.retry_notifier(&dest);
     let mut backoff = Duration::from_secs(1);
     loop {
-        let rows = match outbox.peek(&dest, courier.batch_limit()) {
+        let items = match outbox.peek(&dest, courier.batch_limit()) {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!("outbox of {dest}: {e}");
@@ -79,20 +79,14 @@ async fn run(dest: Destination, outbox: Arc<Outbox>, courier: Arc<dyn Courier>) 
                 continue;
             }
         };
-        if rows.is_empty() {
+        if items.is_empty() {
             wake.notified().await;
             continue;
         }
-        let (keys, items): (Vec<Vec<u8>>, Vec<(u64, Item)>) = rows
-            .into_iter()
-            .map(|(k, item)| {
-                let seq = super::seq_of(&k);
-                (k, (seq, item))
-            })
-            .unzip();
         match courier.deliver(&dest, &items).await {
             Delivery::Done(n) => {
-                if let Err(e) = outbox.remove(&keys[..n.min(keys.len())]) {
+                let done: Vec<u64> = items.iter().take(n).map(|(seq, _)| *seq).collect();
+                if let Err(e) = outbox.remove(&dest, &done) {
                     tracing::error!("outbox of {dest}: {e}");
                 }
                 backoff = Duration::from_secs(1);

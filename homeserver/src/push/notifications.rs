@@ -10,7 +10,7 @@ use super::evaluate::Decision;
 use crate::{
     ephemeral::receipts::read_positions,
     error::Result,
-    storage::{Batch, Read, Store, Table, keys},
+    storage::{Store, Txn, UserDataRead, UserDataWrite},
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -24,21 +24,8 @@ pub struct Notification {
     pub ts: u64,
 }
 
-/// `(user, room, pos) -> notification`: counts are a scan past the read position.
-const NOTIFICATIONS: Table<Notification> = Table::new("notifications");
-/// `(user, pos) -> room`: the user's notifications across rooms, newest last.
-const NOTIFICATION_LOG: Table<OwnedRoomId> = Table::new("notification_log");
-
-fn key(user: &UserId, room: &RoomId, pos: u64) -> Vec<u8> {
-    keys::KeyBuf::new()
-        .str(user.as_str())
-        .str(room.as_str())
-        .u64(pos)
-        .into_vec()
-}
-
-/// Adds the notifications `decisions` describe to the event's batch.
-pub fn stage(batch: &mut Batch<'_>, decisions: &[Decision], pos: u64, ts: u64) {
+/// Adds the notifications `decisions` describe to the event's txn.
+pub fn stage(txn: &mut Txn<'_>, decisions: &[Decision], pos: u64, ts: u64) {
     for d in decisions {
         let n = Notification {
             event_id: d.event_id.clone(),
@@ -48,12 +35,7 @@ pub fn stage(batch: &mut Batch<'_>, decisions: &[Decision], pos: u64, ts: u64) {
             actions: d.actions.clone(),
             ts,
         };
-        batch.put(NOTIFICATIONS, &key(&d.user, &d.room_id, pos), &n);
-        batch.put(
-            NOTIFICATION_LOG,
-            &keys::KeyBuf::new().str(d.user.as_str()).u64(pos).into_vec(),
-            &d.room_id,
-        );
+        txn.put_notification(&d.user, &d.room_id, pos, &n);
     }
 }
 
@@ -78,12 +60,9 @@ pub fn counts(
     by_thread: bool,
 ) -> Result<(Counts, BTreeMap<String, Counts>)> {
     let (unthreaded, threads) = read_positions(store, user, room)?;
-    let prefix = keys::strs(&[user.as_str(), room.as_str()]);
-    let from = key(user, room, unthreaded.saturating_add(1));
     let mut main = Counts::default();
     let mut per_thread: BTreeMap<String, Counts> = BTreeMap::new();
-    for (k, n) in store.scan(NOTIFICATIONS, &prefix, &from, None, false, usize::MAX)? {
-        let pos = keys::trailing_u64(&k).unwrap_or(0);
+    for (pos, n) in store.notifications_from(user, room, unthreaded.saturating_add(1))? {
         let thread_key = n.thread.clone().unwrap_or_else(|| "main".into());
         if threads.get(&thread_key).is_some_and(|read| pos <= *read) {
             continue;
@@ -118,26 +97,18 @@ pub fn list(
     limit: usize,
     only_highlight: bool,
 ) -> Result<(Vec<Listed>, Option<u64>)> {
-    let prefix = keys::strs(&[user.as_str()]);
-    let start = keys::KeyBuf::new()
-        .str(user.as_str())
-        .u64(from.unwrap_or(u64::MAX))
-        .into_vec();
     let mut out = Vec::new();
     let mut next = None;
-    let mut cursor = start;
+    let mut cursor = from.unwrap_or(u64::MAX);
     'pages: loop {
-        let page = store.scan(NOTIFICATION_LOG, &prefix, &cursor, None, true, 100)?;
+        let page = store.notification_log_before(user, cursor, 100)?;
         if page.is_empty() {
             break;
         }
-        for (k, room) in &page {
-            let pos = keys::trailing_u64(k).unwrap_or(0);
-            cursor = keys::KeyBuf::new()
-                .str(user.as_str())
-                .u64(pos.saturating_sub(1))
-                .into_vec();
-            let Some(n) = store.get(NOTIFICATIONS, &key(user, room, pos))? else {
+        for (pos, room) in &page {
+            let pos = *pos;
+            cursor = pos.saturating_sub(1);
+            let Some(n) = store.notification(user, room, pos)? else {
                 continue;
             };
             if only_highlight && !n.highlight {

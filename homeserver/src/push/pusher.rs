@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use crate::{
     accounts::now_ms,
     error::{Error, Result},
-    storage::{Read, Store, Table, keys},
+    storage::{Store, UserDataRead, UserDataWrite},
 };
 
 /// A pusher as the client registered it, with the time it was set.
@@ -26,29 +26,18 @@ pub struct Pusher {
     pub pushkey_ts: u64,
 }
 
-/// `(user, app_id, pushkey) -> pusher`.
-const PUSHERS: Table<Pusher> = Table::new("pushers");
-
-fn key(user: &UserId, app_id: &str, pushkey: &str) -> Vec<u8> {
-    keys::strs(&[user.as_str(), app_id, pushkey])
-}
-
 pub fn list(store: &Store, user: &UserId) -> Result<Vec<Pusher>> {
-    Ok(store
-        .scan_prefix(PUSHERS, &keys::strs(&[user.as_str()]))?
-        .into_iter()
-        .map(|(_, p)| p)
-        .collect())
+    Ok(store.pushers(user)?)
 }
 
 pub fn get(store: &Store, user: &UserId, app_id: &str, pushkey: &str) -> Result<Option<Pusher>> {
-    Ok(store.get(PUSHERS, &key(user, app_id, pushkey))?)
+    Ok(store.pusher(user, app_id, pushkey)?)
 }
 
 pub fn delete(store: &Store, user: &UserId, app_id: &str, pushkey: &str) -> Result<()> {
-    let mut b = store.batch();
-    b.delete(PUSHERS, &key(user, app_id, pushkey));
-    Ok(b.commit()?)
+    let mut txn = store.transaction();
+    txn.delete_pusher(user, app_id, pushkey);
+    Ok(txn.commit()?)
 }
 
 /// Adds or replaces a pusher. Unless `append`, the same app and pushkey are
@@ -88,24 +77,14 @@ pub fn set(store: &Store, user: &UserId, mut pusher: Pusher, append: bool) -> Re
         ));
     }
     pusher.pushkey_ts = now_ms();
-    let mut b = store.batch();
+    let mut txn = store.transaction();
     if !append {
-        for (k, other) in store.scan_prefix(PUSHERS, &[])? {
-            let owner = keys::split_strs(&k)
-                .and_then(|p| p.first().map(|s| s.to_string()))
-                .unwrap_or_default();
-            if owner != user.as_str()
-                && other.app_id == pusher.app_id
-                && other.pushkey == pusher.pushkey
-            {
-                b.delete(PUSHERS, &k);
+        for (owner, other) in store.all_pushers()? {
+            if owner != user && other.app_id == pusher.app_id && other.pushkey == pusher.pushkey {
+                txn.delete_pusher(&owner, &other.app_id, &other.pushkey);
             }
         }
     }
-    b.put(
-        PUSHERS,
-        &key(user, &pusher.app_id, &pusher.pushkey),
-        &pusher,
-    );
-    Ok(b.commit()?)
+    txn.put_pusher(user, &pusher);
+    Ok(txn.commit()?)
 }

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::Rooms;
 use crate::{
     error::{Error, Result},
-    storage::{Read, Table},
+    storage::{DirectoryRead, DirectoryWrite},
     stream::Write,
 };
 
@@ -16,14 +16,9 @@ pub struct AliasRecord {
     pub creator: OwnedUserId,
 }
 
-const ALIASES: Table<AliasRecord> = Table::new("aliases");
-
 impl Rooms {
     pub fn resolve_alias(&self, alias: &RoomAliasId) -> Result<Option<OwnedRoomId>> {
-        Ok(self
-            .store
-            .get(ALIASES, alias.as_bytes())?
-            .map(|a| a.room_id))
+        Ok(self.store.alias(alias)?.map(|a| a.room_id))
     }
 
     pub async fn set_alias(
@@ -51,12 +46,11 @@ impl Rooms {
         room_id: &RoomId,
         creator: &UserId,
     ) -> Result<()> {
-        if w.contains(ALIASES, alias.as_bytes())? {
+        if w.alias(alias)?.is_some() {
             return Err(Error::AliasExists);
         }
-        w.put(
-            ALIASES,
-            alias.as_bytes(),
+        w.put_alias(
+            alias,
             &AliasRecord {
                 room_id: room_id.to_owned(),
                 creator: creator.to_owned(),
@@ -71,7 +65,7 @@ impl Rooms {
         self.stream
             .write(|w| {
                 let record = w
-                    .get(ALIASES, alias.as_bytes())?
+                    .alias(alias)?
                     .ok_or_else(|| Error::not_found("no such alias"))?;
                 let allowed = record.creator == user || {
                     let version = self.room(&record.room_id)?.map(|r| r.version);
@@ -86,7 +80,7 @@ impl Rooms {
                 if !allowed {
                     return Err(Error::forbidden("you may not delete this alias"));
                 }
-                w.delete(ALIASES, alias.as_bytes());
+                w.delete_alias(alias);
                 Ok(())
             })
             .await
@@ -96,10 +90,10 @@ impl Rooms {
         // Aliases are few; a scan keeps the table single-keyed.
         Ok(self
             .store
-            .scan_prefix(ALIASES, &[])?
+            .aliases()?
             .into_iter()
             .filter(|(_, a)| a.room_id == room_id)
-            .filter_map(|(k, _)| String::from_utf8(k).ok())
+            .map(|(alias, _)| alias)
             .collect())
     }
 }

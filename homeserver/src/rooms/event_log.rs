@@ -5,14 +5,8 @@ use ruma::{OwnedEventId, OwnedRoomId, RoomId, UserId};
 use super::Rooms;
 use crate::{
     error::Result,
-    storage::{Read, Table, Txn, keys},
+    storage::{EventRead, EventWrite, Txn},
 };
-
-/// `pos -> (room, event)`: "every event after my position" for
-/// application services, without scanning rooms.
-const EVENT_LOG: Table<(OwnedRoomId, OwnedEventId)> = Table::new("event_log");
-/// `room -> position of its latest activity`: what a chat list sorts on.
-const ROOM_ACTIVITY: Table<u64> = Table::new("room_activity");
 
 /// Event types that move a room up a chat list (those Synapse's sliding
 /// sync bumps on). Membership changes of the viewer count too, per viewer:
@@ -27,16 +21,12 @@ const BUMP_TYPES: [&str; 7] = [
     "m.beacon_info",
 ];
 
-fn log_key(pos: u64) -> Vec<u8> {
-    keys::KeyBuf::new().u64(pos).into_vec()
-}
-
 /// Records a timeline event at `pos` in the log and, for the types a chat
 /// list sorts on, as its room's latest activity.
 pub(crate) fn stage(txn: &mut Txn<'_>, pos: u64, room: &RoomId, event: &OwnedEventId, kind: &str) {
-    txn.put(EVENT_LOG, &log_key(pos), &(room.to_owned(), event.clone()));
+    txn.log_event(pos, room, event);
     if BUMP_TYPES.contains(&kind) {
-        txn.put(ROOM_ACTIVITY, room.as_bytes(), &pos);
+        txn.set_room_activity(room, pos);
     }
 }
 
@@ -49,23 +39,12 @@ impl Rooms {
         upto: u64,
         limit: usize,
     ) -> Result<Vec<(u64, OwnedRoomId, OwnedEventId)>> {
-        let rows = self.store.scan(
-            EVENT_LOG,
-            &[],
-            &log_key(after.saturating_add(1)),
-            Some(&log_key(upto.saturating_add(1))),
-            false,
-            limit,
-        )?;
-        Ok(rows
-            .into_iter()
-            .map(|(k, (room, event))| (keys::trailing_u64(&k).unwrap_or(0), room, event))
-            .collect())
+        Ok(self.store.event_log(after, upto, limit)?)
     }
 
     /// The position of the room's latest chat-list activity, if any.
     pub fn room_activity(&self, room: &RoomId) -> Result<Option<u64>> {
-        Ok(self.store.get(ROOM_ACTIVITY, room.as_bytes())?)
+        Ok(self.store.room_activity(room)?)
     }
 
     /// Where the room sorts in `user`'s chat list: its latest activity, or

@@ -3,26 +3,23 @@
 use ruma::{OwnedEventId, OwnedRoomId, RoomId, UserId};
 use serde_json::{Value, json};
 
-use super::{NewEvent, Rooms, USER_ROOMS};
+use super::{NewEvent, Rooms};
 use crate::{
     account_data,
     error::{Error, Result},
-    storage::{Read, keys},
+    storage::{AccountRead, MembershipRead, MembershipWrite},
     stream::Write,
 };
 
 impl Rooms {
     /// `(displayname, avatar_url)` of a local user's global profile.
     pub fn profile_of(&self, user: &UserId) -> Result<Option<(Value, Value)>> {
-        Ok(self
-            .store
-            .get(crate::accounts::USERS, user.as_bytes())?
-            .map(|u| {
-                (
-                    u.displayname.map(Value::from).unwrap_or(Value::Null),
-                    u.avatar_url.map(Value::from).unwrap_or(Value::Null),
-                )
-            }))
+        Ok(self.store.user(user)?.map(|u| {
+            (
+                u.displayname.map(Value::from).unwrap_or(Value::Null),
+                u.avatar_url.map(Value::from).unwrap_or(Value::Null),
+            )
+        }))
     }
 
     pub(crate) fn member_event(
@@ -173,14 +170,13 @@ impl Rooms {
 
     /// Forgets a room the user has left: it disappears from their sync.
     pub async fn forget(&self, user: &UserId, room_id: &RoomId) -> Result<()> {
-        let key = keys::strs(&[user.as_str(), room_id.as_str()]);
         self.stream
-            .write(|w| match w.get(USER_ROOMS, &key)? {
+            .write(|w| match w.user_room(user, room_id)? {
                 Some(ur) if ur.membership == "join" || ur.membership == "invite" => {
                     Err(Error::forbidden("leave the room before forgetting it"))
                 }
                 Some(_) => {
-                    w.delete(USER_ROOMS, &key);
+                    w.delete_user_room(user, room_id);
                     Ok(())
                 }
                 None => Err(Error::not_found("you were never in this room")),
@@ -224,9 +220,7 @@ impl Rooms {
         if user.server_name() != self.server_name {
             return Err(Error::forbidden("not a user of this server"));
         }
-        Ok(self
-            .store
-            .contains(crate::accounts::USERS, user.as_bytes())?)
+        Ok(self.store.user(user)?.is_some())
     }
 
     /// Adds `room_id` under `other` in `user`'s `m.direct`, keeping what

@@ -30,7 +30,7 @@ use crate::{
     account_data::AccountData,
     error::{Error, Result},
     push::Push,
-    storage::{Read, Store, Table, keys},
+    storage::{EventRead, MembershipRead, RoomStateRead, Store},
     stream::Stream,
 };
 use pdu::{Pdu, StoredEvent};
@@ -58,18 +58,6 @@ pub struct UserRoom {
     pub is_direct: bool,
     pub sender: OwnedUserId,
 }
-
-pub(crate) const EVENTS: Table<StoredEvent> = Table::new("events");
-pub(crate) const TIMELINE: Table<OwnedEventId> = Table::new("timeline");
-pub(crate) const ROOM_STATE: Table<OwnedEventId> = Table::new("room_state");
-pub(crate) const ROOMS: Table<RoomRecord> = Table::new("rooms");
-pub(crate) const USER_ROOMS: Table<UserRoom> = Table::new("user_rooms");
-/// `(room, user) -> membership`, so membership fan-out needs no event loads.
-pub(crate) const ROOM_MEMBERS: Table<String> = Table::new("user_rooms_by_room");
-pub(crate) const TXNS: Table<OwnedEventId> = Table::new("txns");
-/// `(room, pos) -> (user, membership)`: membership changes in stream order,
-/// so device-list tracking can see who started or stopped sharing a room.
-pub(crate) const MEMBERSHIP_LOG: Table<(OwnedUserId, String)> = Table::new("membership_log");
 
 /// What a caller asks to add to a room.
 #[derive(Debug, Clone)]
@@ -149,11 +137,11 @@ impl Rooms {
     }
 
     pub fn room(&self, room_id: &RoomId) -> Result<Option<RoomRecord>> {
-        Ok(self.store.get(ROOMS, room_id.as_bytes())?)
+        Ok(self.store.room(room_id)?)
     }
 
     pub fn event(&self, event_id: &str) -> Result<Option<StoredEvent>> {
-        Ok(self.store.get(EVENTS, event_id.as_bytes())?)
+        Ok(self.store.event(event_id)?)
     }
 
     /// The event a redaction removes, if the redaction may apply to it now.
@@ -233,50 +221,30 @@ impl Rooms {
         kind: &str,
         state_key: &str,
     ) -> Result<Option<OwnedEventId>> {
-        Ok(self.store.get(
-            ROOM_STATE,
-            &keys::strs(&[room_id.as_str(), kind, state_key]),
-        )?)
+        Ok(self.store.state_event_id(room_id, kind, state_key)?)
     }
 
     /// Local users whose current membership is one of `memberships`.
     pub fn members_with(&self, room_id: &RoomId, memberships: &[&str]) -> Result<Vec<OwnedUserId>> {
-        let rows = self
+        Ok(self
             .store
-            .scan_prefix(ROOM_MEMBERS, &keys::strs(&[room_id.as_str()]))?;
-        Ok(rows
+            .members(room_id)?
             .into_iter()
             .filter(|(_, m)| memberships.contains(&m.as_str()))
-            .filter_map(|(k, _)| {
-                keys::split_strs(&k).and_then(|p| p.get(1).and_then(|u| UserId::parse(*u).ok()))
-            })
+            .map(|(u, _)| u)
             .collect())
     }
 
     pub fn membership_of(&self, room_id: &RoomId, user: &UserId) -> Result<Option<String>> {
-        Ok(self.store.get(
-            ROOM_MEMBERS,
-            &keys::strs(&[room_id.as_str(), user.as_str()]),
-        )?)
+        Ok(self.store.membership_of(room_id, user)?)
     }
 
     pub fn user_rooms(&self, user: &UserId) -> Result<Vec<(OwnedRoomId, UserRoom)>> {
-        let rows = self
-            .store
-            .scan_prefix(USER_ROOMS, &keys::strs(&[user.as_str()]))?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(k, v)| {
-                let parts = keys::split_strs(&k)?;
-                Some((OwnedRoomId::try_from(*parts.get(1)?).ok()?, v))
-            })
-            .collect())
+        Ok(self.store.user_rooms(user)?)
     }
 
     pub fn user_room(&self, user: &UserId, room_id: &RoomId) -> Result<Option<UserRoom>> {
-        Ok(self
-            .store
-            .get(USER_ROOMS, &keys::strs(&[user.as_str(), room_id.as_str()]))?)
+        Ok(self.store.user_room(user, room_id)?)
     }
 
     pub(crate) fn new_room_id(&self) -> Result<OwnedRoomId> {
@@ -287,15 +255,4 @@ impl Rooms {
         ))
         .map_err(|e| Error::internal(e))
     }
-}
-
-pub(crate) fn txn_key(sender: &UserId, t: DeviceTxn<'_>) -> Vec<u8> {
-    keys::strs(&[sender.as_str(), t.device_id, t.txn_id])
-}
-
-pub(crate) fn timeline_key(room_id: &RoomId, pos: u64) -> Vec<u8> {
-    keys::KeyBuf::new()
-        .str(room_id.as_str())
-        .u64(pos)
-        .into_vec()
 }

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use super::{Rooms, pdu::StoredEvent};
 use crate::{
     error::{Error, Result},
-    storage::{Batch, Read, Table, keys},
+    storage::{RelationRead, RelationWrite, Txn},
 };
 
 /// A child event as the index keeps it.
@@ -19,25 +19,6 @@ pub struct Relation {
     pub sender: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
-}
-
-/// `(room, parent, pos) -> child`.
-const RELATIONS: Table<Relation> = Table::new("relations");
-/// `(room, latest reply pos) -> thread root`, for /threads by recent activity.
-const THREAD_ACTIVITY: Table<OwnedEventId> = Table::new("thread_activity");
-/// `(room, root) -> latest reply pos`, to move a thread's activity entry.
-const THREAD_LATEST: Table<u64> = Table::new("thread_latest");
-
-fn rel_key(room: &RoomId, parent: &str, pos: u64) -> Vec<u8> {
-    keys::KeyBuf::new()
-        .str(room.as_str())
-        .str(parent)
-        .u64(pos)
-        .into_vec()
-}
-
-fn activity_key(room: &RoomId, pos: u64) -> Vec<u8> {
-    keys::KeyBuf::new().str(room.as_str()).u64(pos).into_vec()
 }
 
 /// `(rel_type, parent, key)` of an event's `m.relates_to`, if it has one
@@ -79,10 +60,10 @@ impl Rooms {
         }
     }
 
-    /// Indexes a new event's relationship in the event's own batch.
+    /// Indexes a new event's relationship in the event's own txn.
     pub(crate) fn stage_relation(
         &self,
-        batch: &mut Batch<'_>,
+        txn: &mut Txn<'_>,
         room: &RoomId,
         event: &StoredEvent,
         sender: &UserId,
@@ -104,37 +85,26 @@ impl Rooms {
             sender: sender.to_string(),
             key,
         };
-        batch.put(RELATIONS, &rel_key(room, &parent, event.pos), &rel);
+        txn.put_relation(room, &parent, event.pos, &rel);
         if rel_type == "m.thread" {
-            let latest_key = keys::strs(&[room.as_str(), &parent]);
-            if let Some(old) = self.store.get(THREAD_LATEST, &latest_key)? {
-                batch.delete(THREAD_ACTIVITY, &activity_key(room, old));
-            }
-            batch.put(THREAD_LATEST, &latest_key, &event.pos);
             let root = OwnedEventId::try_from(parent.as_str())
                 .map_err(|e| Error::invalid_param(e.to_string()))?;
-            batch.put(THREAD_ACTIVITY, &activity_key(room, event.pos), &root);
+            txn.set_thread_activity(room, &root, event.pos)?;
         }
         Ok(())
     }
 
     /// Removes a redacted event from the aggregations it counted in.
-    pub(crate) fn unstage_relation(&self, batch: &mut Batch<'_>, target: &StoredEvent) {
+    pub(crate) fn unstage_relation(&self, txn: &mut Txn<'_>, target: &StoredEvent) {
         let content = target.pdu_value()["content"].clone();
         if let Some((_, parent, _)) = relates_to(&content) {
-            batch.delete(RELATIONS, &rel_key(&target.room_id, &parent, target.pos));
+            txn.delete_relation(&target.room_id, &parent, target.pos);
         }
     }
 
     /// Children of `parent`, oldest first, with their positions.
     pub fn children(&self, room: &RoomId, parent: &str) -> Result<Vec<(u64, Relation)>> {
-        let prefix = keys::strs(&[room.as_str(), parent]);
-        Ok(self
-            .store
-            .scan_prefix(RELATIONS, &prefix)?
-            .into_iter()
-            .map(|(k, r)| (keys::trailing_u64(&k).unwrap_or(0), r))
-            .collect())
+        Ok(self.store.children(room, parent)?)
     }
 
     /// The spec's bundled aggregations (`unsigned.m.relations`) for an event
@@ -249,15 +219,10 @@ impl Rooms {
         limit: usize,
         visible_until: u64,
     ) -> Result<(Vec<StoredEvent>, Option<u64>)> {
-        let prefix = keys::strs(&[room.as_str()]);
-        let start = activity_key(room, from.unwrap_or(u64::MAX).min(visible_until));
+        let start = from.unwrap_or(u64::MAX).min(visible_until);
         let mut out = Vec::new();
         let mut next = None;
-        for (k, root) in
-            self.store
-                .scan(THREAD_ACTIVITY, &prefix, &start, None, true, usize::MAX)?
-        {
-            let pos = keys::trailing_u64(&k).unwrap_or(0);
+        for (pos, root) in self.store.threads_by_activity(room, start)? {
             let Some(ev) = self.event(root.as_str())? else {
                 continue;
             };

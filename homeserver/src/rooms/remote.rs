@@ -10,7 +10,7 @@ use ruma::{
 use serde_json::{Value, json};
 
 use super::{
-    EVENTS, NewEvent, ROOM_MEMBERS, ROOM_STATE, ROOMS, RoomRecord, Rooms, auth,
+    NewEvent, RoomRecord, Rooms, auth,
     pdu::{Pdu, StoredEvent},
     write::Prepared,
 };
@@ -18,12 +18,8 @@ use crate::{
     accounts::now_ms,
     error::{Error, Result},
     outbox::Item,
-    storage::{Read, Table, keys},
+    storage::{EventRead, EventWrite, MembershipRead, MembershipWrite, RoomStateWrite},
 };
-
-/// `(user, room) -> stripped state` sent with a remote invite, shown in
-/// the invitee's sync because the room's own state is not here.
-pub(crate) const INVITE_STATE: Table<Vec<Value>> = Table::new("invite_state");
 
 impl Rooms {
     /// Servers with joined members, other than this one.
@@ -137,7 +133,7 @@ impl Rooms {
 
     /// Whether an event is here (in the timeline or as an outlier).
     pub fn has_event(&self, event_id: &str) -> Result<bool> {
-        Ok(self.store.contains(EVENTS, event_id.as_bytes())?)
+        Ok(self.store.has_event(event_id)?)
     }
 
     /// Stores a checked event that is not (yet) part of the timeline:
@@ -161,7 +157,9 @@ impl Rooms {
             txn: None,
             rejected: false,
         };
-        Ok(self.store.put(EVENTS, event_id.as_bytes(), &stored)?)
+        let mut txn = self.store.transaction();
+        txn.put_event(&stored);
+        Ok(txn.commit()?)
     }
 
     /// Joins a room through another server: makes `state` (checked
@@ -200,15 +198,16 @@ impl Rooms {
                     else {
                         continue;
                     };
-                    w.put(ROOM_STATE, &keys::strs(&[room_id.as_str(), kind, key]), id);
+                    w.set_state(room_id, kind, key, Some(id));
                     if kind == "m.room.member"
                         && let Some(CanonicalJsonValue::Object(content)) = object.get("content")
                         && let Some(CanonicalJsonValue::String(m)) = content.get("membership")
+                        && let Ok(user) = UserId::parse(key.as_str())
                     {
-                        w.put(ROOM_MEMBERS, &keys::strs(&[room_id.as_str(), key]), m);
+                        w.set_member(room_id, &user, m);
                     }
                 }
-                w.put(ROOMS, room_id.as_bytes(), &record);
+                w.put_room(room_id, &record);
                 Ok(())
             })
             .await?;
@@ -336,10 +335,7 @@ impl Rooms {
 
     /// The first event of the room's timeline.
     pub fn earliest_timeline_event(&self, room_id: &RoomId) -> Result<Option<StoredEvent>> {
-        let prefix = keys::strs(&[room_id.as_str()]);
-        let first = self
-            .store
-            .scan(super::TIMELINE, &prefix, &prefix, None, false, 1)?;
+        let first = self.store.timeline(room_id, 0, u64::MAX, false, 1)?;
         match first.first() {
             Some((_, id)) => self.event(id.as_str()),
             None => Ok(None),
@@ -391,12 +387,8 @@ impl Rooms {
         // Below every position handed out: nothing to allocate or publish.
         let mut txn = self.store.transaction();
         for stored in &rows {
-            txn.put(EVENTS, stored.event_id.as_bytes(), stored);
-            txn.put(
-                super::TIMELINE,
-                &super::timeline_key(room_id, stored.pos),
-                &stored.event_id,
-            );
+            txn.put_event(stored);
+            txn.put_timeline(room_id, stored.pos, &stored.event_id);
         }
         txn.commit()?;
         Ok(rows.len())
@@ -408,11 +400,9 @@ impl Rooms {
         room_id: &RoomId,
         state: &[Value],
     ) -> Result<()> {
-        Ok(self.store.put(
-            INVITE_STATE,
-            &keys::strs(&[user.as_str(), room_id.as_str()]),
-            &state.to_vec(),
-        )?)
+        let mut txn = self.store.transaction();
+        txn.put_invite_state(user, room_id, state);
+        Ok(txn.commit()?)
     }
 
     pub(crate) fn invite_state(
@@ -420,10 +410,7 @@ impl Rooms {
         user: &UserId,
         room_id: &RoomId,
     ) -> Result<Option<Vec<Value>>> {
-        Ok(self.store.get(
-            INVITE_STATE,
-            &keys::strs(&[user.as_str(), room_id.as_str()]),
-        )?)
+        Ok(self.store.invite_state(user, room_id)?)
     }
 
     /// Records a local user's membership in a room this server is not in
@@ -440,9 +427,9 @@ impl Rooms {
         self.stream
             .write(|w| {
                 let pos = w.next_pos();
-                w.put(
-                    super::USER_ROOMS,
-                    &keys::strs(&[user.as_str(), room_id.as_str()]),
+                w.put_user_room(
+                    user,
+                    room_id,
                     &super::UserRoom {
                         membership: membership.into(),
                         pos,

@@ -1,6 +1,6 @@
 //! Room state at every event: the state before each event kept as delta snapshots, and state resolution v2 where branches of the room's graph meet.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use ruma::{
     EventId, OwnedEventId, RoomId, events::StateEventType, room_version_rules::RoomVersionRules,
@@ -14,11 +14,11 @@ use super::{
 };
 use crate::{
     error::{Error, Result},
-    storage::{Batch, Read, Table, keys},
+    storage::{RoomStateRead, RoomStateWrite, Txn},
 };
 
 /// `(type, state_key) -> event ID`.
-pub type StateIds = BTreeMap<(String, String), OwnedEventId>;
+pub type StateIds = crate::storage::StateMap;
 
 /// A state row and what it becomes (`None`: removed).
 pub type StateChange = ((String, String), Option<OwnedEventId>);
@@ -34,19 +34,10 @@ pub struct Snapshot {
 
 const FULL_EVERY: u32 = 64;
 
-/// `id -> snapshot`.
-pub(crate) const STATE_SNAPSHOTS: Table<Snapshot> = Table::new("state_snapshots");
-/// `event ID -> snapshot of the room state just before the event`.
-pub(crate) const EVENT_STATE: Table<u64> = Table::new("event_state");
-
 impl Rooms {
     /// The last snapshot ID in use, for the counter at start-up.
     pub(crate) fn last_snapshot_id(store: &crate::storage::Store) -> Result<u64> {
-        let last = store.scan(STATE_SNAPSHOTS, b"", &[0xFF; 9], None, true, 1)?;
-        Ok(last
-            .first()
-            .and_then(|(k, _)| keys::trailing_u64(k))
-            .unwrap_or(0))
+        Ok(store.last_snapshot_id()?)
     }
 
     pub fn load_snapshot(&self, id: u64) -> Result<StateIds> {
@@ -55,7 +46,7 @@ impl Rooms {
         while let Some(i) = cur {
             let snap = self
                 .store
-                .get(STATE_SNAPSHOTS, &keys::KeyBuf::new().u64(i).into_vec())?
+                .snapshot(i)?
                 .ok_or_else(|| Error::Internal(format!("state snapshot {i} is missing")))?;
             cur = snap.parent;
             chain.push(snap);
@@ -73,10 +64,10 @@ impl Rooms {
     }
 
     /// Stores `state` as a snapshot (a delta from `parent` when that is
-    /// short) in `batch`; returns its ID.
+    /// short) in `txn`; returns its ID.
     pub(crate) fn stage_snapshot(
         &self,
-        batch: &mut Batch<'_>,
+        txn: &mut Txn<'_>,
         parent: Option<(u64, &StateIds)>,
         state: &StateIds,
     ) -> Result<u64> {
@@ -86,9 +77,7 @@ impl Rooms {
             + 1;
         let snap = match parent {
             Some((pid, pstate)) => {
-                let p = self
-                    .store
-                    .get(STATE_SNAPSHOTS, &keys::KeyBuf::new().u64(pid).into_vec())?;
+                let p = self.store.snapshot(pid)?;
                 let chain = p.map_or(FULL_EVERY, |p| p.chain + 1);
                 let removed = pstate.keys().any(|k| !state.contains_key(k));
                 if chain >= FULL_EVERY || removed {
@@ -108,17 +97,13 @@ impl Rooms {
             }
             None => full(state),
         };
-        batch.put(
-            STATE_SNAPSHOTS,
-            &keys::KeyBuf::new().u64(id).into_vec(),
-            &snap,
-        );
+        txn.put_snapshot(id, &snap);
         Ok(id)
     }
 
     /// The state just before `event_id`, when this server recorded it.
     pub fn state_before_event(&self, event_id: &EventId) -> Result<Option<StateIds>> {
-        match self.store.get(EVENT_STATE, event_id.as_bytes())? {
+        match self.store.snapshot_before(event_id)? {
             Some(snap) => Ok(Some(self.load_snapshot(snap)?)),
             None => Ok(None),
         }
@@ -152,7 +137,7 @@ impl Rooms {
     /// The state after `event_id` (its state before, plus itself if it is
     /// a state event), when this server knows it.
     pub fn state_after(&self, event_id: &EventId) -> Result<Option<StateIds>> {
-        let Some(snap) = self.store.get(EVENT_STATE, event_id.as_bytes())? else {
+        let Some(snap) = self.store.snapshot_before(event_id)? else {
             return Ok(None);
         };
         let mut state = self.load_snapshot(snap)?;
@@ -167,10 +152,7 @@ impl Rooms {
     }
 
     fn snapshot_chain(&self, id: u64) -> Result<u32> {
-        Ok(self
-            .store
-            .get(STATE_SNAPSHOTS, &keys::KeyBuf::new().u64(id).into_vec())?
-            .map_or(FULL_EVERY, |s| s.chain))
+        Ok(self.store.snapshot(id)?.map_or(FULL_EVERY, |s| s.chain))
     }
 
     /// Records the state before `event` and returns the snapshot of the
@@ -178,7 +160,7 @@ impl Rooms {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn stage_state_snapshots(
         &self,
-        batch: &mut Batch<'_>,
+        txn: &mut Txn<'_>,
         room_id: &RoomId,
         record: Option<&super::RoomRecord>,
         event_id: &OwnedEventId,
@@ -187,20 +169,16 @@ impl Rooms {
         new_state: Option<&StateIds>,
     ) -> Result<u64> {
         let (before, chain, before_map) = match state_before {
-            Some(map) => (self.stage_snapshot(batch, None, map)?, 0, Some(map.clone())),
+            Some(map) => (self.stage_snapshot(txn, None, map)?, 0, Some(map.clone())),
             None => match record.and_then(|r| r.snapshot) {
                 Some(id) => (id, self.snapshot_chain(id)?, None),
                 None => {
                     let current = self.current_state_ids(room_id)?;
-                    (
-                        self.stage_snapshot(batch, None, &current)?,
-                        0,
-                        Some(current),
-                    )
+                    (self.stage_snapshot(txn, None, &current)?, 0, Some(current))
                 }
             },
         };
-        batch.put(EVENT_STATE, event_id.as_bytes(), &before);
+        txn.put_snapshot_before(event_id, before);
         let after = match &pdu.state_key {
             None => before,
             Some(k) => {
@@ -216,11 +194,7 @@ impl Rooms {
                         chain: chain + 1,
                         changes: vec![(slot.0, slot.1, event_id.clone())],
                     };
-                    batch.put(
-                        STATE_SNAPSHOTS,
-                        &keys::KeyBuf::new().u64(id).into_vec(),
-                        &snap,
-                    );
+                    txn.put_snapshot(id, &snap);
                     id
                 } else {
                     let mut map = match before_map {
@@ -228,12 +202,12 @@ impl Rooms {
                         None => self.load_snapshot(before)?,
                     };
                     map.insert(slot, event_id.clone());
-                    self.stage_snapshot(batch, None, &map)?
+                    self.stage_snapshot(txn, None, &map)?
                 }
             }
         };
         match new_state {
-            Some(resolved) => self.stage_snapshot(batch, None, resolved),
+            Some(resolved) => self.stage_snapshot(txn, None, resolved),
             None => Ok(after),
         }
     }

@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use ruma::{OwnedEventId, RoomId, UserId, room_version_rules::RoomVersionRules};
 use serde_json::Value;
 
-use super::{ROOM_STATE, Rooms, pdu::StoredEvent};
+use super::{Rooms, pdu::StoredEvent};
 use crate::{
     error::{Error, Result},
-    storage::{Read, keys},
+    storage::RoomStateRead,
 };
 
 /// `(type, state_key)` of a state entry.
@@ -17,16 +17,7 @@ pub type StateKey = (String, String);
 impl Rooms {
     /// The room's current state, keyed by (type, state_key).
     pub fn current_state_ids(&self, room_id: &RoomId) -> Result<BTreeMap<StateKey, OwnedEventId>> {
-        let rows = self
-            .store
-            .scan_prefix(ROOM_STATE, &keys::strs(&[room_id.as_str()]))?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(k, id)| {
-                let p = keys::split_strs(&k)?;
-                Some(((p.get(1)?.to_string(), p.get(2)?.to_string()), id))
-            })
-            .collect())
+        Ok(self.store.current_state(room_id)?)
     }
 
     pub fn current_state(&self, room_id: &RoomId) -> Result<Vec<StoredEvent>> {

@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use super::Rooms;
 use crate::error::{Error, Result};
-use crate::storage::Read;
+use crate::storage::RoomStateRead;
 
 impl Rooms {
     fn state_str(&self, room: &RoomId, kind: &str, field: &str) -> Result<Option<String>> {
@@ -88,13 +88,7 @@ impl Rooms {
     /// fine for the directory's scale, indexed if it ever is not).
     pub fn rooms_with_join_rule(&self, rule: &str) -> Result<Vec<ruma::OwnedRoomId>> {
         let mut out = Vec::new();
-        for (k, _) in self.store.scan_prefix(super::ROOMS, &[])? {
-            let Some(room) = std::str::from_utf8(&k)
-                .ok()
-                .and_then(|s| ruma::OwnedRoomId::try_from(s).ok())
-            else {
-                continue;
-            };
+        for room in self.store.room_ids()? {
             if self.join_rule(&room)? == rule {
                 out.push(room);
             }

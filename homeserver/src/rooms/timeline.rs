@@ -2,10 +2,10 @@
 
 use ruma::{RoomId, UserId};
 
-use super::{Rooms, TIMELINE, pdu::StoredEvent, timeline_key};
+use super::{Rooms, pdu::StoredEvent};
 use crate::{
     error::{Error, Result},
-    storage::{Read, keys},
+    storage::{EventRead, MembershipRead},
 };
 
 impl Rooms {
@@ -19,36 +19,9 @@ impl Rooms {
         backwards: bool,
         limit: usize,
     ) -> Result<Vec<StoredEvent>> {
-        if lo >= hi || limit == 0 {
-            return Ok(Vec::new());
-        }
-        let prefix = keys::strs(&[room_id.as_str()]);
-        let rows = if backwards {
-            self.store.scan(
-                TIMELINE,
-                &prefix,
-                &timeline_key(room_id, hi),
-                Some(&timeline_key(room_id, lo)),
-                true,
-                limit,
-            )?
-        } else {
-            self.store
-                .scan(
-                    TIMELINE,
-                    &prefix,
-                    &timeline_key(room_id, lo + 1),
-                    None,
-                    false,
-                    usize::MAX,
-                )?
-                .into_iter()
-                .take_while(|(k, _)| keys::trailing_u64(k).is_some_and(|p| p <= hi))
-                .take(limit)
-                .collect()
-        };
-        let mut out = Vec::with_capacity(rows.len());
-        for (_, id) in rows {
+        let ids = self.store.timeline(room_id, lo, hi, backwards, limit)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for (_, id) in ids {
             if let Some(e) = self.event(id.as_str())? {
                 out.push(e);
             }
@@ -58,17 +31,9 @@ impl Rooms {
 
     /// Whether the room has any event after `pos`.
     pub fn has_events_after(&self, room_id: &RoomId, pos: u64) -> Result<bool> {
-        let prefix = keys::strs(&[room_id.as_str()]);
         Ok(!self
             .store
-            .scan(
-                TIMELINE,
-                &prefix,
-                &timeline_key(room_id, pos.saturating_add(1)),
-                None,
-                false,
-                1,
-            )?
+            .timeline(room_id, pos, u64::MAX, false, 1)?
             .is_empty())
     }
 
@@ -121,10 +86,9 @@ impl Rooms {
             "joined" => &["join"],
             _ => return Ok(0),
         };
-        let prefix = keys::strs(&[room_id.as_str()]);
-        for (k, (who, membership)) in self.store.scan_prefix(super::MEMBERSHIP_LOG, &prefix)? {
+        for (pos, who, membership) in self.store.membership_log(room_id, 0, u64::MAX)? {
             if who == user && wanted.contains(&membership.as_str()) {
-                return Ok(keys::trailing_u64(&k).unwrap_or(0));
+                return Ok(pos);
             }
         }
         // Rooms from before the membership log: the current membership.
@@ -141,21 +105,11 @@ impl Rooms {
         since: u64,
         upto: u64,
     ) -> Result<Vec<(ruma::OwnedUserId, String)>> {
-        let prefix = keys::strs(&[room_id.as_str()]);
-        let from = timeline_key(room_id, since.saturating_add(1));
-        let until = timeline_key(room_id, upto.saturating_add(1));
         Ok(self
             .store
-            .scan(
-                super::MEMBERSHIP_LOG,
-                &prefix,
-                &from,
-                Some(&until),
-                false,
-                usize::MAX,
-            )?
+            .membership_log(room_id, since, upto)?
             .into_iter()
-            .map(|(_, v)| v)
+            .map(|(_, user, m)| (user, m))
             .collect())
     }
 }

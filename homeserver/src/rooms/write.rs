@@ -14,11 +14,9 @@ use ruma::{
 use serde_json::{Value, json};
 
 use super::{
-    DeviceTxn, EVENTS, MEMBERSHIP_LOG, NewEvent, ROOM_MEMBERS, ROOM_STATE, ROOMS, RoomRecord,
-    Rooms, TIMELINE, TXNS, USER_ROOMS, UserRoom, auth, event_log,
+    DeviceTxn, NewEvent, RoomRecord, Rooms, UserRoom, auth, event_log,
     pdu::{Pdu, StoredEvent},
     snapshots::StateIds,
-    timeline_key, txn_key,
 };
 use crate::{
     accounts::now_ms,
@@ -26,7 +24,7 @@ use crate::{
     error::{Error, Result},
     outbox::Item,
     push::{evaluate, evaluate::Decision, notifications},
-    storage::{Read, keys},
+    storage::{EventRead, EventWrite, MembershipWrite, RoomStateRead, RoomStateWrite},
     stream::Write,
 };
 
@@ -128,18 +126,17 @@ impl Rooms {
         also: impl FnOnce(&mut Write<'_>) -> Result<()>,
     ) -> Result<OwnedEventId> {
         if let Some(t) = txn
-            && let Some(id) = self.store.get(TXNS, &txn_key(sender, t))?
+            && let Some(id) = self.store.sent_by_txn(sender, t.device_id, t.txn_id)?
         {
             return Ok(id);
         }
         let prepared = self.prepare_local(sender, Some(room_id), None, event, txn)?;
         let event_id = prepared.event_id.clone();
-        let txn_row = txn.map(|t| txn_key(sender, t));
         let earlier = self
             .write_event(prepared, |w| {
                 // The same transaction may have landed in another room meanwhile.
-                if let Some(k) = &txn_row
-                    && let Some(id) = w.get(TXNS, k)?
+                if let Some(t) = txn
+                    && let Some(id) = w.sent_by_txn(sender, t.device_id, t.txn_id)?
                 {
                     return Ok(Some(id));
                 }
@@ -170,7 +167,7 @@ impl Rooms {
         let guard = self.locks.lock(&room_id).await;
         let room = room_id.clone();
         self.write_event::<()>(prepared, |w| {
-            if w.contains(ROOMS, room.as_bytes())? {
+            if w.room(&room)?.is_some() {
                 return Err(Error::Internal(format!(
                     "room {room} already exists; refusing to create it again"
                 )));
@@ -431,8 +428,8 @@ impl Rooms {
                     txn: p.txn.clone(),
                     rejected: false,
                 };
-                w.put(EVENTS, p.event_id.as_bytes(), &stored);
-                w.put(TIMELINE, &timeline_key(&room_id, pos), &p.event_id);
+                w.put_event(&stored);
+                w.put_timeline(&room_id, pos, &p.event_id);
                 event_log::stage(w, pos, &room_id, &p.event_id, &kind);
                 if p.parsed.state_key.is_none() {
                     self.stage_relation(w, &room_id, &stored, &p.parsed.sender, &kind, &content)?;
@@ -452,11 +449,7 @@ impl Rooms {
                     p.new_state.as_ref(),
                 )?;
                 for ((t, k), winner) in &state_rows {
-                    let key = keys::strs(&[room_id.as_str(), t, k]);
-                    match winner {
-                        Some(id) => w.put(ROOM_STATE, &key, id),
-                        None => w.delete(ROOM_STATE, &key),
-                    }
+                    w.set_state(&room_id, t, k, winner.as_deref());
                 }
                 for (target, id, ev) in &memberships {
                     let membership = ev.membership().unwrap_or_default();
@@ -465,9 +458,9 @@ impl Rooms {
                         .get("is_direct")
                         .and_then(Value::as_bool)
                         .unwrap_or(false);
-                    w.put(
-                        USER_ROOMS,
-                        &keys::strs(&[target.as_str(), room_id.as_str()]),
+                    w.put_user_room(
+                        target,
+                        &room_id,
                         &UserRoom {
                             membership: membership.clone(),
                             pos,
@@ -476,16 +469,8 @@ impl Rooms {
                             sender: ev.sender.clone(),
                         },
                     );
-                    w.put(
-                        ROOM_MEMBERS,
-                        &keys::strs(&[room_id.as_str(), target.as_str()]),
-                        &membership,
-                    );
-                    w.put(
-                        MEMBERSHIP_LOG,
-                        &timeline_key(&room_id, pos),
-                        &(target.clone(), membership),
-                    );
+                    w.set_member(&room_id, target, &membership);
+                    w.log_membership(&room_id, pos, target, &membership);
                 }
                 // Forward extremities: the new event replaces those it points
                 // at; other branches (a remote event built on an older one) stay.
@@ -498,9 +483,8 @@ impl Rooms {
                     .collect();
                 extremities.push(p.event_id.clone());
                 let old_depth = record.as_ref().map_or(0, |r| r.depth);
-                w.put(
-                    ROOMS,
-                    room_id.as_bytes(),
+                w.put_room(
+                    &room_id,
                     &RoomRecord {
                         version: p.version.clone(),
                         extremities,
@@ -509,15 +493,11 @@ impl Rooms {
                     },
                 );
                 if let Some((device, txn)) = &p.txn {
-                    w.put(
-                        TXNS,
-                        &keys::strs(&[p.parsed.sender.as_str(), device, txn]),
-                        &p.event_id,
-                    );
+                    w.put_sent_by_txn(&p.parsed.sender, device, txn, &p.event_id);
                 }
                 if let Some((target, redacted)) = &p.redacted {
                     self.unstage_relation(w, target);
-                    w.put(EVENTS, target.event_id.as_bytes(), redacted);
+                    w.put_event(redacted);
                 }
                 self.outbox
                     .stage_for_servers(w, &p.forward, &Item::Pdu(p.event_id.clone()));

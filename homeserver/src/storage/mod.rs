@@ -1,16 +1,41 @@
 //! The only code that touches RocksDB: typed tables over column families, transactions, schema migrations.
 
-pub mod keys;
+pub mod accounts;
+pub mod directory;
+pub mod e2ee;
+pub mod events;
+pub mod federation;
+mod keys;
+pub mod media;
+pub mod membership;
+pub mod meta;
 mod migrations;
+pub mod outbox;
+pub mod relations;
+pub mod room_state;
 mod txn;
+pub mod user_data;
 
 use std::{marker::PhantomData, path::Path, sync::Arc};
 
 use rocksdb::{ColumnFamilyDescriptor, DB, Options};
 use serde::{Serialize, de::DeserializeOwned};
 
+pub use accounts::{AccountRead, AccountWrite};
+pub use directory::{DirectoryRead, DirectoryWrite};
+pub use e2ee::{E2eeRead, E2eeWrite};
+pub use events::{EventRead, EventWrite};
+pub use federation::{FederationRead, FederationWrite};
+pub use media::{MediaRead, MediaWrite};
+pub use membership::{MembershipRead, MembershipWrite};
+pub use meta::{MetaRead, MetaWrite};
 pub use migrations::SCHEMA_VERSION;
-pub use txn::{Batch, Read, Txn};
+pub use outbox::{OutboxRead, OutboxWrite};
+pub use relations::{RelationRead, RelationWrite};
+pub use room_state::{RoomStateRead, RoomStateWrite, StateMap};
+use txn::Read;
+pub use txn::Txn;
+pub use user_data::{UserDataRead, UserDataWrite};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -87,7 +112,7 @@ pub const COLUMN_FAMILIES: &[&str] = &[
 ];
 
 /// A typed table: a column family whose values are JSON-encoded `V`.
-pub struct Table<V> {
+pub(in crate::storage) struct Table<V> {
     cf: &'static str,
     _v: PhantomData<fn() -> V>,
 }
@@ -100,14 +125,14 @@ impl<V> Clone for Table<V> {
 impl<V> Copy for Table<V> {}
 
 impl<V: Serialize + DeserializeOwned> Table<V> {
-    pub const fn new(cf: &'static str) -> Self {
+    pub(in crate::storage) const fn new(cf: &'static str) -> Self {
         Table {
             cf,
             _v: PhantomData,
         }
     }
 
-    pub(crate) fn name(&self) -> &'static str {
+    pub(in crate::storage) fn name(&self) -> &'static str {
         self.cf
     }
 
@@ -167,20 +192,8 @@ impl Store {
         Txn::new(self)
     }
 
-    /// The old name of [`Store::transaction`].
-    pub fn batch(&self) -> Txn<'_> {
-        self.transaction()
-    }
-
-    /// Convenience for a single delete.
-    pub fn delete<V: Serialize + DeserializeOwned>(&self, t: Table<V>, key: &[u8]) -> Result<()> {
-        let mut b = self.transaction();
-        b.delete(t, key);
-        b.commit()
-    }
-
     /// Convenience for a single write.
-    pub fn put<V: Serialize + DeserializeOwned>(
+    fn put<V: Serialize + DeserializeOwned>(
         &self,
         t: Table<V>,
         key: &[u8],
@@ -203,7 +216,7 @@ mod tests {
     fn batch_is_atomic_and_scans_are_ordered() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), false).unwrap();
-        let mut b = store.batch();
+        let mut b = store.transaction();
         for i in [3u64, 1, 2] {
             let k = keys::KeyBuf::new().str("p").u64(i).into_vec();
             b.put(T, &k, &format!("v{i}"));

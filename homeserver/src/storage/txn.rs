@@ -50,7 +50,7 @@ type Rows = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// Reads, either of committed data ([`Store`]) or of a transaction's view
 /// of it ([`Txn`]: committed data with the transaction's changes on top).
-pub trait Read {
+pub(super) trait Read {
     #[doc(hidden)]
     fn get_raw(&self, cf: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>>;
     #[doc(hidden)]
@@ -143,9 +143,6 @@ pub struct Txn<'a> {
     error: Option<StorageError>,
 }
 
-/// The old name of [`Txn`].
-pub type Batch<'a> = Txn<'a>;
-
 impl<'a> Txn<'a> {
     pub(super) fn new(store: &'a Store) -> Self {
         Txn {
@@ -156,7 +153,12 @@ impl<'a> Txn<'a> {
         }
     }
 
-    pub fn put<V: Serialize + DeserializeOwned>(&mut self, t: Table<V>, key: &[u8], value: &V) {
+    pub(super) fn put<V: Serialize + DeserializeOwned>(
+        &mut self,
+        t: Table<V>,
+        key: &[u8],
+        value: &V,
+    ) {
         match (self.store.cf(t.name()), serde_json::to_vec(value)) {
             (Ok(cf), Ok(bytes)) => {
                 self.inner.put_cf(cf, key, &bytes);
@@ -172,7 +174,7 @@ impl<'a> Txn<'a> {
         }
     }
 
-    pub fn delete<V: Serialize + DeserializeOwned>(&mut self, t: Table<V>, key: &[u8]) {
+    pub(super) fn delete<V: Serialize + DeserializeOwned>(&mut self, t: Table<V>, key: &[u8]) {
         match self.store.cf(t.name()) {
             Ok(cf) => {
                 self.inner.delete_cf(cf, key);

@@ -2,10 +2,7 @@
 
 use std::{collections::BTreeSet, sync::Mutex};
 
-use crate::storage::{Read, StorageError, Store, Table, Txn};
-
-const META: Table<u64> = Table::new("meta");
-const KEY: &[u8] = b"stream_position";
+use crate::storage::{MetaRead, MetaWrite, StorageError, Store, Txn};
 
 /// How many positions one durable reservation covers: a restart resumes
 /// after the reserved block, so positions never repeat, and only one write
@@ -39,7 +36,7 @@ struct State {
 
 impl Positions {
     pub fn load(store: &Store) -> Result<Self, StorageError> {
-        let start = store.get(META, KEY)?.unwrap_or(FIRST_POSITION);
+        let start = store.reserved_position()?.unwrap_or(FIRST_POSITION);
         Ok(Positions {
             state: Mutex::new(State {
                 last_allocated: start,
@@ -69,7 +66,7 @@ impl Positions {
         s.in_flight.insert(pos);
         let reserve = (pos > s.reserved).then(|| {
             let upto = pos + RESERVE;
-            txn.put(META, KEY, &upto);
+            txn.put_reserved_position(upto);
             upto
         });
         Allocated { pos, reserve }

@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use crate::{
     error::{Error, Result},
-    storage::{Read, Store, Table, keys},
+    storage::{AccountRead, AccountWrite, Store},
 };
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -139,8 +139,6 @@ impl RoomFilter {
     }
 }
 
-const FILTERS: Table<Filter> = Table::new("filters");
-
 #[derive(Clone)]
 pub struct Filters {
     store: Store,
@@ -153,13 +151,14 @@ impl Filters {
 
     pub fn create(&self, user: &UserId, filter: Filter) -> Result<String> {
         let id = crate::accounts::random_string(12);
-        self.store
-            .put(FILTERS, &keys::strs(&[user.as_str(), &id]), &filter)?;
+        let mut txn = self.store.transaction();
+        txn.put_filter(user, &id, &filter);
+        txn.commit()?;
         Ok(id)
     }
 
     pub fn get(&self, user: &UserId, id: &str) -> Result<Option<Filter>> {
-        Ok(self.store.get(FILTERS, &keys::strs(&[user.as_str(), id]))?)
+        Ok(self.store.filter(user, id)?)
     }
 
     /// A `filter` query parameter: inline JSON or a stored filter's ID.

@@ -322,7 +322,8 @@ pub async fn update_device(
     Body(body): Body<DeviceUpdate>,
 ) -> Result<Json<Value>> {
     s.accounts
-        .rename_device(&session.user_id, &device_id, body.display_name)?;
+        .rename_device(&session.user_id, &device_id, body.display_name)
+        .await?;
     Ok(Json(json!({})))
 }
 

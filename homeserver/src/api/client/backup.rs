@@ -26,7 +26,8 @@ pub async fn create_version(
 ) -> Result<Json<Value>> {
     let version = s
         .e2ee
-        .create_backup(&session.user_id, body.algorithm, body.auth_data)?;
+        .create_backup(&session.user_id, body.algorithm, body.auth_data)
+        .await?;
     Ok(Json(json!({"version": version})))
 }
 
@@ -48,13 +49,15 @@ pub async fn put_version(
     P(version): P<String>,
     Body(body): Body<VersionBody>,
 ) -> Result<Json<Value>> {
-    s.e2ee.update_backup(
-        &session.user_id,
-        &version,
-        body.algorithm,
-        body.auth_data,
-        body.version,
-    )?;
+    s.e2ee
+        .update_backup(
+            &session.user_id,
+            &version,
+            body.algorithm,
+            body.auth_data,
+            body.version,
+        )
+        .await?;
     Ok(Json(json!({})))
 }
 
@@ -63,7 +66,7 @@ pub async fn delete_version(
     Auth(session): Auth,
     P(version): P<String>,
 ) -> Result<Json<Value>> {
-    s.e2ee.delete_backup(&session.user_id, &version)?;
+    s.e2ee.delete_backup(&session.user_id, &version).await?;
     Ok(Json(json!({})))
 }
 
@@ -83,11 +86,11 @@ pub async fn put_all(
     Q(q): Q<VersionQuery>,
     Body(body): Body<AllKeys>,
 ) -> Result<Json<Value>> {
-    Ok(Json(s.e2ee.put_backup_keys(
-        &session.user_id,
-        &q.version,
-        &body.rooms,
-    )?))
+    Ok(Json(
+        s.e2ee
+            .put_backup_keys(&session.user_id, &q.version, &body.rooms)
+            .await?,
+    ))
 }
 
 pub async fn put_room(
@@ -102,11 +105,11 @@ pub async fn put_room(
     }
     let mut rooms = Map::new();
     rooms.insert(room, Value::Object(body));
-    Ok(Json(s.e2ee.put_backup_keys(
-        &session.user_id,
-        &q.version,
-        &rooms,
-    )?))
+    Ok(Json(
+        s.e2ee
+            .put_backup_keys(&session.user_id, &q.version, &rooms)
+            .await?,
+    ))
 }
 
 pub async fn put_session(
@@ -118,11 +121,11 @@ pub async fn put_session(
 ) -> Result<Json<Value>> {
     let mut rooms = Map::new();
     rooms.insert(room, json!({"sessions": {sid: body}}));
-    Ok(Json(s.e2ee.put_backup_keys(
-        &session.user_id,
-        &q.version,
-        &rooms,
-    )?))
+    Ok(Json(
+        s.e2ee
+            .put_backup_keys(&session.user_id, &q.version, &rooms)
+            .await?,
+    ))
 }
 
 pub async fn get_all(
@@ -171,12 +174,11 @@ pub async fn delete_all(
     Auth(session): Auth,
     Q(q): Q<VersionQuery>,
 ) -> Result<Json<Value>> {
-    Ok(Json(s.e2ee.delete_backup_keys(
-        &session.user_id,
-        &q.version,
-        None,
-        None,
-    )?))
+    Ok(Json(
+        s.e2ee
+            .delete_backup_keys(&session.user_id, &q.version, None, None)
+            .await?,
+    ))
 }
 
 pub async fn delete_room(
@@ -185,12 +187,11 @@ pub async fn delete_room(
     P(room): P<String>,
     Q(q): Q<VersionQuery>,
 ) -> Result<Json<Value>> {
-    Ok(Json(s.e2ee.delete_backup_keys(
-        &session.user_id,
-        &q.version,
-        Some(&room),
-        None,
-    )?))
+    Ok(Json(
+        s.e2ee
+            .delete_backup_keys(&session.user_id, &q.version, Some(&room), None)
+            .await?,
+    ))
 }
 
 pub async fn delete_session(
@@ -199,10 +200,9 @@ pub async fn delete_session(
     P((room, sid)): P<(String, String)>,
     Q(q): Q<VersionQuery>,
 ) -> Result<Json<Value>> {
-    Ok(Json(s.e2ee.delete_backup_keys(
-        &session.user_id,
-        &q.version,
-        Some(&room),
-        Some(&sid),
-    )?))
+    Ok(Json(
+        s.e2ee
+            .delete_backup_keys(&session.user_id, &q.version, Some(&room), Some(&sid))
+            .await?,
+    ))
 }
