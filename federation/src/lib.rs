@@ -84,9 +84,45 @@ pub fn hash_sign_and_id(
     key: &ServerKey,
     rules: &RoomVersionRules,
 ) -> Result<OwnedEventId, FederationError> {
-    ruma::signatures::hash_and_sign_event(origin, &key.pair, pdu, &rules.redaction)?;
+    let id = hash_and_id(pdu, rules)?;
+    sign_pdu(pdu, origin, key, rules)?;
+    Ok(id)
+}
+
+/// Adds the content hash to a PDU under construction and returns its event
+/// ID. The reference hash leaves signatures out, so the ID is the same
+/// whether the PDU is signed now or later ([`sign_pdu`]).
+pub fn hash_and_id(
+    pdu: &mut CanonicalJsonObject,
+    rules: &RoomVersionRules,
+) -> Result<OwnedEventId, FederationError> {
+    ruma::signatures::add_content_hash_to_event(pdu)?;
     let hash = ruma::signatures::reference_hash(pdu, rules)?;
     Ok(OwnedEventId::try_from(format!("${hash}"))?)
+}
+
+/// Adds this server's signature to a hashed PDU (it signs the redacted
+/// form, so a PDU redacted since is signed alike).
+pub fn sign_pdu(
+    pdu: &mut CanonicalJsonObject,
+    origin: &str,
+    key: &ServerKey,
+    rules: &RoomVersionRules,
+) -> Result<(), FederationError> {
+    Ok(ruma::signatures::sign_event(
+        origin,
+        &key.pair,
+        pdu,
+        &rules.redaction,
+    )?)
+}
+
+/// Whether `origin` has signed the PDU.
+pub fn signed_by(pdu: &CanonicalJsonObject, origin: &str) -> bool {
+    matches!(
+        pdu.get("signatures"),
+        Some(ruma::CanonicalJsonValue::Object(s)) if s.contains_key(origin)
+    )
 }
 
 /// Which servers' signatures an incoming PDU needs (the sender's, and for
@@ -175,6 +211,23 @@ mod tests {
             CanonicalJsonValue::Object(o) => o,
             _ => unreachable!(),
         }
+    }
+
+    /// A PDU signed after its ID was taken keeps that ID, and the late
+    /// signature verifies like one made at once.
+    #[test]
+    fn signing_later_keeps_the_event_id() {
+        let key = ServerKey::generate("a1").unwrap();
+        let rules = rules_for(&RoomVersionId::V12).unwrap();
+        let mut now = event();
+        let mut later = event();
+        let id_now = hash_sign_and_id(&mut now, "example.org", &key, &rules).unwrap();
+        let id_later = hash_and_id(&mut later, &rules).unwrap();
+        assert!(!signed_by(&later, "example.org"));
+        sign_pdu(&mut later, "example.org", &key, &rules).unwrap();
+        assert_eq!(id_now, id_later);
+        assert_eq!(now, later, "signed now or later, the same PDU");
+        assert!(signed_by(&later, "example.org"));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 pub mod account_data;
 pub mod accounts;
 pub mod api;
+pub mod cache;
 pub mod config;
 pub mod directory;
 pub mod e2ee;

@@ -4,6 +4,9 @@ use std::{path::PathBuf, process::ExitCode};
 
 use tracing_subscriber::EnvFilter;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     limit_allocator_retention();
     tracing_subscriber::fmt()

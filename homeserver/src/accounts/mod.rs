@@ -78,6 +78,8 @@ pub fn random_string(len: usize) -> String {
 pub struct Accounts {
     store: Store,
     stream: Arc<Stream>,
+    /// Access tokens seen lately: every request presents one.
+    sessions: Arc<crate::cache::Cache<String, TokenRecord>>,
     server_name: ruma::OwnedServerName,
 }
 
@@ -86,6 +88,7 @@ impl Accounts {
         Accounts {
             store,
             stream,
+            sessions: Arc::new(crate::cache::Cache::new(4096)),
             server_name: server_name.to_owned(),
         }
     }
@@ -229,6 +232,8 @@ impl Accounts {
                 let record = match w.device(user_id, device_id.as_str())? {
                     Some(mut old) => {
                         w.delete_token(&old.access_token);
+                        let (sessions, gone) = (self.sessions.clone(), old.access_token.clone());
+                        w.after_commit(move || sessions.invalidate([gone.as_str()]));
                         old.access_token = token.clone();
                         if display_name.is_some() {
                             old.display_name = display_name;
@@ -261,10 +266,19 @@ impl Accounts {
     }
 
     pub fn authenticate(&self, token: &str) -> Result<Session> {
-        let record = self
-            .store
-            .token(token)?
-            .ok_or(Error::UnknownToken { soft_logout: false })?;
+        let record = match self.sessions.get(token) {
+            Some(r) => r,
+            None => {
+                let generation = self.sessions.generation();
+                let r = self
+                    .store
+                    .token(token)?
+                    .ok_or(Error::UnknownToken { soft_logout: false })?;
+                self.sessions
+                    .insert(generation, token.to_owned(), r.clone());
+                r
+            }
+        };
         Ok(Session {
             user_id: record.user_id,
             device_id: record.device_id,
@@ -301,13 +315,17 @@ impl Accounts {
     /// Removes devices and their tokens in one transaction.
     pub fn delete_devices(&self, user_id: &UserId, device_ids: &[&str]) -> Result<()> {
         let mut txn = self.store.transaction();
+        let mut gone = Vec::new();
         for d in device_ids {
             if let Some(dev) = txn.device(user_id, d)? {
                 txn.delete_token(&dev.access_token);
                 txn.delete_device(user_id, d);
+                gone.push(dev.access_token);
             }
         }
-        Ok(txn.commit()?)
+        txn.commit()?;
+        self.sessions.invalidate(gone.iter().map(String::as_str));
+        Ok(())
     }
 }
 

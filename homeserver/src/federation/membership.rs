@@ -14,7 +14,7 @@ use crate::{
     error::{Error, Result},
     rooms::{
         NewEvent, auth,
-        pdu::{Pdu, StoredEvent, stripped_state},
+        pdu::{Pdu, stripped_state},
     },
 };
 
@@ -249,8 +249,8 @@ impl Federation {
         servers.push(self.server_name.clone());
         Ok(json!({
             "origin": self.server_name,
-            "state": state.iter().map(federation_pdu).collect::<Vec<_>>(),
-            "auth_chain": chain.iter().map(federation_pdu).collect::<Vec<_>>(),
+            "state": state.iter().map(|e| self.rooms.federation_pdu(e)).collect::<Result<Vec<_>>>()?,
+            "auth_chain": chain.iter().map(|e| self.rooms.federation_pdu(e)).collect::<Result<Vec<_>>>()?,
             "event": object,
             "members_omitted": false,
             "servers_in_room": servers,
@@ -518,13 +518,4 @@ fn parse_pdu(object: &CanonicalJsonObject, id: &OwnedEventId) -> Result<Pdu> {
     let mut pdu: Pdu = serde_json::from_str(&json).map_err(|e| Error::bad_json(e.to_string()))?;
     pdu.event_id = id.clone();
     Ok(pdu)
-}
-
-/// A stored event as other servers get it (no local `unsigned`).
-pub(crate) fn federation_pdu(e: &StoredEvent) -> Value {
-    let mut v = e.pdu_value();
-    if let Some(o) = v.as_object_mut() {
-        o.remove("unsigned");
-    }
-    v
 }

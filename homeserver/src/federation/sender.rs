@@ -54,15 +54,14 @@ impl Courier for ServerCourier {
             let (mut pdus, mut edus, mut taken) = (Vec::new(), Vec::new(), 0usize);
             for (_, item) in items {
                 match item {
-                    Item::Pdu(id) if pdus.len() < MAX_PDUS => {
-                        if let Ok(Some(ev)) = self.rooms.event(id.as_str()) {
-                            let mut v = ev.pdu_value();
-                            if let Some(o) = v.as_object_mut() {
-                                o.remove("unsigned");
-                            }
-                            pdus.push(v);
-                        }
-                    }
+                    Item::Pdu(id) if pdus.len() < MAX_PDUS => match self.rooms.event(id.as_str()) {
+                        Ok(Some(ev)) => match self.rooms.federation_pdu(&ev) {
+                            Ok(v) => pdus.push(v),
+                            Err(e) => tracing::error!("{id} for {server}: {e}"),
+                        },
+                        Ok(None) => {}
+                        Err(e) => return Delivery::Retry(e.to_string()),
+                    },
                     Item::Edu(e) if edus.len() < MAX_EDUS => edus.push(e.clone()),
                     // Pushes never go to servers.
                     Item::Push { .. } => {}

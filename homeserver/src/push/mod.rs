@@ -64,14 +64,15 @@ impl Push {
         self.cache().insert(user.to_owned(), Arc::new(rules));
     }
 
-    /// Queues a push to every pusher of every notified user, in the
-    /// event's own write: a push is never lost to a crash.
-    pub(crate) fn stage_pushes(
+    /// The pushes an event's notifications make: one item per notified
+    /// user, for each of their pushers. Worked out before the event's write,
+    /// which then only stages them ([`Push::stage_pushes`]).
+    pub(crate) fn pushes_for(
         &self,
-        w: &mut Write<'_>,
         decisions: &[Decision],
         event_id: &EventId,
-    ) -> Result<()> {
+    ) -> Result<Vec<(Vec<Destination>, Item)>> {
+        let mut out = Vec::new();
         for d in decisions {
             let dests: Vec<Destination> = pusher::list(&self.store, &d.user)?
                 .into_iter()
@@ -89,8 +90,15 @@ impl Push {
                 event_id: event_id.to_owned(),
                 actions: d.actions.clone(),
             };
-            self.outbox.stage(w, &dests, &item);
+            out.push((dests, item));
         }
-        Ok(())
+        Ok(out)
+    }
+
+    /// Queues pushes in the event's own write: a push is never lost to a crash.
+    pub(crate) fn stage_pushes(&self, w: &mut Write<'_>, pushes: &[(Vec<Destination>, Item)]) {
+        for (dests, item) in pushes {
+            self.outbox.stage(w, dests, item);
+        }
     }
 }

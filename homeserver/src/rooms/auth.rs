@@ -1,13 +1,15 @@
 //! Event authorization: the spec's auth rules (via ruma's state-res) applied to every event before it is accepted.
 
+use std::sync::Arc;
+
 use ruma::{EventId, RoomId, events::StateEventType, room_version_rules::RoomVersionRules};
 
 use super::{Rooms, pdu::Pdu};
 use crate::error::{Error, Result};
 
 /// A stored event as auth reads it.
-fn stored_pdu(rooms: &Rooms, id: &EventId) -> Option<Pdu> {
-    rooms.event(id.as_str()).ok().flatten()?.parse().ok()
+fn stored_pdu(rooms: &Rooms, id: &EventId) -> Option<Arc<Pdu>> {
+    rooms.event_pdu(id).ok().flatten()
 }
 
 /// The auth rules: those that need only the event's auth events, then
@@ -16,7 +18,7 @@ fn check(
     rooms: &Rooms,
     rules: &RoomVersionRules,
     pdu: &Pdu,
-    state: impl Fn(&StateEventType, &str) -> Option<Pdu>,
+    state: impl Fn(&StateEventType, &str) -> Option<Arc<Pdu>>,
 ) -> Result<()> {
     ruma::state_res::check_state_independent_auth_rules(
         &rules.authorization,
@@ -65,7 +67,7 @@ pub fn authorize_against_auth_events(
     rules: &RoomVersionRules,
     pdu: &Pdu,
 ) -> Result<()> {
-    let mut auth: Vec<Pdu> = pdu
+    let mut auth: Vec<Arc<Pdu>> = pdu
         .auth_events
         .iter()
         .filter_map(|id| stored_pdu(rooms, id))

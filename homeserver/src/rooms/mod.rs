@@ -3,6 +3,7 @@
 pub mod acl;
 pub mod aliases;
 pub mod auth;
+pub mod cache;
 pub mod create;
 pub mod event_log;
 pub mod membership;
@@ -101,6 +102,10 @@ pub struct Rooms {
     pub(crate) key: Arc<ServerKey>,
     pub(crate) stream: Arc<Stream>,
     pub(crate) locks: Arc<write::RoomLocks>,
+    pub(crate) events: Arc<cache::EventCache>,
+    pub(crate) members: Arc<cache::MemberCache>,
+    pub(crate) state_ids: Arc<cache::StateIdCache>,
+    pub(crate) records: Arc<cache::RoomCache>,
     pub(crate) account_data: AccountData,
     pub(crate) default_version: RoomVersionId,
     pub(crate) push: Arc<Push>,
@@ -128,6 +133,10 @@ impl Rooms {
             key,
             stream,
             locks: Arc::default(),
+            events: Arc::new(cache::EventCache::new(4096)),
+            members: Arc::new(cache::MemberCache::new(1024)),
+            state_ids: Arc::new(cache::StateIdCache::new(16384)),
+            records: Arc::new(cache::RoomCache::new(1024)),
             account_data,
             default_version,
             push,
@@ -137,11 +146,50 @@ impl Rooms {
     }
 
     pub fn room(&self, room_id: &RoomId) -> Result<Option<RoomRecord>> {
-        Ok(self.store.room(room_id)?)
+        if let Some(hit) = self.records.get(room_id) {
+            return Ok(Some(hit));
+        }
+        let generation = self.records.generation();
+        let record = self.store.room(room_id)?;
+        if let Some(r) = &record {
+            self.records
+                .insert(generation, room_id.to_owned(), r.clone());
+        }
+        Ok(record)
     }
 
     pub fn event(&self, event_id: &str) -> Result<Option<StoredEvent>> {
+        if let Ok(id) = <&ruma::EventId>::try_from(event_id)
+            && let Some(hit) = self.events.get(id)
+        {
+            return Ok(Some(hit.stored.clone()));
+        }
         Ok(self.store.event(event_id)?)
+    }
+
+    /// An event parsed for auth and state reads; state events stay cached.
+    pub fn event_pdu(&self, event_id: &ruma::EventId) -> Result<Option<Arc<Pdu>>> {
+        Ok(self.loaded(event_id)?.map(|l| l.pdu.clone()))
+    }
+
+    /// An event with its parsed form, from the cache or the store (state
+    /// events are cached on the way).
+    pub(crate) fn loaded(&self, event_id: &ruma::EventId) -> Result<Option<Arc<cache::Loaded>>> {
+        if let Some(hit) = self.events.get(event_id) {
+            return Ok(Some(hit));
+        }
+        let generation = self.events.generation();
+        let Some(stored) = self.store.event(event_id.as_str())? else {
+            return Ok(None);
+        };
+        let pdu = Arc::new(stored.parse().map_err(Error::internal)?);
+        let state = pdu.state_key.is_some();
+        let loaded = Arc::new(cache::Loaded { stored, pdu });
+        if state {
+            self.events
+                .insert(generation, event_id.to_owned(), loaded.clone());
+        }
+        Ok(Some(loaded))
     }
 
     /// The event a redaction removes, if the redaction may apply to it now.
@@ -221,18 +269,36 @@ impl Rooms {
         kind: &str,
         state_key: &str,
     ) -> Result<Option<OwnedEventId>> {
-        Ok(self.store.state_event_id(room_id, kind, state_key)?)
+        let key = cache::state_key(room_id, kind, state_key);
+        if let Some(hit) = self.state_ids.get(&key) {
+            return Ok(hit);
+        }
+        let generation = self.state_ids.generation();
+        let id = self.store.state_event_id(room_id, kind, state_key)?;
+        self.state_ids.insert(generation, key, id.clone());
+        Ok(id)
     }
 
-    /// Local users whose current membership is one of `memberships`.
+    /// Users whose current membership is one of `memberships`.
     pub fn members_with(&self, room_id: &RoomId, memberships: &[&str]) -> Result<Vec<OwnedUserId>> {
         Ok(self
-            .store
             .members(room_id)?
-            .into_iter()
+            .iter()
             .filter(|(_, m)| memberships.contains(&m.as_str()))
-            .map(|(u, _)| u)
+            .map(|(u, _)| u.clone())
             .collect())
+    }
+
+    /// Every member row of the room, cached until a membership changes.
+    pub(crate) fn members(&self, room_id: &RoomId) -> Result<Arc<Vec<(OwnedUserId, String)>>> {
+        if let Some(hit) = self.members.get(room_id) {
+            return Ok(hit);
+        }
+        let generation = self.members.generation();
+        let rows = Arc::new(self.store.members(room_id)?);
+        self.members
+            .insert(generation, room_id.to_owned(), rows.clone());
+        Ok(rows)
     }
 
     pub fn membership_of(&self, room_id: &RoomId, user: &UserId) -> Result<Option<String>> {

@@ -208,6 +208,22 @@ impl Rooms {
                     }
                 }
                 w.put_room(room_id, &record);
+                let (cache, room) = (self.members.clone(), room_id.to_owned());
+                w.after_commit(move || cache.invalidate([&*room]));
+                let (records, room) = (self.records.clone(), room_id.to_owned());
+                w.after_commit(move || records.invalidate([&*room]));
+                let keys: Vec<String> = state
+                    .iter()
+                    .filter_map(|(_, o)| match (o.get("type"), o.get("state_key")) {
+                        (
+                            Some(CanonicalJsonValue::String(t)),
+                            Some(CanonicalJsonValue::String(k)),
+                        ) => Some(super::cache::state_key(room_id, t, k)),
+                        _ => None,
+                    })
+                    .collect();
+                let ids = self.state_ids.clone();
+                w.after_commit(move || ids.invalidate(keys.iter().map(String::as_str)));
                 Ok(())
             })
             .await?;
@@ -316,9 +332,11 @@ impl Rooms {
             };
         let redacted = self.redaction_of(&rules, room_id, &parsed, object, false)?;
         let decisions = self.push_decisions(room_id, &parsed, &pdu_json, &rules)?;
+        let pushes = self.push.pushes_for(&decisions, event_id)?;
         Ok(Some(Prepared {
             room_id: room_id.to_owned(),
             version: record.version.clone(),
+            record: Some(record),
             depth: parsed.depth,
             event_id: event_id.clone(),
             pdu_json,
@@ -330,6 +348,7 @@ impl Rooms {
             state_before,
             new_state,
             decisions,
+            pushes,
         }))
     }
 
@@ -391,6 +410,7 @@ impl Rooms {
             txn.put_timeline(room_id, stored.pos, &stored.event_id);
         }
         txn.commit()?;
+        self.events.invalidate(rows.iter().map(|e| &*e.event_id));
         Ok(rows.len())
     }
 
@@ -515,20 +535,42 @@ impl Rooms {
     /// An event as another server may receive it: whole, or redacted when
     /// history visibility hides it from that server.
     pub fn event_for_server(&self, origin: &str, ev: &StoredEvent) -> Result<Value> {
-        let mut v = ev.pdu_value();
-        if let Some(o) = v.as_object_mut() {
-            o.remove("unsigned");
-        }
+        let pdu = self.federation_object(ev)?;
         if self.visible_to_server(origin, ev)? {
-            return Ok(v);
+            return serde_json::to_value(pdu).map_err(Error::internal);
         }
+        let rules = self.rules_of(&ev.room_id)?;
+        let redacted =
+            ruma::canonical_json::redact(pdu, &rules.redaction, None).map_err(Error::internal)?;
+        serde_json::to_value(redacted).map_err(Error::internal)
+    }
+
+    /// A stored event as other servers get it: without local `unsigned`
+    /// data, and signed by this server if it is ours (events of rooms no
+    /// other server was in are signed only once one asks).
+    pub fn federation_pdu(&self, ev: &StoredEvent) -> Result<Value> {
+        serde_json::to_value(self.federation_object(ev)?).map_err(Error::internal)
+    }
+
+    fn federation_object(&self, ev: &StoredEvent) -> Result<CanonicalJsonObject> {
+        let mut pdu: CanonicalJsonObject =
+            serde_json::from_str(ev.pdu.get()).map_err(Error::internal)?;
+        pdu.remove("unsigned");
+        let ours = matches!(pdu.get("sender"), Some(CanonicalJsonValue::String(s))
+            if UserId::parse(s.as_str()).is_ok_and(|u| u.server_name() == self.server_name));
+        if ours && !bellwire_federation::signed_by(&pdu, self.server_name.as_str()) {
+            let rules = self.rules_of(&ev.room_id)?;
+            bellwire_federation::sign_pdu(&mut pdu, self.server_name.as_str(), &self.key, &rules)
+                .map_err(Error::internal)?;
+        }
+        Ok(pdu)
+    }
+
+    fn rules_of(&self, room_id: &RoomId) -> Result<ruma::room_version_rules::RoomVersionRules> {
         let version = self
-            .room_version(&ev.room_id)?
+            .room_version(room_id)?
             .ok_or_else(|| Error::not_found("unknown room"))?;
-        let rules = rules_for(&version).map_err(|_| Error::UnsupportedRoomVersion)?;
-        let redacted = ruma::canonical_json::redact(to_object(v)?, &rules.redaction, None)
-            .map_err(|e| Error::internal(e))?;
-        serde_json::to_value(redacted).map_err(|e| Error::internal(e))
+        rules_for(&version).map_err(|_| Error::UnsupportedRoomVersion)
     }
 
     pub fn room_of_event(&self, event_id: &str) -> Result<Option<OwnedRoomId>> {

@@ -168,13 +168,13 @@ impl Rooms {
         state_before: Option<&StateIds>,
         new_state: Option<&StateIds>,
     ) -> Result<u64> {
-        let (before, chain, before_map) = match state_before {
-            Some(map) => (self.stage_snapshot(txn, None, map)?, 0, Some(map.clone())),
+        let (before, before_map) = match state_before {
+            Some(map) => (self.stage_snapshot(txn, None, map)?, Some(map.clone())),
             None => match record.and_then(|r| r.snapshot) {
-                Some(id) => (id, self.snapshot_chain(id)?, None),
+                Some(id) => (id, None),
                 None => {
                     let current = self.current_state_ids(room_id)?;
-                    (self.stage_snapshot(txn, None, &current)?, 0, Some(current))
+                    (self.stage_snapshot(txn, None, &current)?, Some(current))
                 }
             },
         };
@@ -183,6 +183,12 @@ impl Rooms {
             None => before,
             Some(k) => {
                 let slot = (pdu.kind.to_string(), k.clone());
+                // How many links the snapshot is from a whole one (only
+                // state events add a link).
+                let chain = match &before_map {
+                    Some(_) => 0,
+                    None => self.snapshot_chain(before)?,
+                };
                 if before_map.is_none() && chain + 1 < FULL_EVERY {
                     // The common case: one more link, nothing loaded.
                     let id = self

@@ -49,9 +49,10 @@ impl Rooms {
         kind: &str,
         state_key: &str,
     ) -> Result<Option<Value>> {
-        Ok(self
-            .state_event(room_id, kind, state_key)?
-            .map(|e| e.pdu_value()["content"].clone()))
+        let Some(id) = self.state_event_id(room_id, kind, state_key)? else {
+            return Ok(None);
+        };
+        Ok(self.event_pdu(&id)?.map(|p| p.content_value()))
     }
 
     /// State as it was just before the event at `pos`: the current state

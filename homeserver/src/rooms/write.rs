@@ -5,7 +5,7 @@ use std::{
     sync::{Arc, Mutex, Weak},
 };
 
-use bellwire_federation::{hash_sign_and_id, room_id_from_create_event, rules_for};
+use bellwire_federation::{hash_and_id, room_id_from_create_event, rules_for, sign_pdu};
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId,
     RoomVersionId, UserId, canonical_json::to_canonical_value, events::TimelineEventType,
@@ -14,7 +14,7 @@ use ruma::{
 use serde_json::{Value, json};
 
 use super::{
-    DeviceTxn, NewEvent, RoomRecord, Rooms, UserRoom, auth, event_log,
+    DeviceTxn, NewEvent, RoomRecord, Rooms, UserRoom, auth, cache, event_log,
     pdu::{Pdu, StoredEvent},
     snapshots::StateIds,
 };
@@ -22,7 +22,7 @@ use crate::{
     accounts::now_ms,
     ephemeral::receipts,
     error::{Error, Result},
-    outbox::Item,
+    outbox::{Destination, Item},
     push::{evaluate, evaluate::Decision, notifications},
     storage::{EventRead, EventWrite, MembershipWrite, RoomStateRead, RoomStateWrite},
     stream::Write,
@@ -62,6 +62,9 @@ impl RoomLocks {
 /// beforehand so the write itself only stages rows.
 pub(crate) struct Prepared {
     pub room_id: OwnedRoomId,
+    /// The room's record when the event was prepared (the room lock keeps
+    /// it current until the write); `None` for a new room.
+    pub record: Option<RoomRecord>,
     pub version: RoomVersionId,
     pub event_id: OwnedEventId,
     pub pdu_json: String,
@@ -81,6 +84,8 @@ pub(crate) struct Prepared {
     pub new_state: Option<StateIds>,
     /// Whose push rules want to hear of it.
     pub decisions: Vec<Decision>,
+    /// What goes to those users' push gateways.
+    pub pushes: Vec<(Vec<Destination>, Item)>,
 }
 
 /// Strictly increasing timestamps for create events: two rooms created by
@@ -279,14 +284,15 @@ impl Rooms {
                 )));
             }
         };
-        let event_id = hash_sign_and_id(&mut object, self.server_name.as_str(), &self.key, &rules)
-            .map_err(|e| Error::bad_json(e.to_string()))?;
+        let event_id =
+            hash_and_id(&mut object, &rules).map_err(|e| Error::bad_json(e.to_string()))?;
         let room_id = match room_id {
             Some(r) => r,
             None => room_id_from_create_event(&event_id).map_err(Error::internal)?,
         };
-        let pdu_json = serde_json::to_string(&object).map_err(Error::internal)?;
-        if pdu_json.len() > 65_536 {
+        let mut pdu_json = serde_json::to_string(&object).map_err(Error::internal)?;
+        // Room for the signature still to come.
+        if pdu_json.len() > 65_536 - 200 {
             return Err(Error::TooLarge { limit: 65_536 });
         }
         let mut parsed: Pdu =
@@ -296,9 +302,19 @@ impl Rooms {
         auth::authorize(self, &rules, &room_id, &parsed)?;
         let redacted = self.redaction_of(&rules, &room_id, &parsed, &object, true)?;
         let forward = self.remote_servers_for(&room_id, &parsed)?;
+        // The signature is only for other servers, and leaves the event ID
+        // alone: sign now when the event goes out, else when a server
+        // first asks for it (`federation_pdu`).
+        if !forward.is_empty() {
+            sign_pdu(&mut object, self.server_name.as_str(), &self.key, &rules)
+                .map_err(Error::internal)?;
+            pdu_json = serde_json::to_string(&object).map_err(Error::internal)?;
+        }
         let decisions = self.push_decisions(&room_id, &parsed, &pdu_json, &rules)?;
+        let pushes = self.push.pushes_for(&decisions, &event_id)?;
         Ok(Prepared {
             room_id,
+            record,
             version,
             event_id,
             pdu_json,
@@ -311,6 +327,7 @@ impl Rooms {
             state_before: None,
             new_state: None,
             decisions,
+            pushes,
         })
     }
 
@@ -362,7 +379,7 @@ impl Rooms {
         also: impl FnOnce(&mut Write<'_>) -> Result<Option<T>>,
     ) -> Result<Option<T>> {
         let room_id = p.room_id.clone();
-        let record = self.room(&room_id)?;
+        let record = p.record.clone();
         let kind = p.parsed.kind.to_string();
         let replaces_state = match &p.parsed.state_key {
             Some(k) => self.state_event_id(&room_id, &kind, k)?,
@@ -483,15 +500,23 @@ impl Rooms {
                     .collect();
                 extremities.push(p.event_id.clone());
                 let old_depth = record.as_ref().map_or(0, |r| r.depth);
-                w.put_room(
-                    &room_id,
-                    &RoomRecord {
-                        version: p.version.clone(),
-                        extremities,
-                        depth: p.depth.max(old_depth),
-                        snapshot: Some(snapshot),
-                    },
-                );
+                let new_record = RoomRecord {
+                    version: p.version.clone(),
+                    extremities,
+                    depth: p.depth.max(old_depth),
+                    snapshot: Some(snapshot),
+                };
+                w.put_room(&room_id, &new_record);
+                let (records, room) = (self.records.clone(), room_id.clone());
+                w.after_commit(move || records.set(room, new_record));
+                if !state_rows.is_empty() {
+                    let keys: Vec<String> = state_rows
+                        .iter()
+                        .map(|((t, k), _)| cache::state_key(&room_id, t, k))
+                        .collect();
+                    let ids = self.state_ids.clone();
+                    w.after_commit(move || ids.invalidate(keys.iter().map(String::as_str)));
+                }
                 if let Some((device, txn)) = &p.txn {
                     w.put_sent_by_txn(&p.parsed.sender, device, txn, &p.event_id);
                 }
@@ -499,9 +524,20 @@ impl Rooms {
                     self.unstage_relation(w, target);
                     w.put_event(redacted);
                 }
+                // A redacted event, or an outlier now in the timeline, must
+                // not be served from the cache as it was.
+                let rewritten: Vec<OwnedEventId> = std::iter::once(p.event_id.clone())
+                    .chain(p.redacted.as_ref().map(|(t, _)| t.event_id.clone()))
+                    .collect();
+                let cache = self.events.clone();
+                w.after_commit(move || cache.invalidate(rewritten.iter().map(|e| &**e)));
+                if !memberships.is_empty() {
+                    let (cache, room) = (self.members.clone(), room_id.clone());
+                    w.after_commit(move || cache.invalidate([&*room]));
+                }
                 self.outbox
                     .stage_for_servers(w, &p.forward, &Item::Pdu(p.event_id.clone()));
-                self.push.stage_pushes(w, &p.decisions, &p.event_id)?;
+                self.push.stage_pushes(w, &p.pushes);
                 w.wake(wake.iter().map(|u| u.as_ref()));
                 Ok(None)
             })

@@ -18,7 +18,6 @@ use crate::{
         extract::{P, Q, room_id, user_id},
     },
     error::{Error, Result},
-    federation::membership::federation_pdu,
 };
 
 pub async fn send_transaction(
@@ -183,15 +182,15 @@ pub async fn state(
     let mut pdus = Vec::new();
     for id in &ids {
         if let Some(e) = s.rooms.event(id.as_str())? {
-            pdus.push(federation_pdu(&e));
+            pdus.push(s.rooms.federation_pdu(&e)?);
         }
     }
-    let chain: Vec<Value> = s
+    let chain = s
         .rooms
         .auth_chain(&ids)?
         .iter()
-        .map(federation_pdu)
-        .collect();
+        .map(|e| s.rooms.federation_pdu(e))
+        .collect::<Result<Vec<Value>>>()?;
     Ok(Json(json!({"pdus": pdus, "auth_chain": chain})))
 }
 
@@ -216,9 +215,11 @@ pub async fn event_auth(
             chain.push(e);
         }
     }
-    Ok(Json(
-        json!({"auth_chain": chain.iter().map(federation_pdu).collect::<Vec<_>>()}),
-    ))
+    let chain = chain
+        .iter()
+        .map(|e| s.rooms.federation_pdu(e))
+        .collect::<Result<Vec<Value>>>()?;
+    Ok(Json(json!({"auth_chain": chain})))
 }
 
 /// Walks prev_events back from `latest_events` until `earliest_events`.
