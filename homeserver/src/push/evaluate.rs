@@ -91,7 +91,7 @@ pub fn decide(
     rooms: &Rooms,
     room_id: &RoomId,
     pdu: &Pdu,
-    raw: &RawValue,
+    pdu_json: &str,
     rules: &RoomVersionRules,
 ) -> Result<Vec<Decision>> {
     let mut recipients = rooms.members_with(room_id, &["join"])?;
@@ -113,8 +113,9 @@ pub fn decide(
     if recipients.is_empty() {
         return Ok(Vec::new());
     }
+    let raw = RawValue::from_string(pdu_json.to_owned()).map_err(crate::error::Error::internal)?;
     let power_levels = power_levels_ctx(rooms, room_id, rules)?;
-    let event: Raw<Value> = Raw::from_json(raw.to_owned());
+    let event: Raw<Value> = Raw::from_json(raw);
     let thread = thread_of(&pdu.content_value());
     let mut out = Vec::new();
     for user in recipients {

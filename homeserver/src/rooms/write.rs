@@ -20,11 +20,12 @@ use super::{
 };
 use crate::{
     accounts::now_ms,
-    ephemeral::receipts,
     error::{Error, Result},
     outbox::{Destination, Item},
     push::{evaluate, evaluate::Decision, notifications},
-    storage::{EventRead, EventWrite, MembershipWrite, RoomStateRead, RoomStateWrite},
+    storage::{
+        EventRead, EventWrite, MembershipWrite, RoomStateRead, RoomStateWrite, UserDataWrite,
+    },
     stream::Write,
 };
 
@@ -339,9 +340,7 @@ impl Rooms {
         pdu_json: &str,
         rules: &RoomVersionRules,
     ) -> Result<Vec<Decision>> {
-        let raw = serde_json::value::RawValue::from_string(pdu_json.to_owned())
-            .map_err(Error::internal)?;
-        evaluate::decide(&self.push, self, room_id, parsed, &raw, rules)
+        evaluate::decide(&self.push, self, room_id, parsed, pdu_json, rules)
     }
 
     /// The target of a redaction and its redacted form, if the redaction
@@ -452,9 +451,10 @@ impl Rooms {
                     self.stage_relation(w, &room_id, &stored, &p.parsed.sender, &kind, &content)?;
                 }
                 notifications::stage(w, &p.decisions, pos, ts);
-                // Sending in a room means having read it.
+                // Sending in a room means having read it; `pos` was just
+                // handed out, so it can only move the read position forward.
                 if local_sender {
-                    receipts::mark_read(w, &p.parsed.sender, &room_id, "", pos)?;
+                    w.put_read_upto(&p.parsed.sender, &room_id, "", pos);
                 }
                 let snapshot = self.stage_state_snapshots(
                     w,
