@@ -37,6 +37,7 @@ struct RawConfig {
     public_base_url: Option<String>,
     default_room_version: Option<String>,
     max_request_bytes: Option<u64>,
+    worker_threads: Option<u64>,
     #[serde(default)]
     database: RawDatabase,
     #[serde(default)]
@@ -214,6 +215,10 @@ pub struct Config {
     pub public_base_url: Option<String>,
     pub default_room_version: RoomVersionId,
     pub max_request_bytes: usize,
+    /// Threads running requests; 0 in the file means one fewer than the
+    /// machine has cores (at least one), the rest left to RocksDB, the
+    /// blocking pool (password hashing, thumbnails) and the kernel.
+    pub worker_threads: usize,
     pub database_path: PathBuf,
     /// fsync the write-ahead log on every write (power-loss durability); a
     /// process crash (`kill -9`) loses nothing acknowledged either way.
@@ -313,6 +318,18 @@ impl Config {
         }
         let default_room_version = RoomVersionId::try_from(version.as_str())
             .map_err(|e| invalid("default_room_version", e.to_string()))?;
+        let worker_threads = match raw.worker_threads.unwrap_or(0) {
+            0 => std::thread::available_parallelism()
+                .map_or(1, |n| n.get().saturating_sub(1))
+                .max(1),
+            n if n <= 1024 => n as usize,
+            _ => {
+                return Err(invalid(
+                    "worker_threads",
+                    "must be 0 (automatic) to 1024".into(),
+                ));
+            }
+        };
         let max_request_bytes = raw.max_request_bytes.unwrap_or(1024 * 1024);
         if max_request_bytes < 4096 {
             return Err(invalid("max_request_bytes", "must be at least 4096".into()));
@@ -439,6 +456,7 @@ impl Config {
             server_name,
             listen,
             public_base_url,
+            worker_threads,
             default_room_version,
             max_request_bytes: usize::try_from(max_request_bytes)
                 .map_err(|_| invalid("max_request_bytes", "too large".into()))?,

@@ -109,6 +109,14 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let bound = listener.local_addr().map_err(StartError::Serve)?;
     // Tests and scripts read this exact line to learn the port.
     println!("bellwire: listening on {bound}");
+    use axum::serve::ListenerExt;
+    // Answers are one small write each: send them at once, not after the
+    // client's delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("TCP_NODELAY: {e}");
+        }
+    });
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<std::net::SocketAddr>(),

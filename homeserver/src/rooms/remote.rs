@@ -281,9 +281,9 @@ impl Rooms {
             .room(room_id)?
             .ok_or_else(|| Error::not_found("this server is not in the room"))?;
         let rules = rules_for(&record.version).map_err(|_| Error::UnsupportedRoomVersion)?;
-        let pdu_json = serde_json::to_string(object).map_err(Error::internal)?;
+        let pdu = serde_json::value::to_raw_value(object).map_err(Error::internal)?;
         let mut parsed: Pdu =
-            serde_json::from_str(&pdu_json).map_err(|e| Error::bad_json(e.to_string()))?;
+            serde_json::from_str(pdu.get()).map_err(|e| Error::bad_json(e.to_string()))?;
         parsed.event_id = event_id.clone();
         for a in &parsed.auth_events {
             if !self.has_event(a.as_str())? {
@@ -331,7 +331,7 @@ impl Rooms {
                 }
             };
         let redacted = self.redaction_of(&rules, room_id, &parsed, object, false)?;
-        let decisions = self.push_decisions(room_id, &parsed, &pdu_json, &rules)?;
+        let decisions = self.push_decisions(room_id, &parsed, pdu.get(), &rules)?;
         let pushes = self.push.pushes_for(&decisions, event_id)?;
         Ok(Some(Prepared {
             room_id: room_id.to_owned(),
@@ -339,7 +339,7 @@ impl Rooms {
             record: Some(record),
             depth: parsed.depth,
             event_id: event_id.clone(),
-            pdu_json,
+            pdu,
             parsed,
             txn: None,
             prev_events,

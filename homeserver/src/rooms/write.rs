@@ -11,7 +11,7 @@ use ruma::{
     RoomVersionId, UserId, canonical_json::to_canonical_value, events::TimelineEventType,
     room_version_rules::RoomVersionRules,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{
     DeviceTxn, NewEvent, RoomRecord, Rooms, UserRoom, auth, cache, event_log,
@@ -68,7 +68,8 @@ pub(crate) struct Prepared {
     pub record: Option<RoomRecord>,
     pub version: RoomVersionId,
     pub event_id: OwnedEventId,
-    pub pdu_json: String,
+    /// The PDU as stored (signed when it is to go to other servers now).
+    pub pdu: Box<serde_json::value::RawValue>,
     pub parsed: Pdu,
     pub txn: Option<(String, String)>,
     pub depth: u64,
@@ -256,49 +257,68 @@ impl Rooms {
         } else {
             now_ms()
         };
-        let mut pdu = json!({
-            "type": kind.to_string(),
-            "content": content,
-            "sender": sender.as_str(),
-            "origin_server_ts": ts,
-            "depth": depth,
-            "prev_events": prev_events,
-            "auth_events": auth_events,
-        });
-        if let Some(obj) = pdu.as_object_mut() {
-            if let Some(r) = &room_id {
-                obj.insert("room_id".into(), Value::from(r.as_str()));
-            }
-            if let Some(k) = &event.state_key {
-                obj.insert("state_key".into(), Value::from(k.as_str()));
-            }
-            if let (Some(target), false) = (&event.redacts, rules.redaction.content_field_redacts) {
-                obj.insert("redacts".into(), Value::from(target.as_str()));
-            }
-        }
-        let mut object = match to_canonical_value(pdu) {
-            Ok(CanonicalJsonValue::Object(o)) => o,
-            Ok(_) => return Err(Error::bad_json("event is not an object")),
-            Err(e) => {
-                return Err(Error::bad_json(format!(
-                    "content is not canonical JSON: {e}"
-                )));
-            }
+        // The PDU is built as canonical JSON directly: only the content
+        // needs converting, and the parsed form is assembled from the parts.
+        let canonical_content = to_canonical_value(content)
+            .map_err(|e| Error::bad_json(format!("content is not canonical JSON: {e}")))?;
+        let str_value = |s: &str| CanonicalJsonValue::String(s.to_owned());
+        let ids_value = |ids: &[OwnedEventId]| {
+            CanonicalJsonValue::Array(ids.iter().map(|i| str_value(i.as_str())).collect())
         };
+        let int = |n: u64| {
+            ruma::Int::try_from(n)
+                .map(CanonicalJsonValue::Integer)
+                .map_err(|_| Error::bad_json("number out of range"))
+        };
+        let mut object = CanonicalJsonObject::new();
+        object.insert("type".into(), str_value(&kind.to_string()));
+        object.insert("content".into(), canonical_content);
+        object.insert("sender".into(), str_value(sender.as_str()));
+        object.insert("origin_server_ts".into(), int(ts)?);
+        object.insert("depth".into(), int(depth)?);
+        object.insert("prev_events".into(), ids_value(&prev_events));
+        object.insert("auth_events".into(), ids_value(&auth_events));
+        if let Some(r) = &room_id {
+            object.insert("room_id".into(), str_value(r.as_str()));
+        }
+        if let Some(k) = &event.state_key {
+            object.insert("state_key".into(), str_value(k));
+        }
+        let top_level_redacts = event
+            .redacts
+            .clone()
+            .filter(|_| !rules.redaction.content_field_redacts);
+        if let Some(target) = &top_level_redacts {
+            object.insert("redacts".into(), str_value(target.as_str()));
+        }
         let event_id =
             hash_and_id(&mut object, &rules).map_err(|e| Error::bad_json(e.to_string()))?;
+        let parsed = Pdu {
+            event_id: event_id.clone(),
+            room_id: room_id.clone(),
+            sender: sender.to_owned(),
+            origin_server_ts: ruma::MilliSecondsSinceUnixEpoch(
+                ruma::UInt::try_from(ts).map_err(|_| Error::bad_json("timestamp out of range"))?,
+            ),
+            kind: kind.clone(),
+            content: content_raw,
+            state_key: event.state_key.clone(),
+            prev_events: prev_events.clone(),
+            auth_events,
+            redacts: top_level_redacts,
+            depth,
+            unsigned: None,
+            rejected: false,
+        };
         let room_id = match room_id {
             Some(r) => r,
             None => room_id_from_create_event(&event_id).map_err(Error::internal)?,
         };
-        let mut pdu_json = serde_json::to_string(&object).map_err(Error::internal)?;
+        let mut pdu = serde_json::value::to_raw_value(&object).map_err(Error::internal)?;
         // Room for the signature still to come.
-        if pdu_json.len() > 65_536 - 200 {
+        if pdu.get().len() > 65_536 - 200 {
             return Err(Error::TooLarge { limit: 65_536 });
         }
-        let mut parsed: Pdu =
-            serde_json::from_str(&pdu_json).map_err(|e| Error::bad_json(e.to_string()))?;
-        parsed.event_id = event_id.clone();
 
         auth::authorize(self, &rules, &room_id, &parsed)?;
         let redacted = self.redaction_of(&rules, &room_id, &parsed, &object, true)?;
@@ -309,16 +329,16 @@ impl Rooms {
         if !forward.is_empty() {
             sign_pdu(&mut object, self.server_name.as_str(), &self.key, &rules)
                 .map_err(Error::internal)?;
-            pdu_json = serde_json::to_string(&object).map_err(Error::internal)?;
+            pdu = serde_json::value::to_raw_value(&object).map_err(Error::internal)?;
         }
-        let decisions = self.push_decisions(&room_id, &parsed, &pdu_json, &rules)?;
+        let decisions = self.push_decisions(&room_id, &parsed, pdu.get(), &rules)?;
         let pushes = self.push.pushes_for(&decisions, &event_id)?;
         Ok(Prepared {
             room_id,
             record,
             version,
             event_id,
-            pdu_json,
+            pdu,
             parsed,
             txn: txn.map(|t| (t.device_id.to_owned(), t.txn_id.to_owned())),
             depth,
@@ -422,9 +442,11 @@ impl Rooms {
             }
         }
         wake.extend(memberships.iter().map(|(u, _, _)| u.clone()));
-        let content = p.parsed.content_value();
-        let pdu = serde_json::value::RawValue::from_string(p.pdu_json.clone())
-            .map_err(Error::internal)?;
+        // Only events that relate to another are indexed as relations.
+        let relation = (p.parsed.state_key.is_none()
+            && p.parsed.content.get().contains("m.relates_to"))
+        .then(|| p.parsed.content_value());
+        let pdu = p.pdu.clone();
         let local_sender = p.parsed.sender.server_name() == self.server_name;
         let ts = u64::from(p.parsed.origin_server_ts.get());
 
@@ -447,8 +469,8 @@ impl Rooms {
                 w.put_event(&stored);
                 w.put_timeline(&room_id, pos, &p.event_id);
                 event_log::stage(w, pos, &room_id, &p.event_id, &kind);
-                if p.parsed.state_key.is_none() {
-                    self.stage_relation(w, &room_id, &stored, &p.parsed.sender, &kind, &content)?;
+                if let Some(content) = &relation {
+                    self.stage_relation(w, &room_id, &stored, &p.parsed.sender, &kind, content)?;
                 }
                 notifications::stage(w, &p.decisions, pos, ts);
                 // Sending in a room means having read it; `pos` was just
