@@ -79,11 +79,20 @@ fn main() -> ExitCode {
     }
 }
 
-/// glibc raises its mmap threshold after the first large free, after which
-/// Argon2's 19 MiB blocks come from per-thread heaps and are never returned
-/// (hundreds of MiB after a burst of logins). A fixed threshold keeps large
-/// blocks mmapped, so they go back to the OS when freed.
+/// mimalloc's `purge_delay` option (see its mimalloc.h; the Rust bindings
+/// do not name it).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Freed memory goes back to the OS at once: Argon2's 19 MiB blocks,
+/// freed on a blocking-pool thread that then sleeps, would otherwise stay
+/// resident (100 MiB after a burst of registrations, where 32 MiB is
+/// needed). RocksDB's C++ allocations use glibc's malloc, whose mmap
+/// threshold is fixed so that large blocks are returned too.
 fn limit_allocator_retention() {
+    // SAFETY: setting an allocator option; called before any thread starts.
+    unsafe {
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0);
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator tuning; called before any thread starts.
     unsafe {

@@ -337,13 +337,10 @@ static PASSWORD_HASHERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_
 pub async fn with_password_hasher<T: Send + 'static>(
     f: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
-    let _permit = PASSWORD_HASHERS
-        .acquire()
-        .await
-        .map_err(|e| Error::internal(e))?;
+    let _permit = PASSWORD_HASHERS.acquire().await.map_err(Error::internal)?;
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| Error::internal(e))?
+        .map_err(Error::internal)?
 }
 
 fn hash_password(password: &str) -> Result<String> {

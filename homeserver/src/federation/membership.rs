@@ -102,7 +102,7 @@ impl Federation {
             enc(room_id.as_str()),
             enc(event_id.as_str())
         );
-        let body = serde_json::to_value(&object).map_err(|e| Error::internal(e))?;
+        let body = serde_json::to_value(&object).map_err(Error::internal)?;
         let answer = self
             .client
             .json(server, Method::PUT, &uri, Some(&body))
@@ -211,9 +211,8 @@ impl Federation {
         let (template, version) = self.rooms.event_template(room_id, user, &event)?;
         // Refuse now rather than after the other server signed it.
         let rules = rules_for(&version).map_err(|_| Error::UnsupportedRoomVersion)?;
-        let mut pdu: Pdu =
-            serde_json::from_value(template.clone()).map_err(|e| Error::internal(e))?;
-        pdu.event_id = OwnedEventId::try_from("$template").map_err(|e| Error::internal(e))?;
+        let mut pdu: Pdu = serde_json::from_value(template.clone()).map_err(Error::internal)?;
+        pdu.event_id = OwnedEventId::try_from("$template").map_err(Error::internal)?;
         auth::authorize(&self.rooms, &rules, room_id, &pdu)?;
         Ok(json!({"event": template, "room_version": version}))
     }
@@ -442,7 +441,7 @@ impl Federation {
         }
         let rules = rules_for(&version).map_err(|_| Error::UnsupportedRoomVersion)?;
         countersign_event(&mut object, &self.server_name, &self.key, &rules)
-            .map_err(|e| Error::internal(e))?;
+            .map_err(Error::internal)?;
         if !self.resident(room_id)? || self.rooms.room(room_id)?.is_none() {
             let mut state: Vec<Value> = body["invite_room_state"]
                 .as_array()
@@ -493,7 +492,7 @@ impl Federation {
             enc(room_id.as_str()),
             enc(event_id.as_str())
         );
-        let body = serde_json::to_value(&object).map_err(|e| Error::internal(e))?;
+        let body = serde_json::to_value(&object).map_err(Error::internal)?;
         self.client
             .json(&server, Method::PUT, &uri, Some(&body))
             .await?;
@@ -514,7 +513,7 @@ fn supported_version(v: &Value) -> Result<RoomVersionId> {
 }
 
 fn parse_pdu(object: &CanonicalJsonObject, id: &OwnedEventId) -> Result<Pdu> {
-    let json = serde_json::to_string(object).map_err(|e| Error::internal(e))?;
+    let json = serde_json::to_string(object).map_err(Error::internal)?;
     let mut pdu: Pdu = serde_json::from_str(&json).map_err(|e| Error::bad_json(e.to_string()))?;
     pdu.event_id = id.clone();
     Ok(pdu)

@@ -75,7 +75,7 @@ pub async fn fetch(url: &str, allow_private: bool) -> Result<Value> {
         .redirect(reqwest::redirect::Policy::none())
         .timeout(TIMEOUT)
         .build()
-        .map_err(|e| Error::internal(e))?;
+        .map_err(Error::internal)?;
     let mut resp = client
         .get(parsed)
         .send()

@@ -116,7 +116,7 @@ fn render(
     };
     let mut buf = Vec::new();
     out.write_to(&mut Cursor::new(&mut buf), fmt)
-        .map_err(|e| Error::internal(e))?;
+        .map_err(Error::internal)?;
     Ok((buf, mime))
 }
 
@@ -148,15 +148,11 @@ impl Media {
             .await
             .map_err(|e| Error::Internal(format!("media file: {e}")))?;
         let max_pixels = self.config.max_image_pixels;
-        let _permit = self
-            .decoders
-            .acquire()
-            .await
-            .map_err(|e| Error::internal(e))?;
+        let _permit = self.decoders.acquire().await.map_err(Error::internal)?;
         let (bytes, mime) =
             tokio::task::spawn_blocking(move || render(&original, max_pixels, cw, ch, cm))
                 .await
-                .map_err(|e| Error::internal(e))??;
+                .map_err(Error::internal)??;
         let tmp = self
             .config
             .path

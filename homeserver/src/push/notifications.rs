@@ -201,7 +201,7 @@ mod tests {
         w.s.push
             .edit(&bob, |r| {
                 r.set_enabled(ruma::push::RuleKind::Override, ".m.rule.master", true)
-                    .map_err(|e| crate::error::Error::internal(e))
+                    .map_err(crate::error::Error::internal)
             })
             .await
             .unwrap();

@@ -41,7 +41,7 @@ fn from_stored(content: Option<Value>, user: &UserId) -> Result<Ruleset> {
 
 /// The ruleset as the spec shows it, with every kind present even when empty.
 pub fn to_json(rules: &Ruleset) -> Result<Value> {
-    let mut v = serde_json::to_value(rules).map_err(|e| Error::internal(e))?;
+    let mut v = serde_json::to_value(rules).map_err(Error::internal)?;
     if let Some(o) = v.as_object_mut() {
         for kind in ["override", "content", "room", "sender", "underride"] {
             o.entry(kind).or_insert_with(|| json!([]));

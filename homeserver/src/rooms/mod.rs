@@ -211,7 +211,7 @@ impl Rooms {
         if target.room_id != room_id {
             return Ok(None);
         }
-        let target_pdu = target.parse().map_err(|e| Error::internal(e))?;
+        let target_pdu = target.parse().map_err(Error::internal)?;
         let own_event = target_pdu.sender == pdu.sender;
         if !own_event && !state::has_power_for(self, room_id, &pdu.sender, "redact", rules)? {
             return Err(Error::forbidden("you may only redact your own events"));
@@ -230,7 +230,7 @@ impl Rooms {
         room_id: &RoomId,
     ) -> Result<StoredEvent> {
         let object: CanonicalJsonObject =
-            serde_json::from_str(target.pdu.get()).map_err(|e| Error::internal(e))?;
+            serde_json::from_str(target.pdu.get()).map_err(Error::internal)?;
         let mut because = CanonicalJsonObject::new();
         for key in ["type", "content", "sender", "origin_server_ts", "redacts"] {
             if let Some(v) = redaction.get(key) {
@@ -256,10 +256,10 @@ impl Rooms {
             &rules.redaction,
             Some(ruma::canonical_json::RedactedBecause::from_json(because)),
         )
-        .map_err(|e| Error::internal(e))?;
-        let json = serde_json::to_string(&redacted).map_err(|e| Error::internal(e))?;
+        .map_err(Error::internal)?;
+        let json = serde_json::to_string(&redacted).map_err(Error::internal)?;
         let mut out = target.clone();
-        out.pdu = serde_json::value::RawValue::from_string(json).map_err(|e| Error::internal(e))?;
+        out.pdu = serde_json::value::RawValue::from_string(json).map_err(Error::internal)?;
         Ok(out)
     }
 
@@ -319,6 +319,6 @@ impl Rooms {
             crate::accounts::random_string(18),
             self.server_name
         ))
-        .map_err(|e| Error::internal(e))
+        .map_err(Error::internal)
     }
 }

@@ -147,12 +147,12 @@ impl Rooms {
         if self.has_event(event_id.as_str())? {
             return Ok(());
         }
-        let json = serde_json::to_string(object).map_err(|e| Error::internal(e))?;
+        let json = serde_json::to_string(object).map_err(Error::internal)?;
         let stored = StoredEvent {
             event_id: event_id.clone(),
             room_id: room_id.to_owned(),
             pos: 0,
-            pdu: serde_json::value::RawValue::from_string(json).map_err(|e| Error::internal(e))?,
+            pdu: serde_json::value::RawValue::from_string(json).map_err(Error::internal)?,
             replaces_state: None,
             txn: None,
             rejected: false,

@@ -76,9 +76,7 @@ pub async fn get_filter(
         .filters
         .get(&session.user_id, &id)?
         .ok_or_else(|| Error::not_found("unknown filter"))?;
-    Ok(Json(
-        serde_json::to_value(f).map_err(|e| Error::internal(e))?,
-    ))
+    Ok(Json(serde_json::to_value(f).map_err(Error::internal)?))
 }
 
 /// Types the server manages through dedicated endpoints.

@@ -20,7 +20,7 @@ fn own_document(s: &AppState) -> Result<Value> {
         &s.federation.old_keys,
         now_ms() + VALIDITY_MS,
     )
-    .map_err(|e| Error::internal(e))
+    .map_err(Error::internal)
 }
 
 pub async fn server_keys(State(s): State<AppState>) -> Result<Json<Value>> {
